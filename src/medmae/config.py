@@ -1,0 +1,364 @@
+"""Typed configuration: pydantic models loaded from YAML presets or files, with ``key=value`` overrides.
+
+Unknown keys and bad values raise :class:`ConfigError` naming the key path (the CLI exits with code 2).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from medmae.models.vit import VIT_SIZES
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the key path."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class IntensityConfig(Strict):
+    """Intensity preset applied once per image before caching (see :mod:`medmae.data.intensity`)."""
+
+    name: Literal["ct_window", "mri_zscore_nonzero", "xray_histeq", "minmax", "none"] = "minmax"
+    lo: float = -175.0
+    hi: float = 250.0
+    percentiles: tuple[float, float] | None = None
+
+
+class SyntheticConfig(Strict):
+    kind: Literal["cxr", "abdomen_ct", "brain_mr"] = "cxr"
+    n: int = Field(64, ge=2)
+    size: list[int] | None = None
+    seed: int = 0
+
+
+class DataConfig(Strict):
+    """Where the images come from and how they are prepared; ``path`` None means built-in synthetic data."""
+
+    path: str | None = None
+    splits: list[str] | None = None
+    synthetic: SyntheticConfig = SyntheticConfig()
+    intensity: IntensityConfig = IntensityConfig()
+    spacing: list[float] | None = None
+    orientation: Literal["RAS"] | None = "RAS"
+    resize: list[int] | None = None
+    crop_scale: tuple[float, float] | None = None
+    flip_axes: list[int] = []
+    flip_prob: float = Field(0.5, ge=0.0, le=1.0)
+    cache_dir: str | None = None
+    num_workers: int = Field(0, ge=0)
+    figure_cases: int = Field(4, ge=1)
+    label_fraction: float = Field(1.0, gt=0.0, le=1.0, description="fine-tuning: share of the labelled training cases used")
+    foreground_prob: float = Field(0.0, ge=0.0, le=1.0, description="segmentation: share of crops centred on foreground")
+
+
+class DecoderConfig(Strict):
+    embed_dim: int = 512
+    depth: int = Field(8, ge=1)
+    num_heads: int = 16
+
+
+class ModelConfig(Strict):
+    arch: Literal["vit"] = "vit"
+    spatial_dims: Literal[2, 3] = 2
+    img_size: list[int] = [224, 224]
+    patch_size: list[int] | int = 16
+    in_channels: int = Field(1, ge=1)
+    size: Literal["vit-t", "vit-s", "vit-b", "vit-l"] | None = "vit-b"
+    embed_dim: int | None = None
+    depth: int | None = None
+    num_heads: int | None = None
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    pos_embed: Literal["sincos", "learnable"] = "sincos"
+    cls_token: bool = True
+    drop_path: float = Field(0.0, ge=0.0, lt=1.0)
+    decoder: DecoderConfig = DecoderConfig()
+
+    @model_validator(mode="after")
+    def _check_shapes(self) -> ModelConfig:
+        if len(self.img_size) != self.spatial_dims:
+            raise ValueError(f"img_size {self.img_size} needs {self.spatial_dims} values for spatial_dims={self.spatial_dims}")
+        patch = self.patch
+        if len(patch) != self.spatial_dims:
+            raise ValueError(f"patch_size {self.patch_size} needs {self.spatial_dims} values")
+        bad = [(s, p) for s, p in zip(self.img_size, patch) if s % p]
+        if bad:
+            raise ValueError(f"img_size {self.img_size} is not divisible by patch_size {patch}")
+        if self.size is None and None in (self.embed_dim, self.depth, self.num_heads):
+            raise ValueError("give either size (vit-t/s/b/l) or all of embed_dim, depth, num_heads")
+        return self
+
+    @property
+    def patch(self) -> list[int]:
+        p = self.patch_size
+        return [p] * self.spatial_dims if isinstance(p, int) else list(p)
+
+    @property
+    def dims(self) -> tuple[int, int, int]:
+        """(embed_dim, depth, num_heads): explicit values win over ``size``."""
+        base = VIT_SIZES[self.size] if self.size else (None, None, None)
+        return (
+            self.embed_dim or base[0],
+            self.depth or base[1],
+            self.num_heads or base[2],
+        )
+
+
+class MaskConfig(Strict):
+    kind: Literal["random"] = "random"
+    ratio: float = Field(0.75, ge=0.0, lt=1.0)
+
+
+class LossConfig(Strict):
+    norm_pix: bool = True
+
+
+class OptimConfig(Strict):
+    """AdamW with warmup + cosine. ``lr`` None means ``base_lr * global_batch / 256`` (MAE's rule)."""
+
+    name: Literal["adamw"] = "adamw"
+    lr: float | None = None
+    base_lr: float = 1.5e-4
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_epochs: float = Field(40.0, ge=0.0)
+    min_lr: float = 0.0
+    clip_grad: float | None = None
+    layer_decay: float | None = Field(None, gt=0.0, le=1.0, description="layer-wise lr decay (fine-tuning)")
+    fused: bool = True
+
+
+class TrainConfig(Strict):
+    epochs: int = Field(800, ge=1)
+    batch_size: int = Field(64, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    seed: int = 0
+    precision: Literal["fp32", "bf16"] = "fp32"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    checkpoint_every: int = Field(200, ge=1, description="steps between checkpoints")
+    keep_last: int = Field(2, ge=1)
+    figure_every: int = Field(50, ge=1, description="epochs between reconstruction figures")
+    log_every: int = Field(10, ge=1)
+    nan_max_consecutive: int = Field(5, ge=1)
+    threads: int | None = None
+
+
+class PretrainConfig(Strict):
+    """Everything one pretraining run needs; saved resolved as ``config.yaml`` in the run directory."""
+
+    name: str = "custom"
+    paper: str | None = None
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    mask: MaskConfig = MaskConfig()
+    loss: LossConfig = LossConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+    finetune: dict[str, Any] = Field(default_factory=dict, description="fine-tuning settings of a preset (common, cls, seg)")
+
+
+class HeadConfig(Strict):
+    pool: Literal["cls", "mean"] = "cls"
+    feature_size: int = Field(16, ge=4, description="UNETR decoder width")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class TaskLossConfig(Strict):
+    dice_weight: float = Field(1.0, ge=0.0)
+    ce_weight: float = Field(1.0, ge=0.0)
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class EvalConfig(Strict):
+    """How a held-out split is made (when the data has none) and how it is scored."""
+
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    val_fraction: float = Field(0.0, ge=0.0, lt=1.0)
+    split_seed: int = 0
+    sw_overlap: float = Field(0.5, ge=0.0, lt=1.0)
+    sw_batch_size: int = Field(4, ge=1)
+    threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    regions: dict[str, list[int]] | None = None
+    mean_over: list[str] | None = None
+    bootstrap: int = Field(2000, ge=0)
+
+
+class InitConfig(Strict):
+    allow_mismatch: list[Literal["spatial_dims", "patch_size", "intensity", "orientation", "spacing"]] = []
+
+
+class FinetuneModelConfig(ModelConfig):
+    """Fine-tuning defaults: drop path 0.1; position embeddings learnable (initialised from the sin-cos table)."""
+
+    drop_path: float = Field(0.1, ge=0.0, lt=1.0)
+    pos_embed: Literal["sincos", "learnable"] = "learnable"
+
+
+class FinetuneOptimConfig(OptimConfig):
+    """Fine-tuning defaults (SelfMedMAE / MAE fine-tuning): layer-wise lr decay 0.75, AdamW betas 0.9/0.999."""
+
+    lr: float | None = 1e-3
+    layer_decay: float | None = Field(0.75, gt=0.0, le=1.0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_epochs: float = Field(5.0, ge=0.0)
+
+
+class FinetuneTrainConfig(TrainConfig):
+    epochs: int = Field(100, ge=1)
+    batch_size: int = Field(32, ge=1)
+
+
+class FinetuneConfig(Strict):
+    """One fine-tuning run: task, data, encoder, head, optimisation and evaluation."""
+
+    name: str = "custom"
+    paper: str | None = None
+    task: Literal["cls", "seg"] = "cls"
+    mode: Literal["finetune", "linear_probe"] = "finetune"
+    data: DataConfig = DataConfig()
+    model: FinetuneModelConfig = FinetuneModelConfig()
+    head: HeadConfig = HeadConfig()
+    loss: TaskLossConfig = TaskLossConfig()
+    optim: FinetuneOptimConfig = FinetuneOptimConfig()
+    train: FinetuneTrainConfig = FinetuneTrainConfig()
+    eval: EvalConfig = EvalConfig()
+    init: InitConfig = InitConfig()
+
+
+def finetune_raw_from_preset(name: str, task: str) -> dict[str, Any]:
+    """A preset's fine-tuning settings: its data and model sections, then ``finetune`` common keys, then
+    ``finetune.<task>``."""
+    raw = preset_dict(name)
+    ft = raw.get("finetune") or {}
+    if task not in ft:
+        raise ConfigError(f"preset {name!r} has no fine-tuning settings for task {task!r} (finetune.{task})")
+    out: dict[str, Any] = {"name": raw.get("name", name), "paper": raw.get("paper"), "task": task,
+                           "data": copy.deepcopy(raw.get("data", {})), "model": copy.deepcopy(raw.get("model", {}))}
+    out["model"].pop("decoder", None)
+    common = {k: v for k, v in ft.items() if k not in ("cls", "seg")}
+    return deep_merge(deep_merge(out, common), ft[task])
+
+
+def deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in extra.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def preset_names() -> list[str]:
+    """Names of the presets shipped in the package."""
+    return sorted(p.name[:-5] for p in resources.files("medmae.presets").iterdir() if p.name.endswith(".yaml"))
+
+
+def preset_dict(name: str) -> dict[str, Any]:
+    """Raw preset mapping (YAML) by name."""
+    path = resources.files("medmae.presets") / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"unknown preset {name!r}; available: {', '.join(preset_names())}")
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``"optim.lr=1e-3"`` -> (["optim", "lr"], 0.001); the value is parsed as YAML."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not of the form key.path=value")
+    key, raw = item.split("=", 1)
+    path = [k for k in key.strip().split(".") if k]
+    if not path:
+        raise ConfigError(f"override {item!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {key}: cannot parse value {raw!r}: {e}") from None
+    return path, value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    out = copy.deepcopy(raw)
+    for item in overrides:
+        path, value = parse_override(item)
+        node = out
+        for k in path[:-1]:
+            child = node.get(k)
+            if not isinstance(child, dict):
+                child = {}
+                node[k] = child
+            node = child
+        node[path[-1]] = value
+    return out
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{loc}: unknown key")
+        else:
+            lines.append(f"{loc}: {e['msg']} (got {e.get('input')!r})")
+    return f"invalid configuration ({source}):\n  " + "\n  ".join(lines)
+
+
+def validate(model_cls: type[BaseModel], raw: Mapping[str, Any], source: str) -> Any:
+    try:
+        return model_cls.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(e, source)) from None
+
+
+def load_raw(config: str | Path | None, preset: str | None) -> tuple[dict[str, Any], str]:
+    """Raw mapping from a preset name or a YAML file (exactly one), and a label for error messages."""
+    if (config is None) == (preset is None):
+        raise ConfigError("give exactly one of a preset name (--preset) or a config YAML file")
+    if preset is not None:
+        return preset_dict(preset), f"preset {preset}"
+    path = Path(config)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
+    return raw, str(path)
+
+
+def load_config(
+    model_cls: type[BaseModel],
+    config: str | Path | BaseModel | Mapping[str, Any] | None = None,
+    *,
+    preset: str | None = None,
+    overrides: Iterable[str] = (),
+) -> Any:
+    """Build a validated config from a preset / YAML path / mapping / model, then apply overrides."""
+    if isinstance(config, BaseModel):
+        raw, source = config.model_dump(mode="json"), "given config"
+        if preset is not None:
+            raise ConfigError("give a config object or a preset, not both")
+    elif isinstance(config, Mapping):
+        raw, source = dict(config), "given mapping"
+    else:
+        raw, source = load_raw(config, preset)
+    overrides = list(overrides)
+    if overrides:
+        source += " with overrides " + " ".join(overrides)
+    return validate(model_cls, apply_overrides(raw, overrides), source)
+
+
+def dump_yaml(cfg: BaseModel) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

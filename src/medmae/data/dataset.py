@@ -1,0 +1,257 @@
+"""Datasets over cached, preprocessed cases with stateless augmentation.
+
+An item is a pure function of (seed, epoch, case index): the shuffle order, the crop, the flip and the
+MAE mask seed never touch a global RNG. That is what makes resume after a crash bitwise exact and lets a
+2-process DDP run see exactly the samples of the single-process run.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset, Sampler
+
+from medmae.data.cache import ArrayCache
+from medmae.data.preprocess import CaseError, Preprocessing, load_image, load_mask
+from medmae.data.sources import Case
+
+log = logging.getLogger(__name__)
+
+STREAM_AUGMENT, STREAM_MASK = 0, 1
+
+
+def case_seed(seed: int, epoch: int, index: int, stream: int) -> int:
+    """A 63-bit seed that is a pure function of (seed, epoch, case index, stream)."""
+    state = np.random.SeedSequence([seed & 0xFFFFFFFF, seed >> 32, epoch, index, stream]).generate_state(2, np.uint32)
+    return int((int(state[0]) << 31) ^ int(state[1]))
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Random crop (2D: optionally resized crop of a random area fraction) and flips."""
+
+    crop_size: tuple[int, ...]
+    crop_scale: tuple[float, float] | None = None
+    flip_axes: tuple[int, ...] = ()
+    flip_prob: float = 0.5
+    foreground_prob: float = 0.0
+
+
+@dataclass
+class Prepared:
+    """A case after preprocessing: memory-mapped arrays from the cache plus what evaluation needs."""
+
+    case: Case
+    image: np.ndarray
+    mask: np.ndarray | None
+    spacing: tuple[float, ...]
+
+
+def prepare_cases(
+    cases: Sequence[Case],
+    prep: Preprocessing,
+    cache: ArrayCache,
+    *,
+    with_masks: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[Prepared]:
+    """Preprocess every case once (or find it in the cache); errors name the case and file."""
+    out = []
+    for i, case in enumerate(cases):
+        files = list(case.image) + ([case.mask] if with_masks and case.mask else [])
+        try:
+            key = cache.key(files, prep.recipe() + ("|mask" if with_masks and case.mask else ""))
+        except OSError as e:
+            raise CaseError(f"case {case.case_id} ({e.filename or case.path}): {e.strerror or e}") from e
+        image = cache.load(key + "-img")
+        mask = cache.load(key + "-msk") if with_masks and case.mask else None
+        info = cache.load_json(key + "-img")
+        if image is None or info is None or (with_masks and case.mask and mask is None):
+            x, meta, spacing, _ = load_image(case, prep)
+            if with_masks and case.mask:
+                mask = cache.store(key + "-msk", load_mask(case, prep, meta, x.shape[1:]))
+            image = cache.store(key + "-img", x)
+            info = {"spacing": list(spacing)}
+            cache.store_json(key + "-img", info)
+        out.append(Prepared(case, image, mask, tuple(info["spacing"])))
+        if progress:
+            progress(i + 1, len(cases))
+    return out
+
+
+# ------------------------------------------------------------------------------------------ augmentation
+
+
+def pad_to(x_cs: np.ndarray, size: Sequence[int], value: float | np.ndarray) -> np.ndarray:
+    """Pad spatial dims symmetrically up to ``size`` (no-op where already large enough)."""
+    pads = [(0, 0)] + [((max(0, s - d)) // 2, max(0, s - d) - max(0, s - d) // 2) for d, s in zip(x_cs.shape[1:], size)]
+    if all(p == (0, 0) for p in pads):
+        return x_cs
+    if np.ndim(value) == 0:
+        return np.pad(x_cs, pads, constant_values=value)
+    return np.stack([np.pad(c, pads[1:], constant_values=v) for c, v in zip(x_cs, value)])
+
+
+def random_crop_box(
+    rng: np.random.Generator, shape: Sequence[int], size: Sequence[int], center: Sequence[int] | None = None
+) -> tuple[slice, ...]:
+    """Crop of ``size`` inside ``shape`` (shape >= size), uniformly placed or containing ``center``."""
+    starts = []
+    for d, (n, s) in enumerate(zip(shape, size)):
+        hi = n - s
+        if center is None:
+            starts.append(int(rng.integers(0, hi + 1)))
+        else:
+            starts.append(int(np.clip(center[d] - s // 2 + rng.integers(-(s // 4), s // 4 + 1), 0, hi)))
+    return tuple(slice(a, a + s) for a, s in zip(starts, size))
+
+
+def resized_crop_box(rng: np.random.Generator, shape: Sequence[int], scale: tuple[float, float]) -> tuple[slice, ...]:
+    """RandomResizedCrop box for 2D: area fraction in ``scale``, aspect ratio in [3/4, 4/3]."""
+    h, w = shape
+    for _ in range(10):
+        area = h * w * rng.uniform(*scale)
+        ratio = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+        ch, cw = int(round(math.sqrt(area / ratio))), int(round(math.sqrt(area * ratio)))
+        if 0 < ch <= h and 0 < cw <= w:
+            y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+            return slice(y, y + ch), slice(x, x + cw)
+    side = min(h, w)
+    return slice((h - side) // 2, (h - side) // 2 + side), slice((w - side) // 2, (w - side) // 2 + side)
+
+
+def center_crop_box(shape: Sequence[int], size: Sequence[int]) -> tuple[slice, ...]:
+    return tuple(slice((n - s) // 2, (n - s) // 2 + s) for n, s in zip(shape, size))
+
+
+def _to_size(x_cs: np.ndarray, size: Sequence[int], *, label: bool) -> torch.Tensor:
+    t = torch.from_numpy(np.ascontiguousarray(x_cs, dtype=np.float32))
+    if tuple(t.shape[1:]) == tuple(size):
+        return t
+    mode = "nearest-exact" if label else ("bilinear" if len(size) == 2 else "trilinear")
+    kw = {} if label else {"align_corners": False}
+    return F.interpolate(t[None], size=tuple(size), mode=mode, **kw)[0]
+
+
+def augment_case(
+    image_cs: np.ndarray,
+    mask_s: np.ndarray | None,
+    aug: Augment | None,
+    rng: np.random.Generator | None,
+    crop_size: Sequence[int],
+    fg_coords: np.ndarray | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Crop (random when ``aug``, else centred) and flip one case; returns tensors (C, *crop) and (*crop)."""
+    pad_value = np.asarray([float(np.min(c)) for c in image_cs]) if image_cs.size else 0.0
+    image = pad_to(image_cs, crop_size, pad_value)
+    mask = pad_to(mask_s[None], crop_size, 0)[0] if mask_s is not None else None
+    shape = image.shape[1:]
+    if aug is None:
+        box = center_crop_box(shape, crop_size)
+    elif aug.crop_scale is not None and len(shape) == 2:
+        box = resized_crop_box(rng, shape, aug.crop_scale)
+    else:
+        center = None
+        if fg_coords is not None and len(fg_coords) and rng.random() < aug.foreground_prob:
+            center = fg_coords[int(rng.integers(len(fg_coords)))]
+        box = random_crop_box(rng, shape, crop_size, center)
+    img_t = _to_size(np.asarray(image[(slice(None), *box)]), crop_size, label=False)
+    msk_t = _to_size(np.asarray(mask[box])[None], crop_size, label=True)[0].to(torch.int64) if mask is not None else None
+    if aug is not None:
+        for axis in aug.flip_axes:
+            if rng.random() < aug.flip_prob:
+                img_t = img_t.flip(axis + 1)
+                if msk_t is not None:
+                    msk_t = msk_t.flip(axis)
+    return img_t.contiguous(), (msk_t.contiguous() if msk_t is not None else None)
+
+
+# ----------------------------------------------------------------------------------------------- dataset
+
+
+class CaseDataset(Dataset):
+    """Items ``{"image", "index", "seed"[, "mask"][, "target"]}`` for key ``(epoch, index)``.
+
+    ``augment`` None gives the deterministic centred crop (evaluation, figures).
+    """
+
+    def __init__(
+        self,
+        prepared: Sequence[Prepared],
+        crop_size: Sequence[int],
+        *,
+        augment: Augment | None,
+        seed: int,
+        targets: np.ndarray | None = None,
+        foreground: Sequence[np.ndarray | None] | None = None,
+    ):
+        self.prepared = list(prepared)
+        self.crop_size = tuple(int(s) for s in crop_size)
+        self.augment = augment
+        self.seed = int(seed)
+        self.targets = targets
+        self.foreground = foreground
+
+    def __len__(self) -> int:
+        return len(self.prepared)
+
+    def __getitem__(self, key: tuple[int, int] | int) -> dict[str, Any]:
+        epoch, index = key if isinstance(key, tuple) else (0, int(key))
+        p = self.prepared[index]
+        try:
+            rng = np.random.default_rng(case_seed(self.seed, epoch, index, STREAM_AUGMENT))
+            fg = self.foreground[index] if self.foreground is not None else None
+            image, mask = augment_case(p.image, p.mask, self.augment, rng, self.crop_size, fg)
+        except Exception as e:  # noqa: BLE001 - the worker's error must carry the case id
+            raise CaseError(f"case {p.case.case_id} ({p.case.path}): {type(e).__name__}: {e}") from e
+        item: dict[str, Any] = {
+            "image": image,
+            "index": index,
+            "seed": torch.tensor(case_seed(self.seed, epoch, index, STREAM_MASK), dtype=torch.int64),
+        }
+        if mask is not None:
+            item["mask"] = mask
+        if self.targets is not None:
+            item["target"] = torch.as_tensor(self.targets[index])
+        return item
+
+
+class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
+    """Batches of ``(epoch, index)`` keys: this rank's share of each global batch of one epoch.
+
+    The epoch's order is ``randperm`` seeded by (seed, epoch); rank r takes slice r of every global batch,
+    so the union over ranks at each step is exactly the single-process batch. Incomplete final batches are
+    dropped. ``skip_batches`` resumes mid-epoch.
+    """
+
+    def __init__(self, num_cases: int, global_batch: int, *, seed: int, epoch: int, rank: int = 0,
+                 world_size: int = 1, skip_batches: int = 0):
+        if global_batch % world_size:
+            raise ValueError(f"global batch {global_batch} is not divisible by the {world_size} processes")
+        if num_cases < global_batch:
+            raise ValueError(f"{num_cases} cases are fewer than the global batch size {global_batch}")
+        self.num_cases, self.global_batch = num_cases, global_batch
+        self.seed, self.epoch, self.rank, self.world_size = seed, epoch, rank, world_size
+        self.skip_batches = skip_batches
+
+    @staticmethod
+    def steps_per_epoch(num_cases: int, global_batch: int) -> int:
+        return num_cases // global_batch
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch(self.num_cases, self.global_batch) - self.skip_batches
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        g = torch.Generator().manual_seed(case_seed(self.seed, self.epoch, 0, 2))
+        perm = torch.randperm(self.num_cases, generator=g).tolist()
+        local = self.global_batch // self.world_size
+        for b in range(self.skip_batches, self.steps_per_epoch(self.num_cases, self.global_batch)):
+            chunk = perm[b * self.global_batch : (b + 1) * self.global_batch]
+            yield [(self.epoch, i) for i in chunk[self.rank * local : (self.rank + 1) * local]]

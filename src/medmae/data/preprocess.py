@@ -1,0 +1,132 @@
+"""The preprocessing contract: orientation, spacing, size, channels and intensity, applied once per case.
+
+A :class:`Preprocessing` is derived from the config, saved with every run and exported encoder, and
+checked again when an encoder is fine-tuned, so pretraining and fine-tuning see images the same way.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from medmae.data.intensity import apply_intensity, describe
+from medmae.data.readers import ImageMeta, read_image, read_label
+from medmae.data.sources import Case
+
+
+class CaseError(RuntimeError):
+    """A case that cannot be used; the message starts with the case id and its path."""
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    spatial_dims: int
+    in_channels: int
+    intensity: dict[str, Any]
+    spacing: tuple[float, ...] | None = None
+    orientation: str | None = "RAS"
+    resize: tuple[int, ...] | None = None
+
+    @classmethod
+    def from_config(cls, data_cfg: Any, model_cfg: Any) -> Preprocessing:
+        return cls(
+            spatial_dims=model_cfg.spatial_dims,
+            in_channels=model_cfg.in_channels,
+            intensity=describe(data_cfg.intensity.model_dump()),
+            spacing=tuple(data_cfg.spacing) if data_cfg.spacing else None,
+            orientation=data_cfg.orientation if model_cfg.spatial_dims == 3 else None,
+            resize=tuple(data_cfg.resize) if data_cfg.resize else None,
+        )
+
+    def recipe(self) -> str:
+        """Canonical string of the settings (part of the cache key)."""
+        return json.dumps(asdict(self), sort_keys=True)
+
+    def contract(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["spacing"] = list(self.spacing) if self.spacing else None
+        d["resize"] = list(self.resize) if self.resize else None
+        return d
+
+
+def resize_array(x_cs: np.ndarray, shape: Sequence[int], *, label: bool = False) -> np.ndarray:
+    """Resample (C, *S) to spatial ``shape``: (bi/tri)linear for images (antialiased in 2D), nearest for labels."""
+    shape = tuple(int(s) for s in shape)
+    if tuple(x_cs.shape[1:]) == shape:
+        return x_cs
+    t = torch.from_numpy(np.ascontiguousarray(x_cs, dtype=np.float32))[None]
+    if label:
+        out = F.interpolate(t, size=shape, mode="nearest-exact")
+        return out[0].numpy().astype(x_cs.dtype)
+    mode = "bilinear" if len(shape) == 2 else "trilinear"
+    out = F.interpolate(t, size=shape, mode=mode, align_corners=False, antialias=len(shape) == 2)
+    return out[0].numpy()
+
+
+def target_shape(shape: Sequence[int], spacing: Sequence[float], new_spacing: Sequence[float]) -> tuple[int, ...]:
+    return tuple(max(1, int(round(s * a / b))) for s, a, b in zip(shape, spacing, new_spacing))
+
+
+def _geometry(x_cs: np.ndarray, meta: ImageMeta, prep: Preprocessing, *, label: bool) -> np.ndarray:
+    if prep.spacing is not None:
+        if len(prep.spacing) != prep.spatial_dims:
+            raise ValueError(f"target spacing {prep.spacing} needs {prep.spatial_dims} values")
+        x_cs = resize_array(x_cs, target_shape(x_cs.shape[1:], meta.spacing, prep.spacing), label=label)
+    if prep.resize is not None:
+        x_cs = resize_array(x_cs, prep.resize, label=label)
+    return x_cs
+
+
+class LoadedImage(NamedTuple):
+    array: np.ndarray  # (C, *S) float32 after preprocessing
+    meta: ImageMeta  # the reader's metadata (geometry of the file)
+    spacing: tuple[float, ...]  # voxel spacing after preprocessing (mm)
+    read_shape: tuple[int, ...]  # spatial shape as read (after reorientation, before resampling)
+
+
+def load_image(case: Case, prep: Preprocessing) -> LoadedImage:
+    """Read and preprocess a case's image following ``prep``; errors name the case."""
+    paths = case.image if len(case.image) > 1 else case.image[0]
+    try:
+        x, meta = read_image(
+            paths,
+            reorient=prep.orientation is not None,
+            expect_channels=prep.in_channels,
+            grey=True if prep.in_channels == 1 else None,
+        )
+        if meta.spatial_dims != prep.spatial_dims:
+            raise ValueError(f"{meta.spatial_dims}D image, but the model is {prep.spatial_dims}D")
+        shape_in = x.shape[1:]
+        x = apply_intensity(_geometry(x, meta, prep, label=False), prep.intensity)
+        spacing = tuple(float(sp) * a / b for sp, a, b in zip(meta.spacing, shape_in, x.shape[1:]))
+        if not np.isfinite(x).all():
+            raise ValueError(f"{int((~np.isfinite(x)).sum())} non-finite values after preprocessing")
+    except Exception as e:  # noqa: BLE001 - any failure becomes an error naming the case
+        raise CaseError(f"case {case.case_id} ({case.path}): {e}") from e
+    return LoadedImage(x.astype(np.float32, copy=False), meta, spacing, tuple(shape_in))
+
+
+def load_mask(case: Case, prep: Preprocessing, image_meta: ImageMeta, image_shape: Sequence[int]) -> np.ndarray:
+    """Read a case's label map, resampled like its image: (*S) integer; its geometry must match the image's."""
+    if case.mask is None:
+        raise CaseError(f"case {case.case_id} ({case.path}): no mask")
+    try:
+        y, meta = read_label(case.mask, reorient=prep.orientation is not None)
+        if tuple(meta.original_shape) != tuple(image_meta.original_shape):
+            raise ValueError(f"mask shape {tuple(meta.original_shape)} differs from image shape {tuple(image_meta.original_shape)}")
+        if not np.allclose(meta.spacing, image_meta.spacing, rtol=1e-3, atol=1e-4):
+            raise ValueError(f"mask spacing {tuple(meta.spacing)} differs from image spacing {tuple(image_meta.spacing)}")
+        y = _geometry(y[None], meta, prep, label=True)[0]
+        if tuple(y.shape) != tuple(image_shape):
+            raise ValueError(f"mask shape {tuple(y.shape)} differs from image shape {tuple(image_shape)}")
+    except CaseError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise CaseError(f"case {case.case_id} ({case.mask}): {e}") from e
+    return y

@@ -1,0 +1,113 @@
+"""Patient-level, stratified splits and nested label fractions, reproducible from a seed.
+
+Splits are saved as JSON in the run directory (case ids per split), so evaluation and later sweeps reuse
+exactly the cases a model was trained on. k-fold files use nnU-Net's ``splits_final.json`` shape
+(a list of ``{"train": [...], "val": [...]}``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from medmae.data.sources import Case
+
+
+def stratum(case: Case) -> str:
+    """Stratification key of a case: its class label(s), or '' when unlabelled."""
+    return "|".join(sorted(case.class_names())) if case.label is not None else ""
+
+
+def _subject_groups(cases: Sequence[Case]) -> tuple[list[str], dict[str, list[int]]]:
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, c in enumerate(cases):
+        groups[c.subject_id].append(i)
+    return sorted(groups), groups
+
+
+def _subject_stratum(cases: Sequence[Case], members: list[int]) -> str:
+    """A subject's stratum: the most frequent one of its cases (ties broken by name)."""
+    counts: dict[str, int] = defaultdict(int)
+    for i in members:
+        counts[stratum(cases[i])] += 1
+    return min(counts, key=lambda s: (-counts[s], s))
+
+
+def kfold(cases: Sequence[Case], k: int = 5, *, seed: int = 0) -> list[dict[str, list[str]]]:
+    """k folds, patient-disjoint and stratified: subjects of each stratum are dealt round-robin in a seeded order."""
+    if k < 2:
+        raise ValueError(f"k-fold needs k >= 2, got {k}")
+    subjects, groups = _subject_groups(cases)
+    if len(subjects) < k:
+        raise ValueError(f"{len(subjects)} subjects cannot make {k} folds")
+    rng = np.random.default_rng(seed)
+    by_stratum: dict[str, list[str]] = defaultdict(list)
+    for s in subjects:
+        by_stratum[_subject_stratum(cases, groups[s])].append(s)
+    fold_of: dict[str, int] = {}
+    offset = 0
+    for key in sorted(by_stratum):
+        members = by_stratum[key]
+        order = rng.permutation(len(members))
+        for j, idx in enumerate(order):
+            fold_of[members[idx]] = (offset + j) % k
+        offset += len(members)
+    folds = []
+    for f in range(k):
+        val = [cases[i].case_id for s in subjects if fold_of[s] == f for i in groups[s]]
+        train = [cases[i].case_id for s in subjects if fold_of[s] != f for i in groups[s]]
+        folds.append({"train": sorted(train), "val": sorted(val)})
+    return folds
+
+
+def train_test_split(cases: Sequence[Case], *, test_fraction: float, val_fraction: float = 0.0,
+                     seed: int = 0) -> dict[str, list[str]]:
+    """Patient-level stratified split into train / val / test case ids."""
+    if not 0 < test_fraction < 1 or not 0 <= val_fraction < 1 or test_fraction + val_fraction >= 1:
+        raise ValueError(f"bad split fractions: test {test_fraction}, val {val_fraction}")
+    subjects, groups = _subject_groups(cases)
+    rng = np.random.default_rng(seed)
+    by_stratum: dict[str, list[str]] = defaultdict(list)
+    for s in subjects:
+        by_stratum[_subject_stratum(cases, groups[s])].append(s)
+    out: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+    for key in sorted(by_stratum):
+        members = [by_stratum[key][i] for i in rng.permutation(len(by_stratum[key]))]
+        n = len(members)
+        n_test = max(1, int(round(n * test_fraction))) if n > 1 else 0
+        n_val = int(round(n * val_fraction)) if n - n_test > 1 else 0
+        for j, s in enumerate(members):
+            part = "test" if j < n_test else ("val" if j < n_test + n_val else "train")
+            out[part] += [cases[i].case_id for i in groups[s]]
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def label_fraction(cases: Sequence[Case], fraction: float, *, seed: int = 0) -> list[str]:
+    """Nested, stratified subset of ``fraction`` of the cases (by subject), at least one subject per stratum.
+
+    Subjects are ranked once per stratum by a seeded permutation and the first ``ceil(fraction * n)`` are
+    taken, so the subset for 5 % is contained in the one for 10 %, and so on.
+    """
+    if not 0 < fraction <= 1:
+        raise ValueError(f"label fraction must be in (0, 1], got {fraction}")
+    subjects, groups = _subject_groups(cases)
+    rng = np.random.default_rng(seed)
+    by_stratum: dict[str, list[str]] = defaultdict(list)
+    for s in subjects:
+        by_stratum[_subject_stratum(cases, groups[s])].append(s)
+    keep: list[str] = []
+    for key in sorted(by_stratum):
+        members = [by_stratum[key][i] for i in rng.permutation(len(by_stratum[key]))]
+        n = max(1, math.ceil(fraction * len(members) - 1e-9))
+        keep += [cases[i].case_id for s in members[:n] for i in groups[s]]
+    return sorted(keep)
+
+
+def save_json(path: Path, data: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1, sort_keys=isinstance(data, dict)) + "\n")

@@ -1,0 +1,280 @@
+"""The one training loop, shared by pretraining and fine-tuning.
+
+AdamW with warmup + cosine, gradient clipping, optional bf16 autocast, a NaN/Inf guard, per-step
+metrics, atomic checkpoints, exact resume and pre-emption by SIGTERM/SIGUSR1, single process or torchrun DDP.
+What a step computes is the caller's ``step_fn(model, batch) -> {"loss": ..., ...}``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from medmae.data.dataset import EpochBatchSampler
+from medmae.engine import checkpoint as ckpt
+from medmae.engine.distributed import DistInfo, all_reduce_max, all_reduce_sum, barrier, gather_objects
+from medmae.engine.logging import MetricsLog, is_interactive
+from medmae.engine.optim import build_adamw, set_lr, warmup_cosine
+from medmae.engine.signals import StopRequest
+
+log = logging.getLogger(__name__)
+
+StepFn = Callable[[nn.Module, dict[str, Any]], dict[str, torch.Tensor]]
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many consecutive steps with a non-finite loss or gradient."""
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Step counts and learning rate of one run."""
+
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+    lr: float
+    global_batch: int
+
+    @classmethod
+    def build(cls, num_cases: int, train_cfg: Any, optim_cfg: Any, max_steps: int | None) -> Schedule:
+        gb = train_cfg.batch_size
+        spe = EpochBatchSampler.steps_per_epoch(num_cases, gb)
+        if spe == 0:
+            raise ValueError(f"{num_cases} training cases are fewer than the batch size {gb}; lower train.batch_size")
+        full = train_cfg.epochs * spe
+        cap = max_steps or train_cfg.max_steps
+        total = min(full, cap) if cap else full
+        warmup = int(round(optim_cfg.warmup_epochs * spe * total / full))
+        lr = optim_cfg.lr if optim_cfg.lr is not None else optim_cfg.base_lr * gb / 256
+        return cls(spe, total, min(warmup, total), lr, gb)
+
+
+class Hook(Protocol):
+    def on_epoch_end(self, trainer: Trainer, epoch: int) -> None: ...
+
+    def on_fit_end(self, trainer: Trainer) -> None: ...
+
+
+@dataclass
+class FitResult:
+    step: int
+    total_steps: int
+    preempted: bool
+    last_loss: float | None
+    checkpoint: Path | None
+    skipped_steps: int = 0
+
+
+@dataclass
+class Trainer:
+    model: nn.Module
+    dataset: torch.utils.data.Dataset
+    param_groups: list[dict]
+    train_cfg: Any
+    optim_cfg: Any
+    run_dir: Path
+    dist: DistInfo
+    step_fn: StepFn
+    hooks: Sequence[Hook] = ()
+    checkpoint_metadata: dict[str, str] = field(default_factory=dict)
+    case_ids: Sequence[str] | None = None
+    num_workers: int = 0
+    step: int = 0
+    epoch: int = 0
+
+    @property
+    def ckpt_root(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    def _rng_state(self) -> dict[str, Any]:
+        np_state = np.random.get_state()
+        state = {
+            "torch": torch.get_rng_state(),
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+            "python": random.getstate(),
+        }
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    @staticmethod
+    def _set_rng_state(state: dict[str, Any]) -> None:
+        torch.set_rng_state(state["torch"])
+        n = state["numpy"]
+        np.random.set_state((n[0], n[1].numpy().astype(np.uint32), *n[2:]))
+        py = state["python"]
+        random.setstate((py[0], tuple(py[1]), py[2]))
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+    def save(self, optimizer: torch.optim.Optimizer, schedule: Schedule, skipped: int) -> Path | None:
+        rngs = gather_objects(self._rng_state(), self.dist)
+        path = None
+        if self.dist.is_main:
+            train_state = {
+                "step": self.step,
+                "optimizer": optimizer.state_dict(),
+                "rng": rngs,
+                "skipped_steps": skipped,
+                "world_size": self.dist.world_size,
+                "total_steps": schedule.total_steps,
+                "global_batch": schedule.global_batch,
+            }
+            path = ckpt.save_checkpoint(
+                self.ckpt_root,
+                self.step,
+                model_state=self.model.state_dict(),
+                train_state=train_state,
+                metadata={"kind": "train_checkpoint", **self.checkpoint_metadata},
+                keep_last=self.train_cfg.keep_last,
+            )
+        barrier(self.dist)
+        return path
+
+    def fit(self, *, max_steps: int | None = None, resume: str | None = None) -> FitResult:
+        cfg, dev = self.train_cfg, self.dist.device
+        schedule = Schedule.build(len(self.dataset), cfg, self.optim_cfg, max_steps)
+        self.model.to(dev)
+        optimizer = build_adamw(self.param_groups, lr=schedule.lr, betas=tuple(self.optim_cfg.betas), fused=self.optim_cfg.fused)
+        metrics = MetricsLog(self.run_dir, enabled=self.dist.is_main)
+        if self.dist.is_main:
+            ckpt.clean_partial(self.ckpt_root)
+        skipped = 0
+        start = ckpt.resolve_resume(self.ckpt_root, resume)
+        if start is not None:
+            loaded = ckpt.load_checkpoint(start)
+            self.model.load_state_dict(loaded.model_state)
+            st = loaded.train_state
+            optimizer.load_state_dict(st["optimizer"])
+            self.step, skipped = int(st["step"]), int(st.get("skipped_steps", 0))
+            rngs = st["rng"]
+            if len(rngs) != self.dist.world_size:
+                log.warning("resuming a %d-process run with %d processes: not bit-exact", len(rngs), self.dist.world_size)
+            self._set_rng_state(rngs[min(self.dist.rank, len(rngs) - 1)])
+            if st.get("total_steps") != schedule.total_steps:
+                log.warning("schedule length changed on resume (%s -> %s steps)", st.get("total_steps"), schedule.total_steps)
+            log.info("resumed from %s (step %d)", start, self.step)
+        if self.dist.is_main:
+            metrics.truncate_after(self.step)
+        model = self.model
+        if self.dist.enabled:
+            model = DistributedDataParallel(self.model, device_ids=[dev.index] if dev.type == "cuda" else None)
+        params = [p for g in self.param_groups for p in g["params"]]
+        clip = self.optim_cfg.clip_grad if self.optim_cfg.clip_grad else math.inf
+        amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+        consecutive, last_loss, last_saved = 0, None, None
+        progress = _Progress(schedule.total_steps, self.step, enabled=self.dist.is_main, log_every=cfg.log_every)
+        self.model.train()
+        with StopRequest() as stop, progress:
+            while self.step < schedule.total_steps:
+                self.epoch, skip = divmod(self.step, schedule.steps_per_epoch)
+                sampler = EpochBatchSampler(len(self.dataset), schedule.global_batch, seed=cfg.seed, epoch=self.epoch,
+                                            rank=self.dist.rank, world_size=self.dist.world_size, skip_batches=skip)
+                loader = DataLoader(self.dataset, batch_sampler=sampler, num_workers=self.num_workers,
+                                    generator=torch.Generator().manual_seed(cfg.seed + self.epoch),
+                                    pin_memory=dev.type == "cuda")
+                t0 = time.perf_counter()
+                for batch in loader:
+                    if self.step >= schedule.total_steps:
+                        break
+                    lr = warmup_cosine(self.step, lr=schedule.lr, total_steps=schedule.total_steps,
+                                       warmup_steps=schedule.warmup_steps, min_lr=self.optim_cfg.min_lr)
+                    set_lr(optimizer, lr)
+                    batch = {k: (v.to(dev, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+                    with amp:
+                        out = self.step_fn(model, batch)
+                    loss = out["loss"]
+                    loss.backward()
+                    grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
+                    stats = torch.stack([loss.detach().float(), torch.tensor(float(not torch.isfinite(loss)), device=dev)])
+                    stats = all_reduce_sum(stats, self.dist)
+                    mean_loss = (stats[0] / self.dist.world_size).item()
+                    finite = stats[1].item() == 0 and math.isfinite(mean_loss) and bool(torch.isfinite(grad_norm))
+                    if finite:
+                        optimizer.step()
+                        consecutive = 0
+                    else:
+                        skipped += 1
+                        consecutive += 1
+                        ids = self._case_ids(batch)
+                        log.warning("step %d: non-finite loss/gradient (loss=%s), step skipped; cases %s",
+                                    self.step + 1, mean_loss, ids)
+                        if consecutive >= cfg.nan_max_consecutive:
+                            raise NonFiniteLossError(
+                                f"{consecutive} consecutive non-finite steps (last at step {self.step + 1}, cases {ids}); "
+                                f"last good checkpoint: {ckpt.find_latest_valid(self.ckpt_root)}")
+                    optimizer.zero_grad(set_to_none=True)
+                    self.step += 1
+                    now = time.perf_counter()
+                    row = {"step": self.step, "epoch": self.epoch, "loss": mean_loss, "lr": lr,
+                           "grad_norm": float(grad_norm), "skipped": skipped,
+                           "items_per_s": schedule.global_batch / max(now - t0, 1e-9), "time_s": time.time()}
+                    row.update({k: float(v.detach()) for k, v in out.items() if k != "loss" and torch.is_tensor(v)})
+                    metrics.write(row)
+                    progress.update(self.step, row)
+                    t0 = now
+                    last_loss = mean_loss if finite else last_loss
+                    stop_now = all_reduce_max(torch.tensor([float(stop.requested)], device=dev), self.dist).item() > 0
+                    if stop_now or self.step % cfg.checkpoint_every == 0 or self.step == schedule.total_steps:
+                        last_saved = self.save(optimizer, schedule, skipped) or last_saved
+                    if stop_now:
+                        log.warning("pre-emption signal: checkpoint at step %d saved, exiting", self.step)
+                        return FitResult(self.step, schedule.total_steps, True, last_loss, last_saved, skipped)
+                if self.step % schedule.steps_per_epoch == 0:
+                    for hook in self.hooks:
+                        hook.on_epoch_end(self, self.step // schedule.steps_per_epoch - 1)
+        for hook in self.hooks:
+            hook.on_fit_end(self)
+        if last_saved is None and self.dist.is_main:
+            last_saved = ckpt.find_latest_valid(self.ckpt_root)
+        return FitResult(self.step, schedule.total_steps, False, last_loss, last_saved, skipped)
+
+    def _case_ids(self, batch: dict[str, Any]) -> list[str]:
+        idx = batch.get("index")
+        if idx is None or self.case_ids is None:
+            return []
+        return [self.case_ids[int(i)] for i in idx]
+
+
+class _Progress:
+    """rich progress bar on a terminal, a log line every ``log_every`` steps otherwise."""
+
+    def __init__(self, total: int, start: int, *, enabled: bool, log_every: int):
+        self.total, self.start, self.enabled, self.log_every = total, start, enabled, log_every
+        self.bar = None
+
+    def __enter__(self) -> _Progress:
+        if self.enabled and is_interactive():
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[info]}"), TimeRemainingColumn(), transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task("train", total=self.total, completed=self.start, info="")
+        return self
+
+    def update(self, step: int, row: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        info = f"loss {row['loss']:.4f} lr {row['lr']:.2e} {row['items_per_s']:.1f} it/s"
+        if self.bar is not None:
+            self.bar.update(self.task, completed=step, info=info)
+        elif step % self.log_every == 0 or step == self.total:
+            log.info("step %d/%d %s", step, self.total, info)
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.stop()

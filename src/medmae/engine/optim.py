@@ -1,0 +1,58 @@
+"""Optimizer parameter groups (weight decay, layer-wise lr decay) and the warmup + cosine schedule."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+NO_DECAY_NAMES = ("pos_embed", "cls_token", "mask_token", "relative_position_bias_table", "absolute_pos_embed")
+
+
+def param_groups(
+    model: nn.Module,
+    weight_decay: float,
+    *,
+    layer_id: Callable[[str], int] | None = None,
+    num_layers: int = 0,
+    layer_decay: float | None = None,
+) -> list[dict]:
+    """AdamW groups: no decay for biases, norms and tokens; with ``layer_decay`` each group gets
+    ``lr_scale = layer_decay ** (num_layers + 1 - layer_id(name))`` (BEiT/MAE layer-wise lr decay)."""
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        no_decay = p.ndim <= 1 or name.endswith(".bias") or any(t in name for t in NO_DECAY_NAMES)
+        lid = layer_id(name) if (layer_id and layer_decay is not None) else num_layers + 1
+        key = (lid, no_decay)
+        if key not in groups:
+            scale = layer_decay ** (num_layers + 1 - lid) if layer_decay is not None else 1.0
+            groups[key] = {"params": [], "names": [], "weight_decay": 0.0 if no_decay else weight_decay,
+                           "lr_scale": scale, "layer_id": lid}
+        groups[key]["params"].append(p)
+        groups[key]["names"].append(name)
+    return [groups[k] for k in sorted(groups)]
+
+
+def build_adamw(groups: list[dict], *, lr: float, betas: tuple[float, float], fused: bool) -> torch.optim.AdamW:
+    clean = [{k: v for k, v in g.items() if k != "names"} for g in groups]
+    devices = {p.device.type for g in clean for p in g["params"]}
+    use_fused = fused and devices <= {"cpu", "cuda"}
+    return torch.optim.AdamW(clean, lr=lr, betas=betas, fused=use_fused or None)
+
+
+def warmup_cosine(step: int, *, lr: float, total_steps: int, warmup_steps: int, min_lr: float = 0.0) -> float:
+    """Learning rate for optimizer step ``step`` (0-based): linear warmup, then half-cosine to ``min_lr``."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for g in optimizer.param_groups:
+        g["lr"] = lr * g.get("lr_scale", 1.0)

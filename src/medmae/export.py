@@ -1,0 +1,75 @@
+"""Encoder export: ``encoder.safetensors`` whose metadata carries the contract later stages check."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from medmae import __version__
+
+FORMAT = "medmae-encoder"
+FORMAT_VERSION = 1
+
+
+class ExportError(ValueError):
+    """A file that is not a usable medmae encoder export; the message names the file."""
+
+
+def make_contract(*, arch: str, encoder: dict[str, Any], preprocessing: dict[str, Any],
+                  pretraining: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "medmae_version": __version__,
+        "arch": arch,
+        "encoder": encoder,
+        "preprocessing": preprocessing,
+        "pretraining": pretraining or {},
+    }
+
+
+def save_encoder(path: str | Path, state: dict[str, torch.Tensor], contract: dict[str, Any]) -> Path:
+    """Write encoder weights with the contract in the safetensors header (JSON under ``medmae_contract``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    enc, prep = contract["encoder"], contract["preprocessing"]
+    metadata = {
+        "medmae_contract": json.dumps(contract, sort_keys=True),
+        "format": FORMAT,
+        "arch": contract["arch"],
+        "spatial_dims": str(enc.get("spatial_dims")),
+        "patch_size": json.dumps(enc.get("patch_size")),
+        "in_channels": str(enc.get("in_channels")),
+        "img_size": json.dumps(enc.get("img_size")),
+        "intensity": json.dumps(prep.get("intensity")),
+        "medmae_version": __version__,
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp), metadata=metadata)
+    tmp.replace(path)
+    return path
+
+
+def read_contract(path: str | Path) -> dict[str, Any]:
+    """The contract of an export; :class:`ExportError` if the file is not a medmae encoder."""
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(f"{path}: no such file")
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+        raise ExportError(f"{path}: not a safetensors file ({e})") from None
+    if meta.get("format") != FORMAT or "medmae_contract" not in meta:
+        raise ExportError(f"{path}: not a medmae encoder export (no '{FORMAT}' contract in its metadata)")
+    return json.loads(meta["medmae_contract"])
+
+
+def load_encoder_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    contract = read_contract(path)
+    return load_file(str(path)), contract

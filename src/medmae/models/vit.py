@@ -1,0 +1,239 @@
+"""Vision Transformer for 2D and 3D images (one implementation, ``spatial_dims`` 2 or 3).
+
+The encoder can run on a subset of tokens (MAE: the visible ones only): patches are gathered
+*before* the patch projection, so masked patches cost nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medmae.models.masking import grid_shape, patchify
+
+VIT_SIZES: dict[str, tuple[int, int, int]] = {
+    # name: (embed_dim, depth, num_heads)
+    "vit-t": (192, 12, 3),
+    "vit-s": (384, 12, 6),
+    "vit-b": (768, 12, 12),
+    "vit-l": (1024, 24, 16),
+}
+
+
+def sincos_pos_embed(grid: Sequence[int], dim: int) -> torch.Tensor:
+    """Fixed sin-cos position embedding for a 2D or 3D token grid.
+
+    Each spatial axis gets an equal, even share of ``dim`` (sin half, cos half, frequencies
+    ``1 / 10000**(i / half)``); channels left over when ``dim`` is not divisible by 2 * ndim are zero.
+    Axis 0 of the grid uses the first share.
+
+    Returns:
+        (prod(grid), dim) float32, tokens in raster order of the grid.
+    """
+    ndim = len(grid)
+    per_axis = (dim // (2 * ndim)) * 2
+    if per_axis == 0:
+        raise ValueError(f"embed dim {dim} too small for a {ndim}-D sin-cos embedding")
+    half = per_axis // 2
+    omega = 1.0 / 10000 ** (torch.arange(half, dtype=torch.float64) / half)
+    coords = torch.meshgrid(*[torch.arange(g, dtype=torch.float64) for g in grid], indexing="ij")
+    parts = []
+    for axis_coords in coords:
+        angles = axis_coords.reshape(-1, 1) * omega[None, :]
+        parts += [torch.sin(angles), torch.cos(angles)]
+    emb = torch.cat(parts, dim=1)
+    if emb.shape[1] < dim:
+        emb = torch.cat([emb, torch.zeros(emb.shape[0], dim - emb.shape[1], dtype=emb.dtype)], dim=1)
+    return emb.to(torch.float32)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention through ``F.scaled_dot_product_attention`` (flash / memory-efficient kernels)."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"embed dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x_bnd: torch.Tensor) -> torch.Tensor:
+        b, n, d = x_bnd.shape
+        qkv = self.qkv(x_bnd).reshape(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
+        return self.proj(out.transpose(1, 2).reshape(b, n, d))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop the residual branch per sample with probability ``p`` during training."""
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = torch.empty((x.shape[0],) + (1,) * (x.dim() - 1), device=x.device, dtype=x.dtype)
+        return x * keep.bernoulli_(1.0 - self.p) / (1.0 - self.p)
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block (timm / MAE layout and parameter names)."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True, drop_path: float = 0.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, num_heads, qkv_bias)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+def init_transformer_weights(module: nn.Module) -> None:
+    """MAE initialisation: xavier-uniform linears, zero biases, unit LayerNorms."""
+    if isinstance(module, nn.Linear):
+        nn.init.xavier_uniform_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+class ViT(nn.Module):
+    """ViT encoder. ``forward_tokens(x, ids_keep)`` runs on the kept tokens only.
+
+    Parameter names follow timm / facebookresearch-mae (``patch_embed.proj``, ``cls_token``, ``pos_embed``,
+    ``blocks.N``, ``norm``), except that ``pos_embed`` has no cls slot: the cls token carries its own.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        img_size: Sequence[int],
+        patch_size: Sequence[int],
+        in_channels: int = 1,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop_path: float = 0.0,
+        pos_embed: str = "sincos",
+        cls_token: bool = True,
+    ):
+        super().__init__()
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+        if len(img_size) != spatial_dims or len(patch_size) != spatial_dims:
+            raise ValueError(f"img_size {tuple(img_size)} and patch_size {tuple(patch_size)} need {spatial_dims} values")
+        if pos_embed not in ("sincos", "learnable"):
+            raise ValueError(f"pos_embed must be 'sincos' or 'learnable', got {pos_embed!r}")
+        self.spatial_dims = spatial_dims
+        self.img_size = tuple(int(s) for s in img_size)
+        self.patch_size = tuple(int(p) for p in patch_size)
+        self.grid = grid_shape(self.img_size, self.patch_size)
+        self.num_tokens = math.prod(self.grid)
+        self.in_channels = in_channels
+        self.embed_dim = embed_dim
+        self.depth = depth
+
+        conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
+        self.patch_embed = nn.Module()
+        self.patch_embed.proj = conv(in_channels, embed_dim, kernel_size=self.patch_size, stride=self.patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if cls_token else None
+        table = sincos_pos_embed(self.grid, embed_dim)[None]
+        if pos_embed == "learnable":
+            self.pos_embed = nn.Parameter(table)
+        else:
+            self.register_buffer("pos_embed", table)
+        rates = torch.linspace(0, drop_path, depth).tolist()
+        self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio, qkv_bias, r) for r in rates)
+        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        w = self.patch_embed.proj.weight
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.zeros_(self.patch_embed.proj.bias)
+        if self.cls_token is not None:
+            nn.init.normal_(self.cls_token, std=0.02)
+        self.blocks.apply(init_transformer_weights)
+        init_transformer_weights(self.norm)
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return 0 if self.cls_token is None else 1
+
+    def embed(self, x_bcs: torch.Tensor, ids_keep_bk: torch.Tensor | None = None) -> torch.Tensor:
+        """Patch tokens + position embedding (+ cls token first); with ``ids_keep_bk`` only those tokens.
+
+        Returns:
+            (B, prefix + L or K, D)
+        """
+        if tuple(x_bcs.shape[2:]) != self.img_size or x_bcs.shape[1] != self.in_channels:
+            raise ValueError(
+                f"ViT built for input (C={self.in_channels}, {self.img_size}), got {tuple(x_bcs.shape[1:])}"
+            )
+        patches = patchify(x_bcs, self.patch_size)
+        pos = self.pos_embed.expand(x_bcs.shape[0], -1, -1)
+        if ids_keep_bk is not None:
+            patches = _gather_tokens(patches, ids_keep_bk)
+            pos = _gather_tokens(pos, ids_keep_bk)
+        proj = self.patch_embed.proj
+        tokens = F.linear(patches, proj.weight.flatten(1), proj.bias) + pos.to(patches.dtype)
+        if self.cls_token is not None:
+            tokens = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1).to(tokens.dtype), tokens], dim=1)
+        return tokens
+
+    def forward_tokens(
+        self, x_bcs: torch.Tensor, ids_keep_bk: torch.Tensor | None = None, return_layers: Sequence[int] = ()
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Run the encoder.
+
+        Args:
+            return_layers: 1-based block indices whose outputs (before the final norm) are also returned.
+        Returns:
+            normed tokens (B, prefix + L or K, D) and the requested intermediate tokens.
+        """
+        x = self.embed(x_bcs, ids_keep_bk)
+        wanted = set(return_layers)
+        hidden = []
+        for i, block in enumerate(self.blocks, start=1):
+            x = block(x)
+            if i in wanted:
+                hidden.append(x)
+        return self.norm(x), hidden
+
+    def tokens_to_map(self, tokens_bld: torch.Tensor) -> torch.Tensor:
+        """Patch tokens (B, prefix + L, D) -> feature map (B, D, *grid), prefix tokens dropped."""
+        x = tokens_bld[:, self.num_prefix_tokens :]
+        return x.transpose(1, 2).reshape(x.shape[0], self.embed_dim, *self.grid)
+
+    def forward(self, x_bcs: torch.Tensor) -> torch.Tensor:
+        return self.forward_tokens(x_bcs)[0]
+
+
+def _gather_tokens(x_bld: torch.Tensor, ids_bk: torch.Tensor) -> torch.Tensor:
+    """x[b, ids[b, k], :] -> (B, K, D)."""
+    return torch.gather(x_bld, 1, ids_bk[..., None].expand(-1, -1, x_bld.shape[-1]))

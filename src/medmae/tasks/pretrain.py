@@ -1,0 +1,182 @@
+"""``medmae pretrain``: MAE pretraining from a preset or config, on data given by path (or synthetic)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medmae.config import ConfigError, PretrainConfig, dump_yaml, load_config
+from medmae.data.dataset import Augment, CaseDataset, Prepared
+from medmae.data.pipeline import prepare, resolve_spec
+from medmae.data.preprocess import Preprocessing
+from medmae.engine import checkpoint as ckpt
+from medmae.engine.distributed import DistInfo, barrier, init_distributed
+from medmae.engine.loop import FitResult, Trainer
+from medmae.engine.optim import param_groups
+from medmae.engine.signals import EXIT_PREEMPTED
+from medmae.export import make_contract, save_encoder
+from medmae.figures import save_reconstruction_figure
+from medmae.models.registry import build_mae, encoder_kwargs
+
+log = logging.getLogger(__name__)
+
+
+class Preempted(SystemExit):
+    """Raised after a pre-emption checkpoint; exits with :data:`EXIT_PREEMPTED`."""
+
+    def __init__(self, step: int):
+        super().__init__(EXIT_PREEMPTED)
+        self.step = step
+
+
+def resolve_pretrain_config(config: Any = None, *, preset: str | None = None, data: str | Path | None = None,
+                            overrides: Iterable[str] = ()) -> PretrainConfig:
+    cfg = load_config(PretrainConfig, config, preset=preset, overrides=overrides)
+    if data is not None:
+        cfg.data.path = str(data)
+    return cfg
+
+
+def prepare_run_dir(run_dir: Path, cfg_yaml: str, resume: str | None, dist: DistInfo) -> None:
+    """Create the run directory; refuse to overwrite a run that has checkpoints unless resuming."""
+    if dist.is_main:
+        if resume is None and ckpt.committed_steps(run_dir / "checkpoints"):
+            raise ConfigError(f"{run_dir} already holds checkpoints: pass --resume auto to continue it, or use another --run-dir")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        old = run_dir / "config.yaml"
+        if resume is not None and old.is_file() and old.read_text() != cfg_yaml:
+            log.warning("config differs from the one this run started with (%s); the new one is used", old)
+        (run_dir / "config.yaml").write_text(cfg_yaml)
+    barrier(dist)
+
+
+def fixed_cases(prepared: Sequence[Prepared], k: int) -> list[int]:
+    """Indices of the cases shown in figures: evenly spread, the same in every run."""
+    n = len(prepared)
+    return sorted({int(i * n / k) for i in range(min(k, n))})
+
+
+class ReconstructionFigures:
+    """Hook: reconstruction figures of fixed cases with fixed masks every N epochs and at the end."""
+
+    def __init__(self, dataset: CaseDataset, indices: Sequence[int], every: int, out_dir: Path, titles: Sequence[str]):
+        self.dataset, self.indices, self.every, self.out_dir, self.titles = dataset, list(indices), every, out_dir, titles
+        self.last_step = -1
+
+    def write(self, trainer: Trainer, name: str) -> Path | None:
+        if not trainer.dist.is_main or trainer.step == self.last_step:
+            return None
+        model = trainer.model
+        items = [self.dataset[i] for i in self.indices]
+        x = torch.stack([it["image"] for it in items]).to(trainer.dist.device)
+        seeds = torch.tensor(self.indices, dtype=torch.int64)
+        was_training = model.training
+        model.eval()
+        recon, mask = model.reconstruct(x, seeds)
+        model.train(was_training)
+        self.last_step = trainer.step
+        return save_reconstruction_figure(x, recon, mask, self.out_dir / f"{name}.png", titles=self.titles)
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int) -> None:
+        if (epoch + 1) % self.every == 0:
+            self.write(trainer, f"recon_epoch{epoch + 1:04d}")
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        self.write(trainer, f"recon_step{trainer.step:07d}")
+
+
+def export_encoder(run_dir: Path, model: torch.nn.Module, cfg: PretrainConfig, prep: Preprocessing, step: int) -> Path:
+    contract = make_contract(
+        arch=cfg.model.arch,
+        encoder=encoder_kwargs(cfg.model),
+        preprocessing=prep.contract(),
+        pretraining={"preset": cfg.name, "mask_ratio": cfg.mask.ratio, "mask_kind": cfg.mask.kind,
+                     "norm_pix_loss": cfg.loss.norm_pix, "steps": step, "data": cfg.data.path or f"synthetic:{cfg.data.synthetic.kind}"},
+    )
+    return save_encoder(run_dir / "export" / "encoder.safetensors", model.encoder.state_dict(), contract)
+
+
+def pretrain(
+    config: str | Path | PretrainConfig | dict | None = None,
+    *,
+    preset: str | None = None,
+    data: str | Path | None = None,
+    run_dir: str | Path,
+    overrides: Iterable[str] = (),
+    max_steps: int | None = None,
+    resume: str | None = None,
+) -> Path:
+    """Pretrain an MAE; returns the run directory (checkpoints, export/encoder.safetensors, figures, metrics)."""
+    cfg = resolve_pretrain_config(config, preset=preset, data=data, overrides=overrides)
+    run_dir = Path(run_dir)
+    dist = init_distributed(cfg.train.device)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    prepare_run_dir(run_dir, dump_yaml(cfg), resume, dist)
+
+    spec = resolve_spec(cfg.data).select(cfg.data.splits)
+    if not spec.cases:
+        raise ConfigError(f"no cases in {cfg.data.path} for splits {cfg.data.splits}")
+    prep = Preprocessing.from_config(cfg.data, cfg.model)
+    prepared = prepare(spec, prep, cfg.data, show_progress=dist.is_main)
+    log.info("%d cases from %s", len(prepared), cfg.data.path or f"synthetic {cfg.data.synthetic.kind}")
+    crop = tuple(cfg.model.img_size)
+    augment = Augment(crop, cfg.data.crop_scale, tuple(cfg.data.flip_axes), cfg.data.flip_prob)
+    train_set = CaseDataset(prepared, crop, augment=augment, seed=cfg.train.seed)
+    view_set = CaseDataset(prepared, crop, augment=None, seed=cfg.train.seed)
+
+    torch.manual_seed(cfg.train.seed)
+    model = build_mae(cfg)
+    shown = fixed_cases(prepared, cfg.data.figure_cases)
+    figures = ReconstructionFigures(view_set, shown, cfg.train.figure_every, run_dir / "figures",
+                                    [prepared[i].case.case_id for i in shown])
+    trainer = Trainer(
+        model=model,
+        dataset=train_set,
+        param_groups=param_groups(model, cfg.optim.weight_decay),
+        train_cfg=cfg.train,
+        optim_cfg=cfg.optim,
+        run_dir=run_dir,
+        dist=dist,
+        step_fn=lambda m, b: m(b["image"], b["seed"]),
+        hooks=[figures],
+        checkpoint_metadata={"stage": "pretrain", "arch": cfg.model.arch},
+        case_ids=[p.case.case_id for p in prepared],
+        num_workers=cfg.data.num_workers,
+    )
+    result = trainer.fit(max_steps=max_steps, resume=resume)
+    if result.preempted:
+        raise Preempted(result.step)
+    if dist.is_main:
+        path = export_encoder(run_dir, model, cfg, prep, result.step)
+        write_summary(run_dir, result, view_set, model, shown, dist)
+        log.info("encoder exported to %s", path)
+    barrier(dist)
+    return run_dir
+
+
+def write_summary(run_dir: Path, result: FitResult, view_set: CaseDataset, model: Any, shown: Sequence[int],
+                  dist: DistInfo) -> dict[str, Any]:
+    """``summary.json``: final loss and, on the figure cases, the masked-patch loss vs the patch-mean baseline."""
+    x = torch.stack([view_set[i]["image"] for i in shown]).to(dist.device)
+    seeds = torch.tensor(list(shown), dtype=torch.int64)
+    model.eval()
+    with torch.no_grad():
+        held = float(model(x, seeds)["loss"])
+        baseline = float(model.mean_patch_baseline(x, seeds))
+    summary = {
+        "steps": result.step,
+        "final_train_loss": result.last_loss,
+        "skipped_steps": result.skipped_steps,
+        "figure_cases_masked_loss": held,
+        "figure_cases_patch_mean_baseline": baseline,
+        "checkpoint": str(result.checkpoint) if result.checkpoint else None,
+        "encoder": str(run_dir / "export" / "encoder.safetensors"),
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
