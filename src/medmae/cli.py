@@ -36,10 +36,11 @@ def _run(fn, *args, **kwargs):
     from medmae.engine.checkpoint import CheckpointError
     from medmae.engine.loop import NonFiniteLossError
     from medmae.export import ExportError
+    from medmae.models.convert import ContractError
 
     try:
         return fn(*args, **kwargs)
-    except (ConfigError, CheckpointError, ExportError) as e:
+    except (ConfigError, CheckpointError, ExportError, ContractError) as e:
         console.print(f"[red]error:[/red] {e}", highlight=False)
         raise typer.Exit(EXIT_CONFIG) from None
     except (CaseError, ReadError, SourceError, NonFiniteLossError) as e:
@@ -79,15 +80,18 @@ def demo(
     from medmae.tasks.demo import demo as run_demo
 
     s = _run(run_demo, run_dir, max_steps=max_steps)
-    t = Table(title="medmae demo: MAE pretraining on synthetic chest X-rays", show_header=False)
-    t.add_row("steps", str(s["steps"]))
-    t.add_row("masked-patch loss (held-out figure cases)", f"{s['masked_patch_loss']:.4f}")
-    t.add_row("loss of predicting each patch's mean", f"{s['patch_mean_baseline_loss']:.4f}")
-    t.add_row("encoder", s["encoder"])
-    t.add_row("reconstruction figure", str(s["figure"]))
-    t.add_row("metrics", s["metrics"])
-    t.add_row("time", f"{s['seconds']} s")
+    t = Table(title="MAE pretraining on synthetic chest X-rays (labels unused)", show_header=False)
+    t.add_row("steps", str(s["pretrain_steps"]))
+    t.add_row("masked-patch loss, fixed cases and masks", f"{s['masked_patch_loss']:.4f}")
+    t.add_row("loss of predicting each patch's own mean", f"{s['patch_mean_baseline_loss']:.4f}")
     console.print(t)
+    c = Table("task", "init", "metric", "value", "95 % CI", "test cases",
+              title=f"fine-tuned on {s['label_fraction']:.0%} of the training labels, same held-out split")
+    for r in s["comparison"]:
+        c.add_row(r["task"], r["init"], r["metric"], f"{r['value']:.3f}", f"{r['ci_low']:.3f} - {r['ci_high']:.3f}", str(r["n_test"]))
+    console.print(c)
+    console.print(f"encoder: {s['encoder']}\nreconstructions: {s['figure']}\nruns: {Path(s['pretrain_dir']).parent}"
+                  f"\ntime: {s['seconds']:.0f} s (pretraining {s['pretrain_seconds']:.0f} s)")
 
 
 @app.command()
@@ -96,6 +100,7 @@ def presets() -> None:
     from medmae.config import PretrainConfig, load_config, preset_names
 
     t = Table("preset", "dims", "model", "input", "mask", "source")
+    t.columns[0].no_wrap = True
     for name in preset_names():
         c = load_config(PretrainConfig, preset=name)
         m = c.model
@@ -133,6 +138,59 @@ def reconstruct(
     from medmae.tasks.reconstruct import reconstruct as run
 
     written = _run(run, run_dir, inputs, out=out, mask_ratio=mask_ratio, seed=seed)
+    console.print(f"wrote {len(written)} files to {out}")
+
+
+@app.command()
+def finetune(
+    config: Annotated[Optional[Path], typer.Argument(help="Fine-tuning config YAML (or use --preset).")] = None,
+    task: Annotated[Optional[str], typer.Option("--task", help="cls (classification) or seg (segmentation).")] = None,
+    init: Annotated[str, typer.Option("--init", help="Pretraining run dir, encoder.safetensors, a timm/MAE ViT checkpoint, or 'scratch'.")] = "scratch",
+    preset: Annotated[Optional[str], typer.Option("--preset", help="Preset whose finetune.<task> section to use.")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", help="Labelled dataset (folder, manifest CSV, dataset.json); omit for synthetic data.")] = None,
+    run_dir: Annotated[Path, typer.Option("--run-dir", help="Run directory (created).")] = Path("runs/finetune"),
+    set_: SetOpt = None,
+    max_steps: MaxSteps = None,
+    resume: Resume = None,
+) -> None:
+    """Fine-tune a pretrained encoder (or train from scratch with the identical setup) for classification or segmentation."""
+    from medmae.tasks.finetune import finetune as run
+
+    if task not in (None, "cls", "seg"):
+        console.print(f"[red]error:[/red] --task must be cls or seg, got {task!r}")
+        raise typer.Exit(EXIT_CONFIG)
+    out = _run(run, config, task=task, init=init, preset=preset, data=data, run_dir=run_dir, overrides=set_ or [],
+               max_steps=max_steps, resume=resume)
+    console.print(f"run directory: {out}   next: medmae evaluate {out}")
+
+
+@app.command()
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="A fine-tuning run directory.")],
+    data: Annotated[Optional[str], typer.Option("--data", help="Evaluate on this dataset instead of the run's own held-out split.")] = None,
+    split: Annotated[str, typer.Option("--split", help="Split to evaluate (test, val, ...).")] = "test",
+) -> None:
+    """Metrics with bootstrap 95 % CIs -> RUN_DIR/eval/summary.json and per_case.csv."""
+    from medmae.tasks.evaluate import evaluate as run
+
+    summary = _run(run, run_dir, data=data, split=split)
+    t = Table("metric", "value", "95 % CI", "n", title=f"{summary['task']} on {summary['n_cases']} cases ({summary['split']})")
+    for r in sorted(summary["rows"], key=lambda r: (str(r.get("class") or r.get("region") or ""), r["metric"])):
+        name = r["metric"] + (f" ({r.get('class') or r.get('region')})" if r.get("class") or r.get("region") else "")
+        t.add_row(name, f"{r['value']:.4f}", f"{r['ci_low']:.4f} - {r['ci_high']:.4f}", str(r["n"]))
+    console.print(t)
+
+
+@app.command()
+def predict(
+    run_dir: Annotated[Path, typer.Argument(help="A fine-tuning run directory.")],
+    inputs: Annotated[list[Path], typer.Argument(help="Images to predict.")],
+    out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("predictions"),
+) -> None:
+    """Segmentation masks in each input's geometry (NIfTI/NRRD/PNG), or class probabilities as CSV."""
+    from medmae.tasks.predict import predict as run
+
+    written = _run(run, run_dir, inputs, out=out)
     console.print(f"wrote {len(written)} files to {out}")
 
 

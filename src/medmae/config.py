@@ -142,7 +142,7 @@ class TrainConfig(Strict):
     epochs: int = Field(800, ge=1)
     batch_size: int = Field(64, ge=1)
     max_steps: int | None = Field(None, ge=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     precision: Literal["fp32", "bf16"] = "fp32"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     checkpoint_every: int = Field(200, ge=1, description="steps between checkpoints")

@@ -52,7 +52,7 @@ def save_reconstruction_figure(
         err = np.abs(r - o) * (m > 0.5)
         for j, (img, title) in enumerate([(o, "original"), (masked, "masked"), (r, "reconstruction"), (err, "|error| on masked")]):
             ax = axes[i, j]
-            cmap = "magma" if j == 3 else "gray"
+            cmap = plt.get_cmap("magma" if j == 3 else "gray").with_extremes(bad="#4c5a8c")  # bad = masked patches
             kw = {} if j == 3 else {"vmin": lo, "vmax": hi}
             ax.imshow(img, cmap=cmap, interpolation="nearest", **kw)
             ax.set_xticks([])

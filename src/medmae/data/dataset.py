@@ -132,7 +132,7 @@ def center_crop_box(shape: Sequence[int], size: Sequence[int]) -> tuple[slice, .
 
 
 def _to_size(x_cs: np.ndarray, size: Sequence[int], *, label: bool) -> torch.Tensor:
-    t = torch.from_numpy(np.ascontiguousarray(x_cs, dtype=np.float32))
+    t = torch.from_numpy(np.array(x_cs, dtype=np.float32))  # a copy: cached arrays are read-only memory maps
     if tuple(t.shape[1:]) == tuple(size):
         return t
     mode = "nearest-exact" if label else ("bilinear" if len(size) == 2 else "trilinear")

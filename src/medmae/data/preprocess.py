@@ -60,7 +60,7 @@ def resize_array(x_cs: np.ndarray, shape: Sequence[int], *, label: bool = False)
     shape = tuple(int(s) for s in shape)
     if tuple(x_cs.shape[1:]) == shape:
         return x_cs
-    t = torch.from_numpy(np.ascontiguousarray(x_cs, dtype=np.float32))[None]
+    t = torch.from_numpy(np.array(x_cs, dtype=np.float32))[None]
     if label:
         out = F.interpolate(t, size=shape, mode="nearest-exact")
         return out[0].numpy().astype(x_cs.dtype)
@@ -98,7 +98,7 @@ def load_image(case: Case, prep: Preprocessing) -> LoadedImage:
             paths,
             reorient=prep.orientation is not None,
             expect_channels=prep.in_channels,
-            grey=True if prep.in_channels == 1 else None,
+            grey=True if prep.in_channels == 1 and prep.spatial_dims == 2 else None,
         )
         if meta.spatial_dims != prep.spatial_dims:
             raise ValueError(f"{meta.spatial_dims}D image, but the model is {prep.spatial_dims}D")

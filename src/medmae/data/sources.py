@@ -191,7 +191,8 @@ def load_msd(root: Path) -> DatasetSpec:
     if not cases:
         raise SourceError(f"{root / 'dataset.json'}: no 'training' or 'test' entries")
     declared = _declared(meta)
-    declared["spatial_dims"] = declared["spatial_dims"] or (3 if str(meta.get("tensorImageSize", "3D")).startswith("3") else 2)
+    # MSD's tensorImageSize counts the channel axis: "4D" (BraTS, prostate) is a 3D multi-channel image
+    declared["spatial_dims"] = declared["spatial_dims"] or (2 if str(meta.get("tensorImageSize", "3D")).startswith("2") else 3)
     return DatasetSpec(root=root, cases=cases, kind="msd", **declared)
 
 

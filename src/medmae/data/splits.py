@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medmae.data.sources import Case
+from medmae.data.sources import Case, SourceError
 
 
 def stratum(case: Case) -> str:
@@ -106,6 +106,19 @@ def label_fraction(cases: Sequence[Case], fraction: float, *, seed: int = 0) -> 
         n = max(1, math.ceil(fraction * len(members) - 1e-9))
         keep += [cases[i].case_id for s in members[:n] for i in groups[s]]
     return sorted(keep)
+
+
+def require_both_classes(cases: Sequence[Case], classes: Sequence[str], where: str) -> None:
+    """Raise :class:`SourceError` unless every class has a positive and a negative case in ``cases``
+    (per-class AUROC / AUPRC are undefined otherwise); ``where`` names the split in the message."""
+    bad = []
+    for name in classes:
+        pos = sum(name in c.class_names() for c in cases)
+        if pos == 0 or pos == len(cases):
+            bad.append(f"class {name!r} has {pos} positive and {len(cases) - pos} negative cases")
+    if bad:
+        raise SourceError(f"{where}: AUROC/AUPRC need positive and negative cases of every class, but "
+                          + "; ".join(bad) + " (use another split, or change eval.split_seed / eval.test_fraction)")
 
 
 def save_json(path: Path, data: object) -> None:

@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import re
 import shutil
 import time
@@ -126,6 +127,9 @@ def verify(path: Path) -> None:
         files = manifest["files"]
     except (json.JSONDecodeError, KeyError, OSError) as e:
         raise CheckpointError(f"{mpath}: unreadable manifest ({e})") from None
+    unlisted = sorted({MODEL_FILE, STATE_FILE} - set(files))
+    if unlisted:
+        raise CheckpointError(f"{mpath}: does not list {unlisted}, so they cannot be verified")
     for name, info in files.items():
         f = path / name
         if not f.is_file():
@@ -164,8 +168,19 @@ def load_checkpoint(path: Path) -> Loaded:
     with safe_open(str(path / MODEL_FILE), "pt") as f:
         metadata = f.metadata() or {}
     model_state = load_file(str(path / MODEL_FILE))
-    train_state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+    try:
+        train_state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"{path / STATE_FILE}: holds objects other than tensors and primitives, "
+                              f"refusing to unpickle them ({_unpickler_reason(e)})") from None
     return Loaded(path, model_state, train_state, metadata)
+
+
+def _unpickler_reason(err: Exception) -> str:
+    """The one line of torch's long ``weights_only`` error that says what was refused."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    found = next((ln for ln in lines if "WeightsUnpickler error:" in ln), lines[0] if lines else type(err).__name__)
+    return found.split("WeightsUnpickler error:")[-1].split(". Please use")[0].strip()
 
 
 def resolve_resume(root: Path, resume: str | None) -> Path | None:

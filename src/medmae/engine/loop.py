@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -169,6 +170,10 @@ class Trainer:
             log.info("resumed from %s (step %d)", start, self.step)
         if self.dist.is_main:
             metrics.truncate_after(self.step)
+            for step, path in ckpt.committed_steps(self.ckpt_root):
+                if step > self.step:  # from the abandoned continuation of the run we resumed before
+                    log.warning("removing %s: newer than the checkpoint this run resumes from", path)
+                    shutil.rmtree(path, ignore_errors=True)
         model = self.model
         if self.dist.enabled:
             model = DistributedDataParallel(self.model, device_ids=[dev.index] if dev.type == "cuda" else None)

@@ -76,17 +76,20 @@ def read_encoder_source(init: str | Path) -> EncoderSource:
     if not path.is_file():
         raise ExportError(f"{path}: no such encoder file or run directory")
     if path.suffix == ".safetensors":
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
+        try:
+            with safe_open(str(path), "pt") as f:
+                meta = f.metadata() or {}
+            state = load_file(str(path))
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+            raise ExportError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") from None
         if "medmae_contract" in meta:
-            return EncoderSource(str(path), load_file(str(path)), read_contract(path), "medmae")
-        state = load_file(str(path))
+            return EncoderSource(str(path), state, read_contract(path), "medmae")
     else:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - pickle errors come in many types
             raise ExportError(
-                f"{path}: cannot be loaded as plain weights ({type(e).__name__}: {str(e).splitlines()[0]}). medmae only "
+                f"{path}: cannot be loaded as plain weights ({type(e).__name__}: {_load_error_reason(e)}). medmae only "
                 "loads tensors (weights_only=True); re-save the state dict: torch.save(ckpt['model'], 'weights.pth')"
             ) from None
         state = _unwrap_state(obj, path)
@@ -95,6 +98,13 @@ def read_encoder_source(init: str | Path) -> EncoderSource:
         raise ExportError(f"{path}: not a medmae encoder export, nor a timm / MAE ViT checkpoint "
                           "(no patch_embed.proj.weight / blocks.* keys)")
     return EncoderSource(str(path), state, None, "foreign")
+
+
+def _load_error_reason(err: Exception) -> str:
+    """The line of torch's long ``weights_only`` refusal that names what was refused (else the first line)."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()] or [type(err).__name__]
+    found = next((ln for ln in lines if "WeightsUnpickler error:" in ln), lines[0])
+    return found.split("WeightsUnpickler error:")[-1].split(". Please use")[0].strip()
 
 
 def _unwrap_state(obj: Any, path: Path) -> dict[str, torch.Tensor]:

@@ -57,9 +57,9 @@ class Classifier(nn.Module):
 
 def unetr_layers(depth: int, patch: int) -> list[int]:
     """Encoder blocks feeding the UNETR decoder: one per skip level plus the last, spread over the depth
-    (ViT-B, patch 16: blocks 3, 6, 9, 12)."""
+    (ViT-B, patch 16: blocks 3, 6, 9, 12). A shallow encoder repeats blocks (depth 2, patch 16: 1, 1, 2, 2)."""
     levels = int(math.log2(patch))
-    return [round(depth * (i + 1) / levels) for i in range(levels)]
+    return [max(1, round(depth * (i + 1) / levels)) for i in range(levels)]
 
 
 class UNETR(nn.Module):
@@ -93,8 +93,10 @@ class UNETR(nn.Module):
         self.out = UnetOutBlock(nd, f, num_classes)
 
     def forward(self, x_bcs: torch.Tensor) -> torch.Tensor:
-        tokens, hidden = self.encoder.forward_tokens(x_bcs, return_layers=self.layers)
-        maps = [self.encoder.tokens_to_map(h) for h in hidden[:-1]] + [self.encoder.tokens_to_map(tokens)]
+        wanted = sorted(set(self.layers[:-1]))
+        tokens, hidden = self.encoder.forward_tokens(x_bcs, return_layers=wanted)
+        by_layer = dict(zip(wanted, hidden))  # one hidden state per distinct block, reused where layers repeat
+        maps = [self.encoder.tokens_to_map(by_layer[i]) for i in self.layers[:-1]] + [self.encoder.tokens_to_map(tokens)]
         skips = [self.stem(x_bcs)] + [blk(m) for blk, m in zip(self.skips, maps[:-1])]
         y = maps[-1]
         for up, skip in zip(self.ups, reversed(skips)):

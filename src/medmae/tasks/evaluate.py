@@ -1,0 +1,99 @@
+"""``medmae evaluate``: metrics with bootstrap confidence intervals on a held-out split."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medmae.data.pipeline import prepare, resolve_spec
+from medmae.data.preprocess import Preprocessing
+from medmae.data.sources import DatasetSpec, SourceError, load_source
+from medmae.data.splits import require_both_classes
+from medmae.metrics import regions_from_labels, segmentation_case_metrics, summarize_classification, summarize_segmentation
+from medmae.tasks.finetune import SPLITS_FILE, check_mask_values, class_targets
+from medmae.tasks.inference import classify, load_task_run, segment
+
+log = logging.getLogger(__name__)
+
+
+def evaluation_cases(run_dir: Path, cfg: Any, data: str | Path | None, split: str) -> DatasetSpec:
+    """The run's own split (from ``splits.json``), or the cases of ``data`` (its ``split`` ones when it has them)."""
+    if data is None:
+        spec = resolve_spec(cfg.data)
+        ids = set(json.loads((run_dir / SPLITS_FILE).read_text()).get(split, []))
+        cases = [c for c in spec.cases if c.case_id in ids]
+        if not cases:
+            raise SourceError(f"{run_dir / SPLITS_FILE}: no cases in split {split!r}")
+    else:
+        spec = load_source(data)
+        has_split = any(c.split == split for c in spec.cases)
+        cases = [c for c in spec.cases if c.split == split] if has_split else list(spec.cases)
+    labelled = [c for c in cases if (c.mask if cfg.task == "seg" else c.label is not None)]
+    if not labelled:
+        raise SourceError(f"{data or run_dir}: no labelled cases to evaluate (split {split!r})")
+    return DatasetSpec(spec.root, labelled, spec.label_names, spec.classes, spec.multilabel)
+
+
+def evaluate(run_dir: str | Path, *, data: str | Path | None = None, split: str = "test",
+             device: str = "cpu") -> dict[str, Any]:
+    """Evaluate a fine-tuned run; writes ``eval/summary.json`` and ``eval/per_case.csv`` and returns the summary."""
+    run_dir = Path(run_dir)
+    cfg, info, model, ckpt_path = load_task_run(run_dir, device)
+    spec = evaluation_cases(run_dir, cfg, data, split)
+    if cfg.task == "cls":  # fail before inference, naming the class
+        require_both_classes(spec.cases, info["classes"], f"{data or run_dir / SPLITS_FILE} (split {split!r})")
+    prep = Preprocessing.from_config(cfg.data, cfg.model)
+    prepared = prepare(spec, prep, cfg.data, with_masks=cfg.task == "seg")
+    ids = [p.case.case_id for p in prepared]
+    if cfg.task == "cls":
+        targets = class_targets(spec.cases, info)
+        probs = classify(model, [p.image for p in prepared], cfg.model.img_size, info["multilabel"], device=device)
+        rows, per_case = summarize_classification(probs, targets, multilabel=info["multilabel"],
+                                                  class_names=info["classes"], threshold=cfg.eval.threshold,
+                                                  n_resamples=cfg.eval.bootstrap, seed=0)
+        extra: dict[str, Any] = {}
+    else:
+        check_mask_values(prepared, info)
+        label_names = {int(k): v for k, v in info["label_names"].items()}
+        regions = cfg.eval.regions or regions_from_labels(label_names)
+        per_case = []
+        for p in prepared:
+            pred = segment(model, p.image, cfg.model.img_size, overlap=cfg.eval.sw_overlap,
+                           sw_batch_size=cfg.eval.sw_batch_size, device=device).argmax(0).numpy()
+            per_case.append(segmentation_case_metrics(pred, np.asarray(p.mask), regions=regions, spacing=p.spacing))
+        seg = summarize_segmentation(per_case, mean_over=cfg.eval.mean_over, n_resamples=cfg.eval.bootstrap, seed=0)
+        rows = seg["rows"]
+        extra = {"policy": seg["policy"], "counts": seg["counts"], "regions": regions, "mean_over": seg["mean_over"]}
+        per_case = [{"case": cid, "region": r, **vals} for cid, case in zip(ids, per_case) for r, vals in case.items()]
+    for row in per_case:
+        if "case" in row and isinstance(row["case"], (int, np.integer)):
+            row["case"] = ids[int(row["case"])]
+    summary = {"task": cfg.task, "split": split if data is None else f"{data}:{split}", "n_cases": len(prepared),
+               "checkpoint": str(ckpt_path), "rows": rows, **extra}
+    out = run_dir / "eval"
+    out.mkdir(exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=_json_default))
+    write_csv(out / "per_case.csv", per_case)
+    log.info("evaluation of %d cases written to %s", len(prepared), out)
+    return summary
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    raise TypeError(type(o).__name__)
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    cols: list[str] = []
+    for r in rows:
+        cols += [k for k in r if k not in cols]
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, cols)
+        w.writeheader()
+        w.writerows(rows)

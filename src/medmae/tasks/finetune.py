@@ -1,0 +1,264 @@
+"""``medmae finetune``: classification or segmentation from a pretrained encoder (or from scratch)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.losses import DiceCELoss
+from torch import nn
+
+from medmae.config import (
+    ConfigError,
+    FinetuneConfig,
+    apply_overrides,
+    dump_yaml,
+    finetune_raw_from_preset,
+    load_raw,
+    validate,
+)
+from medmae.data.dataset import Augment, CaseDataset, Prepared
+from medmae.data.pipeline import prepare, resolve_spec
+from medmae.data.preprocess import CaseError, Preprocessing
+from medmae.data.sources import Case, DatasetSpec
+from medmae.data.splits import label_fraction, save_json, train_test_split
+from medmae.engine.distributed import barrier, init_distributed
+from medmae.engine.loop import Trainer
+from medmae.engine.optim import param_groups
+from medmae.models.convert import LoadReport, check_contract, load_encoder_weights, read_encoder_source
+from medmae.models.heads import UNETR, Classifier, vit_layer_id
+from medmae.models.registry import build_encoder, encoder_kwargs
+from medmae.tasks.pretrain import Preempted, prepare_run_dir
+
+log = logging.getLogger(__name__)
+
+TASK_FILE = "task.json"
+SPLITS_FILE = "splits.json"
+
+
+def resolve_finetune_config(config: Any = None, *, task: str | None = None, preset: str | None = None,
+                            data: str | Path | None = None, overrides: Iterable[str] = ()) -> FinetuneConfig:
+    """Fine-tuning config from a preset's ``finetune.<task>`` section, a YAML file, or defaults."""
+    if isinstance(config, FinetuneConfig):
+        raw = config.model_dump(mode="json")
+    elif preset is not None:
+        if task is None:
+            raise ConfigError("--task cls|seg is needed with --preset")
+        raw = finetune_raw_from_preset(preset, task)
+    elif config is not None:
+        raw = dict(config) if isinstance(config, dict) else load_raw(config, None)[0]
+    else:
+        raw = {}
+    if task is not None:
+        raw["task"] = task
+    cfg = validate(FinetuneConfig, apply_overrides(raw, overrides), f"fine-tuning config ({preset or config or 'defaults'})")
+    if data is not None:
+        cfg.data.path = str(data)
+    return cfg
+
+
+def adopt_architecture(cfg: FinetuneConfig, contract: dict[str, Any]) -> None:
+    """Take the encoder architecture from a pretrained export (image size and channels stay the fine-tuning ones)."""
+    e = contract["encoder"]
+    m = cfg.model
+    m.arch = contract["arch"]
+    m.spatial_dims = e["spatial_dims"]
+    m.patch_size = list(e["patch_size"])
+    m.size = None
+    m.embed_dim, m.depth, m.num_heads = e["embed_dim"], e["depth"], e["num_heads"]
+    m.mlp_ratio, m.qkv_bias, m.cls_token = e["mlp_ratio"], e["qkv_bias"], e["cls_token"]
+
+
+def build_task_model(cfg: FinetuneConfig, num_outputs: int, init: str | None) -> tuple[nn.Module, LoadReport | None]:
+    """Encoder (pretrained or scratch) + the task head; ``init`` None or 'scratch' means random initialisation."""
+    report = None
+    src = None if init in (None, "scratch") else read_encoder_source(init)
+    if src is not None and src.contract is not None:
+        prep = Preprocessing.from_config(cfg.data, cfg.model)
+        notes = check_contract(src.contract, arch=cfg.model.arch,
+                               preprocessing={**prep.contract(), "patch_size": list(cfg.model.patch)},
+                               allow=tuple(cfg.init.allow_mismatch))
+        for n in notes:
+            log.warning("allowed contract difference: %s", n)
+        adopt_architecture(cfg, src.contract)
+    encoder = build_encoder(cfg.model.arch, encoder_kwargs(cfg.model), drop_path=cfg.model.drop_path)
+    if src is not None:
+        report = load_encoder_weights(encoder, src)
+        log.info(report.summary())
+    if cfg.task == "cls":
+        model: nn.Module = Classifier(encoder, num_outputs, pool=cfg.head.pool, probe=cfg.mode == "linear_probe",
+                                      dropout=cfg.head.dropout)
+    else:
+        model = UNETR(encoder, num_outputs, feature_size=cfg.head.feature_size)
+    return model, report
+
+
+# ------------------------------------------------------------------------------------------------ labels
+
+
+def task_labels(cfg: FinetuneConfig, spec: DatasetSpec) -> dict[str, Any]:
+    """What the model predicts: class names (cls) or label values (seg); stored as ``task.json``."""
+    if cfg.task == "cls":
+        if not spec.classes:
+            raise ConfigError(f"{spec.root}: no class labels found (a 'label' column, class folders or dataset.json 'classes')")
+        multilabel = spec.multilabel
+        return {"task": "cls", "classes": list(spec.classes), "multilabel": multilabel,
+                "num_outputs": len(spec.classes)}
+    names = dict(spec.label_names)
+    if not names:
+        raise ConfigError(f"{spec.root}: segmentation needs declared labels (dataset.json 'labels')")
+    if 0 not in names:
+        names[0] = "background"
+    return {"task": "seg", "label_names": {str(k): v for k, v in sorted(names.items())},
+            "num_outputs": max(names) + 1}
+
+
+def class_targets(cases: Sequence[Case], info: dict[str, Any]) -> np.ndarray:
+    """Multi-hot (N, K) float32 for multi-label, class indices (N,) int64 otherwise; unknown labels are errors."""
+    classes = info["classes"]
+    index = {c: i for i, c in enumerate(classes)}
+    out = np.zeros((len(cases), len(classes)), np.float32) if info["multilabel"] else np.zeros(len(cases), np.int64)
+    for n, case in enumerate(cases):
+        if case.label is None:
+            raise CaseError(f"case {case.case_id} ({case.path}): no class label")
+        names = case.class_names()
+        unknown = [c for c in names if c not in index]
+        if unknown:
+            raise CaseError(f"case {case.case_id} ({case.path}): label(s) {unknown} not among the declared classes {classes}")
+        if info["multilabel"]:
+            out[n, [index[c] for c in names]] = 1.0
+        elif len(names) != 1:
+            raise CaseError(f"case {case.case_id} ({case.path}): expected exactly one class, got {names or 'none'}")
+        else:
+            out[n] = index[names[0]]
+    return out
+
+
+def check_mask_values(prepared: Sequence[Prepared], info: dict[str, Any]) -> None:
+    allowed = {int(k) for k in info["label_names"]}
+    for p in prepared:
+        values = set(np.unique(np.asarray(p.mask)).tolist())
+        extra = sorted(values - allowed)
+        if extra:
+            raise CaseError(f"case {p.case.case_id} ({p.case.mask}): label values {extra} not declared "
+                            f"(declared: {sorted(allowed)})")
+
+
+def foreground_points(mask: np.ndarray, limit: int = 4096, seed: int = 0) -> np.ndarray:
+    """Up to ``limit`` foreground voxel coordinates of a mask, for foreground-centred crops."""
+    pts = np.argwhere(np.asarray(mask) > 0)
+    if len(pts) > limit:
+        pts = pts[np.random.default_rng(seed).choice(len(pts), limit, replace=False)]
+    return pts
+
+
+# ------------------------------------------------------------------------------------------------ splits
+
+
+def make_splits(cfg: FinetuneConfig, cases: Sequence[Case]) -> dict[str, Any]:
+    """Train / val / test case ids (the data's own split when it has a test split) and the label fraction."""
+    given = {c.split for c in cases}
+    if "test" in given:
+        split = {"train": sorted(c.case_id for c in cases if (c.split or "train") == "train"),
+                 "val": sorted(c.case_id for c in cases if c.split in ("val", "validation")),
+                 "test": sorted(c.case_id for c in cases if c.split == "test"),
+                 "origin": "dataset"}
+    else:
+        split = {**train_test_split(cases, test_fraction=cfg.eval.test_fraction, val_fraction=cfg.eval.val_fraction,
+                                    seed=cfg.eval.split_seed), "origin": f"seeded ({cfg.eval.split_seed})"}
+    by_id = {c.case_id: c for c in cases}
+    train_cases = [by_id[i] for i in split["train"]]
+    used = label_fraction(train_cases, cfg.data.label_fraction, seed=cfg.eval.split_seed) \
+        if cfg.data.label_fraction < 1 else split["train"]
+    split["train_used"] = used
+    split["label_fraction"] = cfg.data.label_fraction
+    return split
+
+
+# ------------------------------------------------------------------------------------------------ run
+
+
+def loss_fn(cfg: FinetuneConfig, info: dict[str, Any]):
+    if cfg.task == "cls":
+        if info["multilabel"]:
+            bce = nn.BCEWithLogitsLoss()
+            smooth = cfg.loss.label_smoothing
+            return lambda m, b: {"loss": bce(m(b["image"]).float(), b["target"].float() * (1 - smooth) + smooth / 2)}
+        ce = nn.CrossEntropyLoss(label_smoothing=cfg.loss.label_smoothing)
+        return lambda m, b: {"loss": ce(m(b["image"]).float(), b["target"])}
+    dice_ce = DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=cfg.loss.dice_weight, lambda_ce=cfg.loss.ce_weight)
+    return lambda m, b: {"loss": dice_ce(m(b["image"]).float(), b["mask"][:, None])}
+
+
+def finetune(
+    config: Any = None,
+    *,
+    task: str | None = None,
+    init: str | Path | None = "scratch",
+    preset: str | None = None,
+    data: str | Path | None = None,
+    run_dir: str | Path,
+    overrides: Iterable[str] = (),
+    max_steps: int | None = None,
+    resume: str | None = None,
+) -> Path:
+    """Fine-tune for ``task`` ('cls' or 'seg') from ``init`` (run dir, encoder file, or 'scratch'); returns the run dir."""
+    cfg = resolve_finetune_config(config, task=task, preset=preset, data=data, overrides=overrides)
+    run_dir = Path(run_dir)
+    dist = init_distributed(cfg.train.device)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+
+    spec = resolve_spec(cfg.data).select(cfg.data.splits)
+    labelled = [c for c in spec.cases if (c.mask if cfg.task == "seg" else c.label is not None)]
+    if not labelled:
+        raise ConfigError(f"no labelled cases for task {cfg.task!r} in {cfg.data.path or 'synthetic data'}")
+    info = task_labels(cfg, spec)
+    split = make_splits(cfg, labelled)
+    by_id = {c.case_id: c for c in labelled}
+    train_cases = [by_id[i] for i in split["train_used"]]
+    if cfg.task == "cls":
+        targets = class_targets(train_cases, info)
+        class_targets([by_id[i] for i in split["test"]], info)  # bad labels in the test split fail now, not later
+
+    torch.manual_seed(cfg.train.seed)
+    model, report = build_task_model(cfg, info["num_outputs"], None if init is None else str(init))
+    prepare_run_dir(run_dir, dump_yaml(cfg), resume, dist)
+    if dist.is_main:
+        (run_dir / TASK_FILE).write_text(json.dumps({**info, "init": str(init), "mode": cfg.mode,
+                                                     "load_report": report.as_dict() if report else None}, indent=1))
+        save_json(run_dir / SPLITS_FILE, split)
+
+    prep = Preprocessing.from_config(cfg.data, cfg.model)
+    prepared = prepare(DatasetSpec(spec.root, train_cases), prep, cfg.data, with_masks=cfg.task == "seg",
+                       show_progress=dist.is_main)
+    crop = tuple(cfg.model.img_size)
+    augment = Augment(crop, cfg.data.crop_scale, tuple(cfg.data.flip_axes), cfg.data.flip_prob, cfg.data.foreground_prob)
+    if cfg.task == "seg":
+        check_mask_values(prepared, info)
+        fg = [foreground_points(p.mask, seed=i) for i, p in enumerate(prepared)] if cfg.data.foreground_prob > 0 else None
+        dataset = CaseDataset(prepared, crop, augment=augment, seed=cfg.train.seed, foreground=fg)
+    else:
+        dataset = CaseDataset(prepared, crop, augment=augment, seed=cfg.train.seed, targets=targets)
+    log.info("%s fine-tuning on %d of %d training cases (%s), init %s", cfg.task, len(train_cases),
+             len(split["train"]), f"{cfg.data.label_fraction:.0%} of labels", init)
+
+    depth = cfg.model.dims[1]
+    groups = param_groups(model, cfg.optim.weight_decay, layer_id=lambda n: vit_layer_id(n, depth),
+                          num_layers=depth, layer_decay=cfg.optim.layer_decay)
+    trainer = Trainer(
+        model=model, dataset=dataset, param_groups=groups, train_cfg=cfg.train, optim_cfg=cfg.optim,
+        run_dir=run_dir, dist=dist, step_fn=loss_fn(cfg, info),
+        checkpoint_metadata={"stage": "finetune", "task": cfg.task, "arch": cfg.model.arch},
+        case_ids=[p.case.case_id for p in prepared], num_workers=cfg.data.num_workers,
+    )
+    result = trainer.fit(max_steps=max_steps, resume=resume)
+    if result.preempted:
+        raise Preempted(result.step)
+    barrier(dist)
+    return run_dir

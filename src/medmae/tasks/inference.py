@@ -1,0 +1,63 @@
+"""Inference shared by evaluate and predict: load a fine-tuned run, classify images, segment volumes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.inferers import sliding_window_inference
+from torch import nn
+
+from medmae.config import FinetuneConfig, load_config
+from medmae.data.dataset import augment_case
+from medmae.engine import checkpoint as ckpt
+from medmae.models.heads import UNETR, Classifier
+from medmae.models.registry import build_encoder, encoder_kwargs
+from medmae.tasks.finetune import TASK_FILE
+
+
+def load_task_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[FinetuneConfig, dict[str, Any], nn.Module, Path]:
+    """Config, task description and weights (newest valid checkpoint) of a fine-tuning run."""
+    run_dir = Path(run_dir)
+    if not (run_dir / TASK_FILE).is_file():
+        raise ckpt.CheckpointError(f"{run_dir}: not a fine-tuning run (no {TASK_FILE})")
+    cfg = load_config(FinetuneConfig, run_dir / "config.yaml")
+    info = json.loads((run_dir / TASK_FILE).read_text())
+    path = ckpt.find_latest_valid(run_dir / "checkpoints")
+    if path is None:
+        raise ckpt.CheckpointError(f"{run_dir}: no valid checkpoint in {run_dir / 'checkpoints'}")
+    encoder = build_encoder(cfg.model.arch, encoder_kwargs(cfg.model))
+    if cfg.task == "cls":
+        model: nn.Module = Classifier(encoder, info["num_outputs"], pool=cfg.head.pool, probe=cfg.mode == "linear_probe")
+    else:
+        model = UNETR(encoder, info["num_outputs"], feature_size=cfg.head.feature_size)
+    model.load_state_dict(ckpt.load_checkpoint(path).model_state)
+    return cfg, info, model.to(device).eval(), path
+
+
+def class_probabilities(logits: torch.Tensor, multilabel: bool) -> torch.Tensor:
+    return torch.sigmoid(logits) if multilabel else torch.softmax(logits, dim=1)
+
+
+@torch.no_grad()
+def classify(model: nn.Module, images: Sequence[np.ndarray], crop: Sequence[int], multilabel: bool,
+             batch_size: int = 32, device: str | torch.device = "cpu") -> np.ndarray:
+    """(N, K) probabilities for preprocessed images (each centre-cropped / padded to ``crop``)."""
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = torch.stack([augment_case(np.asarray(im), None, None, None, crop)[0] for im in images[i : i + batch_size]])
+        out.append(class_probabilities(model(x.to(device)).float(), multilabel).cpu())
+    return torch.cat(out).numpy()
+
+
+@torch.no_grad()
+def segment(model: nn.Module, image_cs: np.ndarray, roi: Sequence[int], *, overlap: float = 0.5,
+            sw_batch_size: int = 4, device: str | torch.device = "cpu") -> torch.Tensor:
+    """Class probabilities (K, *S) of a whole preprocessed image by Gaussian-blended sliding windows."""
+    x = torch.from_numpy(np.array(image_cs, dtype=np.float32))[None].to(device)
+    logits = sliding_window_inference(x, tuple(roi), sw_batch_size, model, overlap=overlap, mode="gaussian")
+    return torch.softmax(logits.float(), dim=1)[0].cpu()

@@ -1,0 +1,67 @@
+"""``medmae predict``: segmentation masks in each input's own geometry, or class probabilities as CSV."""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from medmae.data.preprocess import Preprocessing, load_image
+from medmae.data.readers import write_like
+from medmae.data.sources import Case, strip_suffix
+from medmae.tasks.inference import classify, load_task_run, segment
+
+log = logging.getLogger(__name__)
+
+
+def _output_name(path: Path, spatial_dims: int) -> str:
+    stem = strip_suffix(path.name)
+    low = path.name.lower()
+    if spatial_dims == 2:
+        return f"{stem}_seg.png"
+    for ext in (".nrrd", ".mha", ".mhd"):
+        if low.endswith(ext):
+            return f"{stem}_seg{'.mha' if ext == '.mhd' else ext}"
+    return f"{stem}_seg.nii.gz"
+
+
+def predict(run_dir: str | Path, inputs: Sequence[str | Path], *, out: str | Path, device: str = "cpu") -> list[Path]:
+    """Segmentation: one label map per input, written with the input's geometry (affine/spacing/orientation).
+    Classification: ``predictions.csv`` with one probability column per class and the predicted class(es)."""
+    cfg, info, model, _ = load_task_run(run_dir, device)
+    prep = Preprocessing.from_config(cfg.data, cfg.model)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cases = [Case(strip_suffix(Path(p).name), (str(p),), strip_suffix(Path(p).name)) for p in inputs]
+    if cfg.task == "cls":
+        images = [load_image(c, prep).array for c in cases]
+        probs = classify(model, images, cfg.model.img_size, info["multilabel"], device=device)
+        path = out / "predictions.csv"
+        with path.open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["path", *[f"prob_{c}" for c in info["classes"]], "prediction"])
+            for case, p in zip(cases, probs):
+                if info["multilabel"]:
+                    pred = "|".join(c for c, v in zip(info["classes"], p) if v >= cfg.eval.threshold)
+                else:
+                    pred = info["classes"][int(np.argmax(p))]
+                w.writerow([case.path, *[f"{v:.6f}" for v in p], pred])
+        log.info("probabilities for %d inputs written to %s", len(cases), path)
+        return [path]
+    written = []
+    for case in cases:
+        loaded = load_image(case, prep)
+        probs = segment(model, loaded.array, cfg.model.img_size, overlap=cfg.eval.sw_overlap,
+                        sw_batch_size=cfg.eval.sw_batch_size, device=device)
+        if tuple(probs.shape[1:]) != tuple(loaded.read_shape):
+            mode = "bilinear" if len(loaded.read_shape) == 2 else "trilinear"
+            probs = F.interpolate(probs[None], size=loaded.read_shape, mode=mode, align_corners=False)[0]
+        labels = probs.argmax(0).to(torch.uint8 if probs.shape[0] < 256 else torch.int16).numpy()
+        written.append(write_like(labels, loaded.meta, out / _output_name(Path(case.path), len(loaded.read_shape))))
+    log.info("%d masks written to %s", len(written), out)
+    return written

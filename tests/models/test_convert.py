@@ -1,0 +1,276 @@
+import argparse
+import math
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from medmae.data.preprocess import Preprocessing
+from medmae.export import ExportError, make_contract, save_encoder
+from medmae.models.convert import (
+    ContractError,
+    EncoderSource,
+    adapt_channels,
+    check_contract,
+    interpolate_pos_embed,
+    load_encoder_weights,
+    read_encoder_source,
+)
+from medmae.models.heads import Classifier
+from medmae.models.vit import ViT
+
+DIM = 32
+
+
+def vit(dims: int = 2, img: int = 32, patch: int = 8, in_channels: int = 1, **kw) -> ViT:
+    return ViT(dims, (img,) * dims, (patch,) * dims, in_channels, embed_dim=DIM, depth=2, num_heads=2, **kw)
+
+
+def export(path, enc: ViT, *, intensity: dict | None = None, state: dict | None = None):
+    """A medmae export of ``enc`` with the contract pretraining writes."""
+    prep = Preprocessing(spatial_dims=enc.spatial_dims, in_channels=enc.in_channels,
+                         intensity=intensity or {"name": "minmax"},
+                         orientation="RAS" if enc.spatial_dims == 3 else None)
+    kwargs = {"spatial_dims": enc.spatial_dims, "img_size": list(enc.img_size), "patch_size": list(enc.patch_size),
+              "in_channels": enc.in_channels, "embed_dim": DIM, "depth": 2, "num_heads": 2, "mlp_ratio": 4.0,
+              "qkv_bias": True, "pos_embed": "sincos", "cls_token": enc.cls_token is not None}
+    contract = make_contract(arch="vit", encoder=kwargs, preprocessing=prep.contract())
+    return save_encoder(path, state if state is not None else enc.state_dict(), contract)
+
+
+def smooth_table(grid: tuple[int, ...], dim: int = 16) -> torch.Tensor:
+    """(1, prod(grid), dim): per channel a plane wave of at most 0.35 rad per token, a different one per axis."""
+    g = torch.Generator().manual_seed(0)
+    freqs = (torch.rand(dim, len(grid), generator=g) * 0.7 - 0.35) * torch.tensor([1.0, 0.5, 0.25][: len(grid)])
+    phase = torch.rand(dim, generator=g) * 6.28
+    coords = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float32) for n in grid], indexing="ij"), -1)
+    return torch.cos(coords.reshape(-1, len(grid)) @ freqs.T + phase)[None]
+
+
+# ----------------------------------------------------------------------------------- pos-embed interpolation
+
+
+@pytest.mark.parametrize("grid,new", [((4, 6), (8, 3)), ((4, 4, 2), (2, 6, 4))])
+def test_pos_embed_interpolation_shapes_and_identity(grid, new):
+    table = torch.randn(1, math.prod(grid), 12)
+    assert torch.equal(interpolate_pos_embed(table, grid, grid), table)
+    out = interpolate_pos_embed(table, grid, new)
+    assert out.shape == (1, math.prod(new), 12) and out.dtype == table.dtype
+
+
+@pytest.mark.parametrize("grid", [(6, 10), (6, 4, 8)])
+def test_pos_embed_round_trip_keeps_a_smooth_table(grid):
+    table = smooth_table(grid)
+    up = tuple(2 * n for n in grid)
+    back = interpolate_pos_embed(interpolate_pos_embed(table, grid, up), up, grid)
+    err = (back - table).abs().reshape(*grid, -1)
+    # linear resampling clamps at the border: tokens there move by up to a quarter token and back
+    assert err.max() < 0.08 and err[(slice(1, -1),) * len(grid)].max() < 0.02, err.max()
+    # a resampling that swapped the axes would be far off: the waves differ per axis
+    swapped = table.reshape(1, *grid, -1).transpose(1, 2).reshape(1, -1, table.shape[-1])
+    if len(grid) == 2:
+        assert (interpolate_pos_embed(swapped, grid[::-1], grid) - table).abs().max() > 0.3
+
+
+def test_upsampled_table_matches_the_finer_grid():
+    """Resampling a plane wave to a 2x finer grid gives the wave at the new token centres."""
+    grid, fine = (8, 8), (16, 16)
+    table = smooth_table(grid)
+    up = interpolate_pos_embed(table, grid, fine).reshape(*fine, -1)
+    coarse = table.reshape(*grid, -1)
+    # fine token (2i+1, 2j+1) sits at coarse coordinate (i + 0.25, j + 0.25): close to coarse token (i, j)
+    err = (up[3:13:2, 3:13:2] - coarse[1:6, 1:6]).abs().max().item()
+    assert err < 0.2
+
+
+# ------------------------------------------------------------------------------------- channel adaptation
+
+
+@pytest.mark.parametrize("src,dst", [(1, 3), (3, 1), (1, 4), (3, 4)])
+def test_adapt_channels_keeps_the_grey_response(src, dst):
+    torch.manual_seed(0)
+    w = torch.randn(DIM, src, 4, 4)
+    new = adapt_channels(w, dst)
+    assert new.shape == (DIM, dst, 4, 4)
+    grey = torch.rand(2, 1, 4, 4)
+    ref = torch.nn.functional.conv2d(grey.expand(-1, src, -1, -1), w)
+    torch.testing.assert_close(torch.nn.functional.conv2d(grey.expand(-1, dst, -1, -1), new), ref)
+
+
+def test_one_channel_export_into_four_channel_encoder(tmp_path):
+    torch.manual_seed(0)
+    src = vit(3, img=32, patch=16)
+    path = export(tmp_path / "enc.safetensors", src)
+    dst = vit(3, img=32, patch=16, in_channels=4)
+    report = load_encoder_weights(dst, read_encoder_source(path))
+    assert report.reshaped == ["patch_embed.proj.weight"]
+    assert any("1 to 4 input channels" in a for a in report.adaptations)
+    assert report.missing == [] and report.unexpected == []
+    grey = torch.rand(2, 1, 32, 32, 32)
+    src.eval(), dst.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(dst(grey.expand(-1, 4, -1, -1, -1)), src(grey), atol=1e-5, rtol=1e-4)
+
+
+# -------------------------------------------------------------------------------------------- load report
+
+
+def test_medmae_export_into_classifier(tmp_path):
+    torch.manual_seed(0)
+    pre = vit(pos_embed="sincos")
+    pre.pos_embed.mul_(0.5).add_(0.1)  # a table no fresh encoder has, so a copy is visible
+    path = export(tmp_path / "export" / "encoder.safetensors", pre)
+    src = read_encoder_source(tmp_path)  # a pretraining run directory names its export
+    assert src.kind == "medmae" and src.path == str(path) and src.contract["encoder"]["patch_size"] == [8, 8]
+    torch.manual_seed(1)
+    model = Classifier(vit(pos_embed="learnable"), 3)
+    head_before = model.head.weight.detach().clone()
+    report = load_encoder_weights(model.encoder, read_encoder_source(path))
+    assert report.loaded == sorted(pre.state_dict()) and "pos_embed" in report.loaded
+    assert report.missing == [] and report.unexpected == [] and report.reshaped == [] and report.adaptations == []
+    assert isinstance(model.encoder.pos_embed, torch.nn.Parameter) and model.encoder.pos_embed.requires_grad
+    torch.testing.assert_close(model.encoder.pos_embed.detach(), pre.pos_embed)
+    for k, v in pre.state_dict().items():
+        torch.testing.assert_close(model.encoder.state_dict()[k], v)
+    assert torch.equal(model.head.weight, head_before)
+    assert "0 missing" in report.summary() and str(path) in report.summary()
+
+
+def test_run_directory_without_export_is_an_error(tmp_path):
+    with pytest.raises(ExportError, match=f"{tmp_path}.*export/encoder.safetensors"):
+        read_encoder_source(tmp_path)
+
+
+def test_medmae_export_into_a_larger_image_interpolates(tmp_path):
+    pre = vit(img=32)
+    path = export(tmp_path / "enc.safetensors", pre)
+    enc = vit(img=48, pos_embed="learnable")
+    report = load_encoder_weights(enc, read_encoder_source(path))
+    assert report.reshaped == ["pos_embed"]
+    assert report.adaptations == ["pos_embed interpolated from grid (4, 4) to (6, 6)"]
+    torch.testing.assert_close(enc.pos_embed.detach(), interpolate_pos_embed(pre.pos_embed, (4, 4), (6, 6)))
+
+
+def timm_state(enc: ViT) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """``enc`` as a timm / MAE checkpoint: prefixed keys, cls slot in pos_embed, head and decoder keys."""
+    s = enc.state_dict()
+    cls_pos = torch.randn(1, 1, DIM)
+    state = {}
+    for i, (k, v) in enumerate(s.items()):
+        if k == "pos_embed":
+            v = torch.cat([cls_pos, v], dim=1)
+        state[("module." if i % 2 else "model.") + k] = v
+    state.update({"head.weight": torch.randn(5, DIM), "head.bias": torch.zeros(5), "mask_token": torch.zeros(1, 1, DIM),
+                  "decoder_embed.weight": torch.randn(16, DIM), "decoder_pos_embed": torch.zeros(1, 17, 16),
+                  "decoder_blocks.0.norm1.weight": torch.ones(16)})
+    return state, cls_pos
+
+
+@pytest.mark.parametrize("fmt", ["pth", "safetensors"])
+def test_timm_style_checkpoint(tmp_path, fmt):
+    torch.manual_seed(0)
+    rgb = vit(img=32, in_channels=3, pos_embed="learnable")
+    with torch.no_grad():
+        rgb.pos_embed.copy_(smooth_table(rgb.grid, DIM))
+    state, cls_pos = timm_state(rgb)
+    path = tmp_path / f"vit.{fmt}"
+    if fmt == "pth":
+        torch.save({"model": state, "epoch": 3}, path)
+    else:
+        save_file(state, str(path))
+    src = read_encoder_source(path)
+    assert src.kind == "foreign" and src.contract is None
+    enc = vit(img=64, in_channels=1, pos_embed="learnable")
+    report = load_encoder_weights(enc, src)
+    assert sorted(report.reshaped) == ["patch_embed.proj.weight", "pos_embed"]
+    assert sorted(report.adaptations) == sorted([
+        "cls slot of pos_embed folded into cls_token",
+        "pos_embed interpolated from grid (4, 4) to (8, 8)",
+        "patch embedding adapted from 3 to 1 input channels",
+    ])
+    assert report.loaded == sorted(rgb.state_dict()) and report.missing == [] and report.unexpected == []
+    assert not any(k.startswith(("head", "decoder", "mask_token")) for k in report.loaded)
+    got = enc.state_dict()
+    torch.testing.assert_close(got["cls_token"], rgb.cls_token.detach() + cls_pos)
+    torch.testing.assert_close(got["blocks.1.attn.qkv.weight"], rgb.blocks[1].attn.qkv.weight.detach())
+    torch.testing.assert_close(got["patch_embed.proj.weight"], rgb.patch_embed.proj.weight.detach().sum(1, keepdim=True))
+    torch.testing.assert_close(got["pos_embed"], interpolate_pos_embed(rgb.pos_embed.detach(), (4, 4), (8, 8)))
+
+
+def test_checkpoint_of_another_size_names_the_key(tmp_path):
+    other = ViT(2, (32, 32), (8, 8), 1, embed_dim=48, depth=2, num_heads=2)
+    path = tmp_path / "big.pth"
+    torch.save(other.state_dict(), path)
+    with pytest.raises(ContractError, match=r"big\.pth: \S+ has shape \([^)]*48[^)]*\), the model expects \([^)]*32"):
+        load_encoder_weights(vit(), read_encoder_source(path))
+
+
+def test_foreign_patch_size_is_an_error(tmp_path):
+    path = tmp_path / "p16.pth"
+    torch.save(vit(img=32, patch=16).state_dict(), path)
+    with pytest.raises(ContractError, match=r"p16\.pth: patch size \(16, 16\) differs from the model's \(8, 8\)"):
+        load_encoder_weights(vit(img=32, patch=8), read_encoder_source(path))
+
+
+def test_load_that_matches_nothing(tmp_path):
+    src = EncoderSource(str(tmp_path / "w.pth"), {"layer1.conv.weight": torch.zeros(3)}, None, "foreign")
+    with pytest.raises(ContractError, match=r"w\.pth: no tensor matches the encoder \(0 of \d+ keys loaded\)"):
+        load_encoder_weights(vit(), src)
+
+
+def test_unusable_files_are_errors_naming_the_file(tmp_path):
+    cnn = tmp_path / "resnet.safetensors"
+    save_file({"conv1.weight": torch.zeros(8, 3, 7, 7), "fc.weight": torch.zeros(10, 8)}, str(cnn))
+    pickled = tmp_path / "mae_finetuned.pth"
+    torch.save({"model": vit().state_dict(), "args": argparse.Namespace(lr=1e-3)}, pickled)
+    text = tmp_path / "notes.txt"
+    text.write_text("not weights\n")
+    broken = tmp_path / "broken.safetensors"
+    broken.write_text("not a safetensors header")
+    for path, why in [(cnn, "not a medmae encoder export, nor a timm / MAE ViT checkpoint"),
+                      (pickled, "argparse.Namespace"), (text, "cannot be loaded as plain weights"),
+                      (broken, "not a readable safetensors file"), (tmp_path / "missing.pth", "no such encoder file")]:
+        with pytest.raises(ExportError) as err:
+            read_encoder_source(path)
+        assert str(err.value).startswith(str(path)) and why in str(err.value), str(err.value)
+
+
+# --------------------------------------------------------------------------------------------- contract
+
+
+def contract_of(tmp_path, **kw) -> dict:
+    from medmae.export import read_contract
+
+    return read_contract(export(tmp_path / "enc.safetensors", vit(**kw)))
+
+
+def test_contract_mismatches_name_the_field(tmp_path):
+    c2d = contract_of(tmp_path)
+    same = {**Preprocessing(2, 1, {"name": "minmax"}, orientation=None).contract(), "patch_size": [8, 8]}
+    assert check_contract(c2d, arch="vit", preprocessing=same) == []
+    ct = {**same, "intensity": {"name": "ct_window", "lo": -175.0, "hi": 250.0}}
+    with pytest.raises(ContractError, match=r"intensity: encoder \{'name': 'minmax'\}, fine-tuning \{'name': 'ct_window'"):
+        check_contract(c2d, arch="vit", preprocessing=ct)
+    with pytest.raises(ContractError, match=r"patch_size: encoder \[8, 8\], fine-tuning \[16, 16\]"):
+        check_contract(c2d, arch="vit", preprocessing={**same, "patch_size": [16, 16]})
+    three_d = {**Preprocessing(3, 1, {"name": "minmax"}).contract(), "patch_size": [8, 8, 8]}
+    with pytest.raises(ContractError, match="spatial_dims: encoder 2, fine-tuning 3") as err:
+        check_contract(c2d, arch="vit", preprocessing=three_d)
+    assert "init.allow_mismatch" in str(err.value)
+    notes = check_contract(c2d, arch="vit", preprocessing=ct, allow=("intensity",))
+    assert len(notes) == 1 and notes[0].startswith("intensity:")
+    # allowing one field does not let another through
+    with pytest.raises(ContractError, match="patch_size") as err:
+        check_contract(c2d, arch="vit", preprocessing={**ct, "patch_size": [16, 16]}, allow=("intensity",))
+    assert "intensity" not in str(err.value)
+
+
+def test_contract_compares_ct_window_values(tmp_path):
+    c = contract_of(tmp_path)
+    c["preprocessing"]["intensity"] = {"name": "ct_window", "lo": -175.0, "hi": 250.0}
+    mine = {**Preprocessing(2, 1, {"name": "ct_window", "lo": -175.0, "hi": 250.0}, orientation=None).contract(),
+            "patch_size": [8, 8]}
+    assert check_contract(c, arch="vit", preprocessing=mine) == []
+    mine["intensity"] = {"name": "ct_window", "lo": -1000.0, "hi": 1000.0}
+    with pytest.raises(ContractError, match="intensity"):
+        check_contract(c, arch="vit", preprocessing=mine)

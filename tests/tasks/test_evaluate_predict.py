@@ -1,0 +1,151 @@
+import csv
+import json
+import math
+from dataclasses import asdict
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+
+from medmae.data.pipeline import resolve_spec
+from medmae.data.sources import SourceError
+from medmae.data.synthetic import abdomen_ct, chest_xray
+from medmae.engine.checkpoint import CheckpointError
+from medmae.metrics import EMPTY_MASK_POLICY
+from medmae.tasks.evaluate import evaluate
+from medmae.tasks.finetune import finetune, resolve_finetune_config
+from medmae.tasks.predict import predict
+
+TINY_MODEL = ("model.depth=2", "model.embed_dim=32", "model.num_heads=2")
+CXR = (*TINY_MODEL, "data.synthetic.n=40", "data.synthetic.size=[32,32]", "model.img_size=[32,32]",
+       "train.batch_size=4", "eval.bootstrap=200")
+CT = (*TINY_MODEL, "data.synthetic.n=6", "data.synthetic.size=[40,40,32]", "model.img_size=[32,32,32]",
+      "train.batch_size=2", "head.feature_size=4", "eval.test_fraction=0.5", "eval.bootstrap=200")
+ABDOMEN = ["liver", "spleen", "kidney_right", "kidney_left", "aorta"]
+
+
+@pytest.fixture(scope="module")
+def cls_run(tmp_path_factory) -> Path:
+    return finetune(task="cls", preset="demo-2d", run_dir=tmp_path_factory.mktemp("cls") / "run", overrides=CXR,
+                    max_steps=2)
+
+
+@pytest.fixture(scope="module")
+def seg3d_run(tmp_path_factory) -> Path:
+    return finetune(task="seg", preset="demo-3d", run_dir=tmp_path_factory.mktemp("seg3d") / "run", overrides=CT,
+                    max_steps=2)
+
+
+def test_classification_summary(cls_run):
+    summary = evaluate(cls_run)
+    split = json.loads((cls_run / "splits.json").read_text())
+    assert json.loads((cls_run / "eval" / "summary.json").read_text()) == json.loads(json.dumps(summary))
+    assert summary["task"] == "cls" and summary["split"] == "test" and summary["n_cases"] == len(split["test"])
+    rows = {(r["metric"], r.get("class")): r for r in summary["rows"]}
+    for key in [("macro_auroc", None), ("macro_auprc", None), ("accuracy", None)]
+        + [(m, c) for c in ("nodule", "opacity", "effusion") for m in ("auroc", "auprc")]:
+        r = rows[key]
+        assert r["ci_low"] <= r["value"] <= r["ci_high"], r
+        assert 0.0 <= r["value"] <= 1.0 and r["ci_high"] > r["ci_low"] and r["n"] == len(split["test"])
+    with (cls_run / "eval" / "per_case.csv").open() as f:
+        per_case = list(csv.DictReader(f))
+    assert sorted(r["case"] for r in per_case) == split["test"]
+    assert all(r[f"target_{c}"] in ("0", "1") and 0 <= float(r[f"prob_{c}"]) <= 1
+               for r in per_case for c in ("nodule", "opacity", "effusion"))
+
+
+def test_segmentation_summary(seg3d_run):
+    summary = evaluate(seg3d_run)
+    split = json.loads((seg3d_run / "splits.json").read_text())
+    n = len(split["test"])
+    assert summary["task"] == "seg" and summary["n_cases"] == n >= 2
+    assert summary["policy"] == asdict(EMPTY_MASK_POLICY)
+    assert summary["regions"] == {name: [i + 1] for i, name in enumerate(ABDOMEN)}
+    assert set(summary["counts"]) == set(ABDOMEN)
+    rows = {(r["metric"], r["region"]): r for r in summary["rows"]}
+    assert set(rows) == {(m, r) for m in ("dice", "hd95_mm", "precision", "recall") for r in [*ABDOMEN, "mean"]}
+    for r in summary["rows"]:
+        assert {"ci_low", "ci_high", "n", "n_excluded"} <= set(r)
+        if r["n"] >= 2 and not math.isnan(r["ci_low"]):
+            assert r["ci_low"] <= r["value"] <= r["ci_high"], r
+    for region in ABDOMEN:
+        dice = rows[("dice", region)]
+        assert dice["n"] + dice["n_excluded"] == n and 0.0 <= dice["value"] <= 1.0
+        assert rows[("hd95_mm", region)]["value"] > 0
+    with (seg3d_run / "eval" / "per_case.csv").open() as f:
+        per_case = list(csv.DictReader(f))
+    assert len(per_case) == n * len(ABDOMEN)
+    assert {r["case"] for r in per_case} == set(split["test"]) and {r["region"] for r in per_case} == set(ABDOMEN)
+
+
+def test_evaluate_errors(cls_run, tmp_path):
+    with pytest.raises(SourceError, match=r"splits\.json: no cases in split 'val'"):
+        evaluate(cls_run, split="val")
+    with pytest.raises(CheckpointError, match=f"{tmp_path}: not a fine-tuning run"):
+        evaluate(tmp_path)
+
+
+def test_predict_nifti_keeps_the_input_geometry(seg3d_run, tmp_path):
+    """The same volume stored RAS and LPS gets the same labels in world space, each file in its own geometry."""
+    vol = abdomen_ct(11, shape=(40, 36, 34), spacing=(1.2, 1.4, 2.5))
+    ras = np.diag([1.2, 1.4, 2.5, 1.0])
+    ras[:3, 3] = [-20.0, -30.0, 40.0]
+    lps = ras @ np.array([[-1, 0, 0, 39], [0, -1, 0, 35], [0, 0, 1, 0], [0, 0, 0, 1]], dtype=float)
+    hu = np.rint(vol.image_cxyz[0]).astype(np.int16)
+    nib.save(nib.Nifti1Image(hu, ras), tmp_path / "ras.nii.gz")
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(hu[::-1, ::-1]), lps), tmp_path / "lps.nii.gz")
+    written = predict(seg3d_run, [tmp_path / "ras.nii.gz", tmp_path / "lps.nii.gz"], out=tmp_path / "out")
+    assert [p.name for p in written] == ["ras_seg.nii.gz", "lps_seg.nii.gz"]
+    masks = {}
+    for name, affine in (("ras", ras), ("lps", lps)):
+        img = nib.load(tmp_path / "out" / f"{name}_seg.nii.gz")
+        np.testing.assert_allclose(img.affine, affine, atol=1e-5)
+        assert img.shape == hu.shape and np.issubdtype(img.get_data_dtype(), np.integer)
+        masks[name] = np.asanyarray(img.dataobj)
+        assert set(np.unique(masks[name])) <= set(range(6))
+    np.testing.assert_array_equal(masks["lps"][::-1, ::-1], masks["ras"])
+
+
+def test_predict_png_has_the_input_size(tmp_path_factory, tmp_path):
+    run = finetune(task="seg", preset="demo-2d", run_dir=tmp_path_factory.mktemp("seg2d") / "run",
+                   overrides=(*CXR, "data.synthetic.n=12", "head.feature_size=4"), max_steps=1)
+    image = np.rint(chest_xray(5, size=48).image_chw[0, 4:44] * 255).astype(np.uint8)  # 40 rows x 48 columns
+    Image.fromarray(image).save(tmp_path / "cxr.png")
+    (out,) = predict(run, [tmp_path / "cxr.png"], out=tmp_path / "out")
+    assert out == tmp_path / "out" / "cxr_seg.png"
+    with Image.open(out) as mask:
+        assert mask.size == (48, 40) and mask.mode == "L"
+        assert set(np.unique(np.asarray(mask))) <= {0, 1, 2}
+
+
+def test_predict_classification_csv_matches_evaluation(cls_run, tmp_path):
+    evaluate(cls_run)
+    with (cls_run / "eval" / "per_case.csv").open() as f:
+        per_case = {r["case"]: r for r in csv.DictReader(f)}
+    spec = resolve_spec(resolve_finetune_config(cls_run / "config.yaml").data)
+    cases = [c for c in spec.cases if c.case_id in per_case][:3]
+    (out,) = predict(cls_run, [c.path for c in cases], out=tmp_path)
+    with out.open() as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["path", "prob_nodule", "prob_opacity", "prob_effusion", "prediction"]
+    assert [r[0] for r in rows[1:]] == [c.path for c in cases]
+    for case, row in zip(cases, rows[1:]):
+        probs = [float(v) for v in row[1:4]]
+        expected = [float(per_case[case.case_id][f"prob_{c}"]) for c in ("nodule", "opacity", "effusion")]
+        np.testing.assert_allclose(probs, expected, atol=1e-5)
+        assert row[4] == "|".join(c for c, p in zip(("nodule", "opacity", "effusion"), probs) if p >= 0.5)
+
+
+def test_evaluation_split_without_a_positive_case_names_the_class(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = ["path,label,split"]
+    for i, (label, split) in enumerate([("cat", "train"), ("dog", "train")] * 2 + [("cat", "test")] * 3):
+        Image.fromarray(rng.integers(0, 255, (32, 32)).astype(np.uint8)).save(tmp_path / f"c{i}.png")
+        rows.append(f"c{i}.png,{label},{split}")
+    (tmp_path / "manifest.csv").write_text("\n".join(rows) + "\n")
+    overrides = (*TINY_MODEL, "model.size=null", "model.img_size=[32,32]", "model.patch_size=8", "train.batch_size=2")
+    with pytest.raises(SourceError, match=r"class 'dog' has 0 positive and 3 negative cases"):
+        run = finetune(task="cls", data=tmp_path, run_dir=tmp_path / "run", overrides=overrides, max_steps=1)
+        evaluate(run)
