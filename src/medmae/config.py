@@ -41,11 +41,31 @@ class SyntheticConfig(Strict):
     seed: int = 0
 
 
+class SourceEntry(Strict):
+    """One source of a pretraining pool (MedMAE's MID, VIS-MAE's multi-modality pool)."""
+
+    path: str
+    weight: float = Field(1.0, gt=0.0)
+    modality: str | None = None
+    intensity: IntensityConfig | None = None
+    splits: list[str] | None = None
+
+
 class DataConfig(Strict):
-    """Where the images come from and how they are prepared; ``path`` None means built-in synthetic data."""
+    """Where the images come from and how they are prepared.
+
+    ``path`` names one dataset; ``sources`` a pool of several (each with its own modality tag, intensity
+    preset and sampling weight); neither means built-in synthetic data.
+    """
 
     path: str | None = None
+    sources: list[SourceEntry] | None = None
+    sampling: Literal["uniform", "source", "modality"] = "uniform"
+    modality_weights: dict[str, float] | None = None
     splits: list[str] | None = None
+    slice_axis: Literal[0, 1, 2] | None = Field(None, description="2D models: train on slices of 3D volumes along this axis")
+    on_bad_case: Literal["raise", "skip"] = "raise"
+    max_bad_fraction: float = Field(0.05, ge=0.0, le=1.0)
     synthetic: SyntheticConfig = SyntheticConfig()
     intensity: IntensityConfig = IntensityConfig()
     spacing: list[float] | None = None
@@ -60,6 +80,12 @@ class DataConfig(Strict):
     label_fraction: float = Field(1.0, gt=0.0, le=1.0, description="fine-tuning: share of the labelled training cases used")
     foreground_prob: float = Field(0.0, ge=0.0, le=1.0, description="segmentation: share of crops centred on foreground")
 
+    @model_validator(mode="after")
+    def _one_source(self) -> DataConfig:
+        if self.path is not None and self.sources:
+            raise ValueError("give data.path or data.sources, not both")
+        return self
+
 
 class DecoderConfig(Strict):
     embed_dim: int = 512
@@ -67,8 +93,48 @@ class DecoderConfig(Strict):
     num_heads: int = 16
 
 
+class SwinConfig(Strict):
+    """Swin Transformer (``arch: swin``, VIS-MAE): stages of shifted-window blocks joined by patch merging.
+    The patch size is ``model.patch_size`` (Swin: 4); ``mlp_ratio``, ``qkv_bias`` and ``drop_path`` are shared."""
+
+    embed_dim: int = Field(96, ge=1)
+    depths: list[int] = [2, 2, 2, 2]
+    num_heads: list[int] = [3, 6, 12, 24]
+    window_size: int = Field(7, ge=1)
+    decoder_depths: list[int] | None = Field(
+        None, description="blocks per up-stage of the decoders, deepest first (len(depths) - 1 values); "
+                          "None mirrors the encoder (Swin-MAE / Swin-UNet)")
+
+    @model_validator(mode="after")
+    def _check(self) -> SwinConfig:
+        if len(self.depths) != len(self.num_heads) or not self.depths:
+            raise ValueError(f"depths {self.depths} and num_heads {self.num_heads} need the same (non-zero) length")
+        if self.decoder_depths is not None and len(self.decoder_depths) != len(self.depths) - 1:
+            raise ValueError(f"decoder_depths {self.decoder_depths} needs {len(self.depths) - 1} values (one per up-stage)")
+        return self
+
+
+class ResEncConfig(Strict):
+    """Residual-encoder U-Net (``arch: resenc``, nnU-Net ResEnc / Revisiting MAE 3D). Stage 0 keeps the
+    resolution of the stem (stride ``model.patch_size``, nnU-Net: 1), every later stage halves it."""
+
+    widths: list[int] = [32, 64, 128, 256, 320, 320]
+    blocks: list[int] = [1, 3, 4, 6, 6, 6]
+    decoder_blocks: int = Field(1, ge=1, description="residual blocks per decoder stage (nnU-Net: 1)")
+    kernel_size: int = Field(3, ge=1)
+    deep_supervision: bool = Field(False, description="segmentation: also return logits of the coarser decoder stages in training")
+
+    @model_validator(mode="after")
+    def _check(self) -> ResEncConfig:
+        if len(self.widths) != len(self.blocks) or not self.widths:
+            raise ValueError(f"widths {self.widths} and blocks {self.blocks} need the same (non-zero) length")
+        if self.kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd, got {self.kernel_size}")
+        return self
+
+
 class ModelConfig(Strict):
-    arch: Literal["vit"] = "vit"
+    arch: Literal["vit", "swin", "resenc"] = "vit"
     spatial_dims: Literal[2, 3] = 2
     img_size: list[int] = [224, 224]
     patch_size: list[int] | int = 16
@@ -83,6 +149,9 @@ class ModelConfig(Strict):
     cls_token: bool = True
     drop_path: float = Field(0.0, ge=0.0, lt=1.0)
     decoder: DecoderConfig = DecoderConfig()
+    swin: SwinConfig = SwinConfig()
+    resenc: ResEncConfig = ResEncConfig()
+    encoder: dict[str, Any] | None = Field(None, description="explicit encoder arguments (set when fine-tuning adopts a pretrained encoder)")
 
     @model_validator(mode="after")
     def _check_shapes(self) -> ModelConfig:
@@ -94,9 +163,21 @@ class ModelConfig(Strict):
         bad = [(s, p) for s, p in zip(self.img_size, patch) if s % p]
         if bad:
             raise ValueError(f"img_size {self.img_size} is not divisible by patch_size {patch}")
-        if self.size is None and None in (self.embed_dim, self.depth, self.num_heads):
+        if self.arch == "vit" and self.size is None and None in (self.embed_dim, self.depth, self.num_heads):
             raise ValueError("give either size (vit-t/s/b/l) or all of embed_dim, depth, num_heads")
+        if self.arch != "vit":
+            self._check_hierarchical(patch)
         return self
+
+    def _check_hierarchical(self, patch: list[int]) -> None:
+        """Swin / ResEnc halve the resolution between stages: the input must divide by patch * 2**(stages - 1)."""
+        if self.arch == "swin" and self.spatial_dims != 2:
+            raise ValueError(f"arch swin is 2D only, got spatial_dims={self.spatial_dims}")
+        stages = len(self.swin.depths) if self.arch == "swin" else len(self.resenc.widths)
+        unit = [p * 2 ** (stages - 1) for p in patch]
+        if any(s % u for s, u in zip(self.img_size, unit)):
+            raise ValueError(f"img_size {self.img_size} must be divisible by {unit} (patch_size {patch} x 2**{stages - 1} "
+                             f"for {stages} {self.arch} stages)")
 
     @property
     def patch(self) -> list[int]:
@@ -115,8 +196,17 @@ class ModelConfig(Strict):
 
 
 class MaskConfig(Strict):
-    kind: Literal["random"] = "random"
+    """``random``: tokens (ViT; Swin: single patches); ``window``: Swin blocks of ``block_size`` px (VIS-MAE);
+    ``block``: CNN blocks of ``block_size`` voxels zeroed in the input (nnssl), ``sparse`` for SparK-style encoding."""
+
+    kind: Literal["random", "window", "block"] = "random"
     ratio: float = Field(0.75, ge=0.0, lt=1.0)
+    block_size: int | list[int] = Field(16, description="window / block: side of a mask block in pixels (voxels)")
+    sparse: bool = Field(False, description="block: re-apply the mask after every encoder stage (SparK)")
+
+    def block_shape(self, spatial_dims: int) -> list[int]:
+        b = self.block_size
+        return [b] * spatial_dims if isinstance(b, int) else list(b)
 
 
 class LossConfig(Strict):
@@ -124,9 +214,9 @@ class LossConfig(Strict):
 
 
 class OptimConfig(Strict):
-    """AdamW with warmup + cosine. ``lr`` None means ``base_lr * global_batch / 256`` (MAE's rule)."""
+    """AdamW (or SGD) with warmup + cosine (or poly). ``lr`` None means ``base_lr * global_batch / 256`` (MAE's rule)."""
 
-    name: Literal["adamw"] = "adamw"
+    name: Literal["adamw", "sgd"] = "adamw"
     lr: float | None = None
     base_lr: float = 1.5e-4
     weight_decay: float = 0.05
@@ -136,6 +226,10 @@ class OptimConfig(Strict):
     clip_grad: float | None = None
     layer_decay: float | None = Field(None, gt=0.0, le=1.0, description="layer-wise lr decay (fine-tuning)")
     fused: bool = True
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="sgd only (nnU-Net: 0.99)")
+    nesterov: bool = Field(False, description="sgd only (nnU-Net: true)")
+    schedule: Literal["cosine", "poly"] = Field("cosine", description="after warmup: half-cosine, or nnU-Net's poly decay")
+    poly_power: float = Field(0.9, gt=0.0, description="poly schedule exponent")
 
 
 class TrainConfig(Strict):
@@ -184,7 +278,9 @@ class EvalConfig(Strict):
 
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     val_fraction: float = Field(0.0, ge=0.0, lt=1.0)
-    split_seed: int = 0
+    folds: int | None = Field(None, ge=2, description="k-fold cross-validation: held-out = fold `fold` of `folds`")
+    fold: int = Field(0, ge=0)
+    split_seed: int = Field(0, ge=0)
     sw_overlap: float = Field(0.5, ge=0.0, lt=1.0)
     sw_batch_size: int = Field(4, ge=1)
     threshold: float = Field(0.5, gt=0.0, lt=1.0)

@@ -32,9 +32,9 @@ def test_manifest_with_relative_paths_multilabel_and_optional_columns(tmp_path):
     (tmp_path / "data.csv").write_text(
         "path,label,mask,subject_id,split,case_id\n"
         "img/a.png,nodule|effusion,msk/a.png,p1,train,\n"
-        "img/b.png,,,p1,test,\n"
+        "img/b.png,,,p1, Test ,\n"
         "img/c.png,opacity,,,,c_custom\n"
-        "img/d_t1.png;img/d_t2.png,nodule,,p3,val,\n"
+        "img/d_t1.png;img/d_t2.png,nodule,,p3,Validation,\n"
     )
     spec = load_source(tmp_path / "data.csv")
     assert spec.kind == "manifest" and spec.root == tmp_path

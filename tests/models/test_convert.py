@@ -183,17 +183,17 @@ def test_timm_style_checkpoint(tmp_path, fmt):
     enc = vit(img=64, in_channels=1, pos_embed="learnable")
     report = load_encoder_weights(enc, src)
     assert sorted(report.reshaped) == ["patch_embed.proj.weight", "pos_embed"]
-    assert sorted(report.adaptations) == sorted([
-        "cls slot of pos_embed folded into cls_token",
-        "pos_embed interpolated from grid (4, 4) to (8, 8)",
-        "patch embedding adapted from 3 to 1 input channels",
-    ])
+    assert len(report.adaptations) == 3
+    for what in ("cls slot of pos_embed folded into cls_token", "pos_embed interpolated from grid (4, 4) to (8, 8)",
+                 "from 3 to 1 input channels"):
+        assert any(what in a for a in report.adaptations), (what, report.adaptations)
     assert report.loaded == sorted(rgb.state_dict()) and report.missing == [] and report.unexpected == []
     assert not any(k.startswith(("head", "decoder", "mask_token")) for k in report.loaded)
     got = enc.state_dict()
     torch.testing.assert_close(got["cls_token"], rgb.cls_token.detach() + cls_pos)
     torch.testing.assert_close(got["blocks.1.attn.qkv.weight"], rgb.blocks[1].attn.qkv.weight.detach())
-    torch.testing.assert_close(got["patch_embed.proj.weight"], rgb.patch_embed.proj.weight.detach().sum(1, keepdim=True))
+    grey_kernel = rgb.patch_embed.proj.weight.detach().sum(1, keepdim=True)
+    torch.testing.assert_close(got["patch_embed.proj.weight"], grey_kernel)
     torch.testing.assert_close(got["pos_embed"], interpolate_pos_embed(rgb.pos_embed.detach(), (4, 4), (8, 8)))
 
 
@@ -208,7 +208,7 @@ def test_checkpoint_of_another_size_names_the_key(tmp_path):
 def test_foreign_patch_size_is_an_error(tmp_path):
     path = tmp_path / "p16.pth"
     torch.save(vit(img=32, patch=16).state_dict(), path)
-    with pytest.raises(ContractError, match=r"p16\.pth: patch size \(16, 16\) differs from the model's \(8, 8\)"):
+    with pytest.raises(ContractError, match=r"p16\.pth: .*\(16, 16\) differs from the model's \(8, 8\)"):
         load_encoder_weights(vit(img=32, patch=8), read_encoder_source(path))
 
 
@@ -249,7 +249,8 @@ def test_contract_mismatches_name_the_field(tmp_path):
     same = {**Preprocessing(2, 1, {"name": "minmax"}, orientation=None).contract(), "patch_size": [8, 8]}
     assert check_contract(c2d, arch="vit", preprocessing=same) == []
     ct = {**same, "intensity": {"name": "ct_window", "lo": -175.0, "hi": 250.0}}
-    with pytest.raises(ContractError, match=r"intensity: encoder \{'name': 'minmax'\}, fine-tuning \{'name': 'ct_window'"):
+    with pytest.raises(ContractError,
+                       match=r"intensity: encoder \{'name': 'minmax'\}, fine-tuning \{'name': 'ct_window'"):
         check_contract(c2d, arch="vit", preprocessing=ct)
     with pytest.raises(ContractError, match=r"patch_size: encoder \[8, 8\], fine-tuning \[16, 16\]"):
         check_contract(c2d, arch="vit", preprocessing={**same, "patch_size": [16, 16]})

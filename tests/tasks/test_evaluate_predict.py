@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from medmae.config import ConfigError
 from medmae.data.pipeline import resolve_spec
 from medmae.data.sources import SourceError
 from medmae.data.synthetic import abdomen_ct, chest_xray
@@ -44,9 +45,9 @@ def test_classification_summary(cls_run):
     assert json.loads((cls_run / "eval" / "summary.json").read_text()) == json.loads(json.dumps(summary))
     assert summary["task"] == "cls" and summary["split"] == "test" and summary["n_cases"] == len(split["test"])
     rows = {(r["metric"], r.get("class")): r for r in summary["rows"]}
-    for key in [("macro_auroc", None), ("macro_auprc", None), ("accuracy", None)]
-        + [(m, c) for c in ("nodule", "opacity", "effusion") for m in ("auroc", "auprc")]:
-        r = rows[key]
+    per_class = [(m, c) for c in ("nodule", "opacity", "effusion") for m in ("auroc", "auprc")]
+    assert set(rows) == {("macro_auroc", None), ("macro_auprc", None), ("accuracy", None), *per_class}
+    for r in rows.values():
         assert r["ci_low"] <= r["value"] <= r["ci_high"], r
         assert 0.0 <= r["value"] <= 1.0 and r["ci_high"] > r["ci_low"] and r["n"] == len(split["test"])
     with (cls_run / "eval" / "per_case.csv").open() as f:
@@ -87,6 +88,18 @@ def test_evaluate_errors(cls_run, tmp_path):
         evaluate(tmp_path)
 
 
+def test_evaluate_on_other_data(cls_run, tmp_path):
+    spec = resolve_spec(resolve_finetune_config(cls_run / "config.yaml").data)
+    rows = [(c.path, c.label, "train" if i < 12 else "test") for i, c in enumerate(spec.cases[:24])]
+    manifest = tmp_path / "external.csv"
+    manifest.write_text("path,label,split\n" + "".join(f"{p},{lab},{s}\n" for p, lab, s in rows))
+    summary = evaluate(cls_run, data=manifest)
+    assert summary["n_cases"] == 12 and summary["split"] == f"{manifest}:test"
+    # a split the data does not have is an error, not a silent evaluation of every case (training ones too)
+    with pytest.raises(SourceError, match=rf"{manifest}: no cases in split 'val' \(its splits: test, train\)"):
+        evaluate(cls_run, data=manifest, split="val")
+
+
 def test_predict_nifti_keeps_the_input_geometry(seg3d_run, tmp_path):
     """The same volume stored RAS and LPS gets the same labels in world space, each file in its own geometry."""
     vol = abdomen_ct(11, shape=(40, 36, 34), spacing=(1.2, 1.4, 2.5))
@@ -105,7 +118,16 @@ def test_predict_nifti_keeps_the_input_geometry(seg3d_run, tmp_path):
         assert img.shape == hu.shape and np.issubdtype(img.get_data_dtype(), np.integer)
         masks[name] = np.asanyarray(img.dataobj)
         assert set(np.unique(masks[name])) <= set(range(6))
+    # an asymmetric prediction, so a file written without undoing the reorientation would differ
+    assert not np.array_equal(masks["ras"], masks["ras"][::-1, ::-1])
     np.testing.assert_array_equal(masks["lps"][::-1, ::-1], masks["ras"])
+
+
+def test_predict_refuses_inputs_that_would_overwrite_each_other(seg3d_run, tmp_path):
+    inputs = [tmp_path / "a" / "img.nii.gz", tmp_path / "b" / "img.nii.gz"]
+    with pytest.raises(ConfigError,
+                       match=r"a/img\.nii\.gz, .*b/img\.nii\.gz would all be written to .*img_seg\.nii\.gz"):
+        predict(seg3d_run, inputs, out=tmp_path / "out")
 
 
 def test_predict_png_has_the_input_size(tmp_path_factory, tmp_path):

@@ -6,15 +6,17 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import yaml
+import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from medmae.data.pipeline import synthetic_dataset
 from medmae.data.preprocess import CaseError
 from medmae.engine import checkpoint as ckpt
 from medmae.export import ExportError
 from medmae.models.convert import ContractError
 from medmae.tasks import finetune as ft
+from medmae.tasks.inference import load_task_run
 from medmae.tasks.pretrain import pretrain
 
 TINY_MODEL = ("model.depth=2", "model.embed_dim=32", "model.num_heads=2")
@@ -53,9 +55,8 @@ def cls_run(pretrained, tmp_path_factory) -> tuple[Path, list[str]]:
 
 
 def synthetic_manifest(run: Path) -> list[dict[str, str]]:
+    """Rows of the manifest of the synthetic data a run used."""
     cfg = ft.resolve_finetune_config(run / "config.yaml")
-    from medmae.data.pipeline import synthetic_dataset
-
     with synthetic_dataset(cfg.data.synthetic).open() as f:
         return list(csv.DictReader(f))
 
@@ -73,14 +74,19 @@ def test_classification_run_files(cls_run, pretrained):
     export = load_file(str(pretrained / "export" / "encoder.safetensors"))
     assert report["source"] == str(pretrained / "export" / "encoder.safetensors")
     assert report["loaded"] == sorted(export) and report["missing"] == [] and report["unexpected"] == []
-    # the encoder architecture is the pretrained one, not the preset's ViT (192 wide, 6 deep)
-    model = yaml.safe_load((run / "config.yaml").read_text())["model"]
-    assert (model["embed_dim"], model["depth"], model["num_heads"], model["patch_size"]) == (32, 2, 2, [8, 8])
     latest = ckpt.find_latest_valid(run / "checkpoints")
     assert latest is not None and latest.name == ckpt.step_dir_name(2)
     state = ckpt.load_checkpoint(latest).model_state
-    assert state["head.weight"].shape == (3, 32) and "encoder.blocks.1.mlp.fc2.weight" in state
-    assert state["encoder.pos_embed"].shape == export["pos_embed"].shape
+    # the encoder architecture is the pretrained one (32 wide, 2 deep), not the preset's ViT (192 wide, 6 deep)
+    encoder = {k[len("encoder."):]: v.shape for k, v in state.items() if k.startswith("encoder.")}
+    assert encoder == {k: v.shape for k, v in export.items()}
+    assert state["head.weight"].shape == (3, 32)
+    _, _, model, _ = load_task_run(run)  # the saved config rebuilds that architecture (a strict load)
+    assert (model.encoder.embed_dim, model.encoder.depth, model.encoder.patch_size) == (32, 2, (8, 8))
+    # fine-tuning makes the pretrained sin-cos table a learnable parameter (FinetuneModelConfig.pos_embed) ...
+    assert isinstance(model.encoder.pos_embed, torch.nn.Parameter)
+    # ... which started from the export and was trained
+    assert not torch.equal(state["encoder.pos_embed"], export["pos_embed"])
 
 
 def test_splits_are_patient_disjoint_and_the_label_fraction_is_used(cls_run):
@@ -121,8 +127,8 @@ def test_contract_mismatch_fails_before_training(pretrained, tmp_path, preset, o
 
 
 def test_allowed_intensity_mismatch_loads_with_a_warning(pretrained, caplog):
-    cfg = ft.resolve_finetune_config(task="cls", preset="demo-2d",
-                                     overrides=(*CXR, "data.intensity.name=xray_histeq", "init.allow_mismatch=[intensity]"))
+    overrides = (*CXR, "data.intensity.name=xray_histeq", "init.allow_mismatch=[intensity]")
+    cfg = ft.resolve_finetune_config(task="cls", preset="demo-2d", overrides=overrides)
     with caplog.at_level(logging.WARNING, logger="medmae.tasks.finetune"):
         model, report = ft.build_task_model(cfg, 3, str(pretrained))
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -164,7 +170,8 @@ def test_label_not_among_declared_classes(tmp_path):
 def seg_manifest(root: Path, rows: list[tuple[str, str]]) -> None:
     """Image/mask pairs, the last one in the test split."""
     splits = ["train"] * (len(rows) - 1) + ["test"]
-    (root / "manifest.csv").write_text("path,mask,split\n" + "".join(f"{a},{b},{s}\n" for (a, b), s in zip(rows, splits)))
+    lines = [f"{a},{b},{s}\n" for (a, b), s in zip(rows, splits)]
+    (root / "manifest.csv").write_text("path,mask,split\n" + "".join(lines))
     (root / "dataset.json").write_text(json.dumps({"labels": {"0": "background", "1": "lesion"}}))
 
 
@@ -175,7 +182,8 @@ def test_mask_of_another_shape_names_the_case(tmp_path):
     with pytest.raises(CaseError) as err:
         ft.finetune(task="seg", data=tmp_path, run_dir=tmp_path / "run", overrides=TINY_2D, max_steps=1)
     msg = str(err.value)
-    assert msg.startswith("case img3 (") and "msk3.png" in msg and "mask shape (32, 24) differs from image shape (32, 32)" in msg
+    assert msg.startswith("case img3 (") and "msk3.png" in msg
+    assert "mask shape (32, 24) differs from image shape (32, 32)" in msg
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
@@ -203,7 +211,8 @@ def test_undeclared_mask_value_names_the_case(tmp_path):
     rows = [(png(tmp_path / f"img{i}.png", seed=i), png(tmp_path / f"msk{i}.png", value=i % 2)) for i in range(6)]
     png(tmp_path / "msk1.png", value=7)
     seg_manifest(tmp_path, rows)
-    with pytest.raises(CaseError, match=r"case img1 \(.*msk1\.png\): label values \[7\] not declared \(declared: \[0, 1\]\)"):
+    with pytest.raises(CaseError,
+                       match=r"case img1 \(.*msk1\.png\): label values \[7\] not declared \(declared: \[0, 1\]\)"):
         ft.finetune(task="seg", data=tmp_path, run_dir=tmp_path / "run", overrides=TINY_2D, max_steps=1)
     assert not (tmp_path / "run" / "checkpoints").exists()
 
@@ -230,3 +239,14 @@ def test_task_labels_and_class_targets():
     seg = ft.resolve_finetune_config(task="seg", overrides=TINY_2D)
     info = ft.task_labels(seg, DatasetSpec(Path("."), cases, label_names={1: "liver", 3: "kidney"}))
     assert info["label_names"] == {"0": "background", "1": "liver", "3": "kidney"} and info["num_outputs"] == 4
+
+
+def test_linear_probe_leaves_the_encoder_untouched(pretrained, tmp_path):
+    run = ft.finetune(task="cls", preset="demo-2d", init=pretrained, run_dir=tmp_path / "probe",
+                      overrides=(*CXR, "mode=linear_probe"), max_steps=2)
+    export = load_file(str(pretrained / "export" / "encoder.safetensors"))
+    state = ckpt.load_checkpoint(ckpt.find_latest_valid(run / "checkpoints")).model_state
+    for k, v in export.items():
+        assert torch.equal(state[f"encoder.{k}"], v), k
+    assert not torch.equal(state["head.bias"], torch.zeros(3))  # the head did train
+    assert "feature_norm.running_mean" in state and "feature_norm.weight" not in state

@@ -59,7 +59,19 @@ class ArrayCache:
         self._lock = threading.Lock()
 
     def file_digest(self, path: str | Path) -> str:
-        """sha256 of a file's content, memoised by (path, size, mtime) for this process."""
+        """sha256 of a file's content, memoised by (path, size, mtime) for this process.
+
+        A virtual path ``file::member`` (an array in an ``.npz``, a series in a DICOM folder) hashes the file
+        (a folder: all files below it) together with the member name.
+        """
+        real, sep, member = str(path).partition("::")
+        if sep:
+            return hashlib.sha256(f"{self.file_digest(real)}::{member}".encode()).hexdigest()
+        if Path(real).is_dir():
+            h = hashlib.sha256()
+            for f in sorted(p for p in Path(real).rglob("*") if p.is_file()):
+                h.update(f"{f.relative_to(real)}:{self.file_digest(f)}\n".encode())
+            return h.hexdigest()
         st = os.stat(path)
         ident = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
         with self._lock:

@@ -61,29 +61,44 @@ def prepare_cases(
     *,
     with_masks: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    skipped: list[dict[str, str]] | None = None,
 ) -> list[Prepared]:
-    """Preprocess every case once (or find it in the cache); errors name the case and file."""
+    """Preprocess every case once (or find it in the cache); errors name the case and file.
+
+    With a ``skipped`` list, a case that fails is recorded there and left out instead of raising.
+    """
     out = []
     for i, case in enumerate(cases):
-        files = list(case.image) + ([case.mask] if with_masks and case.mask else [])
         try:
-            key = cache.key(files, prep.recipe() + ("|mask" if with_masks and case.mask else ""))
-        except OSError as e:
-            raise CaseError(f"case {case.case_id} ({e.filename or case.path}): {e.strerror or e}") from e
-        image = cache.load(key + "-img")
-        mask = cache.load(key + "-msk") if with_masks and case.mask else None
-        info = cache.load_json(key + "-img")
-        if image is None or info is None or (with_masks and case.mask and mask is None):
-            x, meta, spacing, _ = load_image(case, prep)
-            if with_masks and case.mask:
-                mask = cache.store(key + "-msk", load_mask(case, prep, meta, x.shape[1:]))
-            image = cache.store(key + "-img", x)
-            info = {"spacing": list(spacing)}
-            cache.store_json(key + "-img", info)
-        out.append(Prepared(case, image, mask, tuple(info["spacing"])))
+            out.append(_prepare_one(case, prep, cache, with_masks))
+        except CaseError as e:
+            if skipped is None:
+                raise
+            skipped.append({"case_id": case.case_id, "path": case.path, "error": str(e)})
+            log.warning("skipping %s", e)
         if progress:
             progress(i + 1, len(cases))
     return out
+
+
+def _prepare_one(case: Case, prep: Preprocessing, cache: ArrayCache, with_masks: bool) -> Prepared:
+    """Preprocess one case, or load it from the cache (keyed by file content and the recipe)."""
+    files = list(case.image) + ([case.mask] if with_masks and case.mask else [])
+    try:
+        key = cache.key(files, prep.recipe() + ("|mask" if with_masks and case.mask else ""))
+    except OSError as e:
+        raise CaseError(f"case {case.case_id} ({e.filename or case.path}): {e.strerror or e}") from e
+    image = cache.load(key + "-img")
+    mask = cache.load(key + "-msk") if with_masks and case.mask else None
+    info = cache.load_json(key + "-img")
+    if image is None or info is None or (with_masks and case.mask and mask is None):
+        x, meta, spacing, _ = load_image(case, prep)
+        if with_masks and case.mask:
+            mask = cache.store(key + "-msk", load_mask(case, prep, meta, x.shape[1:]))
+        image = cache.store(key + "-img", x)
+        info = {"spacing": list(spacing)}
+        cache.store_json(key + "-img", info)
+    return Prepared(case, image, mask, tuple(info["spacing"]))
 
 
 # ------------------------------------------------------------------------------------------ augmentation
@@ -173,6 +188,22 @@ def augment_case(
     return img_t.contiguous(), (msk_t.contiguous() if msk_t is not None else None)
 
 
+def pick_slice(image_cs: np.ndarray, mask_s: np.ndarray | None, axis: int, rng: np.random.Generator | None,
+               tries: int = 8) -> tuple[np.ndarray, np.ndarray | None]:
+    """One 2D slice of a (C, X, Y, Z) volume along spatial ``axis``: random (avoiding constant slices) or,
+    without ``rng``, the middle one."""
+    n = image_cs.shape[1 + axis]
+    idx = n // 2
+    if rng is not None:
+        for _ in range(tries):
+            idx = int(rng.integers(n))
+            sl = np.take(image_cs, idx, axis=1 + axis)
+            if float(sl.max()) > float(sl.min()):
+                break
+    image = np.take(image_cs, idx, axis=1 + axis)
+    return image, (np.take(mask_s, idx, axis=axis) if mask_s is not None else None)
+
+
 # ----------------------------------------------------------------------------------------------- dataset
 
 
@@ -191,6 +222,7 @@ class CaseDataset(Dataset):
         seed: int,
         targets: np.ndarray | None = None,
         foreground: Sequence[np.ndarray | None] | None = None,
+        slice_axis: int | None = None,
     ):
         self.prepared = list(prepared)
         self.crop_size = tuple(int(s) for s in crop_size)
@@ -198,6 +230,7 @@ class CaseDataset(Dataset):
         self.seed = int(seed)
         self.targets = targets
         self.foreground = foreground
+        self.slice_axis = slice_axis
 
     def __len__(self) -> int:
         return len(self.prepared)
@@ -208,7 +241,11 @@ class CaseDataset(Dataset):
         try:
             rng = np.random.default_rng(case_seed(self.seed, epoch, index, STREAM_AUGMENT))
             fg = self.foreground[index] if self.foreground is not None else None
-            image, mask = augment_case(p.image, p.mask, self.augment, rng, self.crop_size, fg)
+            image, mask = p.image, p.mask
+            if self.slice_axis is not None and image.ndim == len(self.crop_size) + 2:
+                image, mask = pick_slice(image, mask, self.slice_axis, rng if self.augment else None)
+                fg = None
+            image, mask = augment_case(image, mask, self.augment, rng, self.crop_size, fg)
         except Exception as e:  # noqa: BLE001 - the worker's error must carry the case id
             raise CaseError(f"case {p.case.case_id} ({p.case.path}): {type(e).__name__}: {e}") from e
         item: dict[str, Any] = {
@@ -226,13 +263,14 @@ class CaseDataset(Dataset):
 class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
     """Batches of ``(epoch, index)`` keys: this rank's share of each global batch of one epoch.
 
-    The epoch's order is ``randperm`` seeded by (seed, epoch); rank r takes slice r of every global batch,
+    The epoch's order is ``randperm`` seeded by (seed, epoch) (with ``weights``: a weighted draw with
+    replacement of the same length); rank r takes slice r of every global batch,
     so the union over ranks at each step is exactly the single-process batch. Incomplete final batches are
     dropped. ``skip_batches`` resumes mid-epoch.
     """
 
     def __init__(self, num_cases: int, global_batch: int, *, seed: int, epoch: int, rank: int = 0,
-                 world_size: int = 1, skip_batches: int = 0):
+                 world_size: int = 1, skip_batches: int = 0, weights: Sequence[float] | None = None):
         if global_batch % world_size:
             raise ValueError(f"global batch {global_batch} is not divisible by the {world_size} processes")
         if num_cases < global_batch:
@@ -240,6 +278,7 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
         self.num_cases, self.global_batch = num_cases, global_batch
         self.seed, self.epoch, self.rank, self.world_size = seed, epoch, rank, world_size
         self.skip_batches = skip_batches
+        self.weights = weights
 
     @staticmethod
     def steps_per_epoch(num_cases: int, global_batch: int) -> int:
@@ -250,7 +289,11 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         g = torch.Generator().manual_seed(case_seed(self.seed, self.epoch, 0, 2))
-        perm = torch.randperm(self.num_cases, generator=g).tolist()
+        if self.weights is None:
+            perm = torch.randperm(self.num_cases, generator=g).tolist()
+        else:  # pools: cases drawn with replacement in proportion to their sampling weight
+            w = torch.as_tensor(self.weights, dtype=torch.float64)
+            perm = torch.multinomial(w, self.num_cases, replacement=True, generator=g).tolist()
         local = self.global_batch // self.world_size
         for b in range(self.skip_batches, self.steps_per_epoch(self.num_cases, self.global_batch)):
             chunk = perm[b * self.global_batch : (b + 1) * self.global_batch]

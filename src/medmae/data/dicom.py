@@ -17,6 +17,9 @@ Rules
   (DICOM patient coordinates are LPS). A single file / single-slice series gives 2D ``(C, H, W)``
   with spacing from PixelSpacing (or ImagerPixelSpacing for CR/DX) and no affine.
 - Multi-frame objects (NumberOfFrames > 1, enhanced CT/MR, cine) are not supported.
+- One series, even when several share a folder, is addressed by the virtual path
+  ``<folder>::<SeriesInstanceUID>[::<i>]`` (:func:`series_path`); ``i`` picks part ``i/n`` of a UID that a
+  scan of ``folder`` splits, and is omitted otherwise. :func:`medmae.data.readers.read_image` reads it.
 """
 
 from __future__ import annotations
@@ -140,6 +143,41 @@ def load_dicom(path: Path) -> StoredImage:
     if path.is_dir():
         return load_series(_single_series(path))
     return _load_file_2d(path)
+
+
+def series_path(series: DicomSeries) -> str:
+    """Virtual path that :func:`load_series_path` resolves to exactly ``series``.
+
+    The part index is the one a scan of ``series.folder`` gives (parts of the UID lying elsewhere do not
+    count), so the path stays valid for a reader that only scans that folder.
+    """
+    base = f"{series.folder}::{series.uid}"
+    if series.part is None:
+        return base
+    same_uid = [s for s in scan_dicom_tree(series.folder).series if s.uid == series.uid]
+    if len(same_uid) == 1:
+        return base
+    match = next((s for s in same_uid if sorted(s.files) == sorted(series.files)), None)
+    if match is None or match.part is None:
+        raise ReadError(f"{series.folder}: series {series.label} changed while it was being listed")
+    return f"{base}::{match.part.split('/')[0]}"
+
+
+def load_series_path(folder: Path, member: tuple[str, ...]) -> StoredImage:
+    """Stored image of the series named by ``member`` = ``(uid,)`` or ``(uid, part index)`` below ``folder``."""
+    where = f"{folder}::{'::'.join(member)}"
+    if not member or len(member) > 2 or (len(member) == 2 and not member[1].isdigit()):
+        raise ReadError(f"{where}: expected <folder>::<SeriesInstanceUID>[::<part>]")
+    uid = member[0]
+    same_uid = [s for s in scan_dicom_tree(folder).series if s.uid == uid]
+    if len(member) == 2:
+        chosen = [s for s in same_uid if s.part and s.part.split("/")[0] == member[1]]
+    else:
+        chosen = [s for s in same_uid if not s.is_localizer] if len(same_uid) > 1 else same_uid
+    if len(chosen) != 1:
+        found = "; ".join(s.label for s in same_uid) or "none"
+        raise ReadError(f"{where}: expected one DICOM series, found {len(chosen)} (series with this UID: {found})")
+    return load_series(chosen[0])
 
 
 def load_series(series: DicomSeries, *, gap_rtol: float = 0.1) -> StoredImage:

@@ -1,4 +1,5 @@
-"""From a data config to prepared cases: resolve the source (or generate the synthetic default), preprocess, cache."""
+"""From a data config to prepared cases: resolve the source(s) (or generate the synthetic default),
+preprocess, cache, and weight pool sources for sampling."""
 
 from __future__ import annotations
 
@@ -7,12 +8,17 @@ import json
 import logging
 import os
 import shutil
+from collections import Counter
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from medmae.config import ConfigError
 from medmae.data.cache import ArrayCache, default_cache_dir
 from medmae.data.dataset import Prepared, prepare_cases
-from medmae.data.preprocess import Preprocessing
+from medmae.data.preprocess import CaseError, Preprocessing
 from medmae.data.sources import DatasetSpec, load_source
 from medmae.data.synthetic import write_dataset
 
@@ -51,8 +57,34 @@ def resolve_spec(data_cfg: Any) -> DatasetSpec:
     return load_source(data_cfg.path)
 
 
+@dataclass
+class PoolPart:
+    """One source of the training data with its own preprocessing and sampling weight."""
+
+    name: str
+    spec: DatasetSpec
+    prep: Preprocessing
+    weight: float = 1.0
+
+
+def resolve_parts(data_cfg: Any, model_cfg: Any) -> list[PoolPart]:
+    """The sources to train on: ``data.sources`` (a pool) or the single ``data.path`` / synthetic dataset."""
+    if not data_cfg.sources:
+        spec = resolve_spec(data_cfg).select(data_cfg.splits)
+        spec = replace(spec, cases=[replace(c, modality=c.modality or spec.modality) for c in spec.cases])
+        return [PoolPart(data_cfg.path or f"synthetic:{data_cfg.synthetic.kind}", spec,
+                         Preprocessing.from_config(data_cfg, model_cfg))]
+    parts = []
+    for entry in data_cfg.sources:
+        spec = load_source(entry.path).select(entry.splits or data_cfg.splits)
+        cases = [replace(c, modality=entry.modality or c.modality or spec.modality, source=entry.path) for c in spec.cases]
+        spec = replace(spec, cases=cases)
+        parts.append(PoolPart(entry.path, spec, Preprocessing.from_config(data_cfg, model_cfg, entry.intensity), entry.weight))
+    return parts
+
+
 def prepare(spec: DatasetSpec, prep: Preprocessing, data_cfg: Any, *, with_masks: bool = False,
-            show_progress: bool = True) -> list[Prepared]:
+            show_progress: bool = True, skipped: list[dict[str, str]] | None = None) -> list[Prepared]:
     """Preprocess (or load from the cache) every case of ``spec``."""
     cache = ArrayCache(data_cfg.cache_dir)
     step = max(1, len(spec.cases) // 10)
@@ -61,4 +93,55 @@ def prepare(spec: DatasetSpec, prep: Preprocessing, data_cfg: Any, *, with_masks
         if show_progress and (i % step == 0 or i == n) and n > 20:
             log.info("prepared %d/%d cases", i, n)
 
-    return prepare_cases(spec.cases, prep, cache, with_masks=with_masks, progress=progress)
+    return prepare_cases(spec.cases, prep, cache, with_masks=with_masks, progress=progress, skipped=skipped)
+
+
+@dataclass
+class PreparedPool:
+    prepared: list[Prepared]
+    weights: list[float] | None
+    skipped: list[dict[str, str]]
+    composition: dict[str, Any]
+
+
+def prepare_pool(parts: list[PoolPart], data_cfg: Any, *, with_masks: bool = False, show_progress: bool = True) -> PreparedPool:
+    """Prepare every part, apply ``data.on_bad_case`` and compute per-case sampling weights (``data.sampling``)."""
+    skipped: list[dict[str, str]] | None = [] if data_cfg.on_bad_case == "skip" else None
+    prepared: list[Prepared] = []
+    per_part: list[tuple[PoolPart, int]] = []
+    total = 0
+    for part in parts:
+        got = prepare(part.spec, part.prep, data_cfg, with_masks=with_masks, show_progress=show_progress, skipped=skipped)
+        prepared += got
+        per_part.append((part, len(got)))
+        total += len(part.spec.cases)
+    bad = skipped or []
+    if bad and len(bad) > data_cfg.max_bad_fraction * total:
+        raise CaseError(f"{len(bad)} of {total} cases could not be read (more than data.max_bad_fraction="
+                        f"{data_cfg.max_bad_fraction}); first: {bad[0]['error']}")
+    if not prepared:
+        raise ConfigError("no usable cases in the training data")
+    weights = sampling_weights(prepared, per_part, data_cfg)
+    modalities = Counter(p.case.modality or "unknown" for p in prepared)
+    composition = {"sources": {part.name: n for part, n in per_part}, "modalities": dict(modalities),
+                   "sampling": data_cfg.sampling, "skipped": len(bad)}
+    return PreparedPool(prepared, weights, bad, composition)
+
+
+def sampling_weights(prepared: list[Prepared], per_part: list[tuple[PoolPart, int]], data_cfg: Any) -> list[float] | None:
+    """Per-case weights so that each source (``source``) or modality (``modality``) gets its weight's share
+    of the draws whatever its size; ``uniform`` samples every case equally (None)."""
+    if data_cfg.sampling == "uniform":
+        return None
+    if data_cfg.sampling == "source":
+        out: list[float] = []
+        for part, n in per_part:
+            out += [part.weight / max(n, 1)] * n
+        return out
+    counts = Counter(p.case.modality or "unknown" for p in prepared)
+    mw = data_cfg.modality_weights or {}
+    unknown = sorted(set(mw) - set(counts))
+    if unknown:
+        raise ConfigError(f"data.modality_weights names modalities not in the pool: {unknown} (pool has {sorted(counts)})")
+    w = [mw.get(p.case.modality or "unknown", 1.0) / counts[p.case.modality or "unknown"] for p in prepared]
+    return list(np.asarray(w) / np.sum(w) * len(w))

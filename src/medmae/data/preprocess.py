@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medmae.config import ConfigError
 from medmae.data.intensity import apply_intensity, describe
 from medmae.data.readers import ImageMeta, read_image, read_label
 from medmae.data.sources import Case
@@ -32,16 +33,25 @@ class Preprocessing:
     spacing: tuple[float, ...] | None = None
     orientation: str | None = "RAS"
     resize: tuple[int, ...] | None = None
+    slice_axis: int | None = None
+
+    def __post_init__(self) -> None:
+        dims = 3 if self.spatial_dims == 3 or self.slice_axis is not None else 2
+        if self.spacing is not None and len(self.spacing) != dims:
+            raise ConfigError(f"data.spacing {list(self.spacing)} needs {dims} values for these images")
 
     @classmethod
-    def from_config(cls, data_cfg: Any, model_cfg: Any) -> Preprocessing:
+    def from_config(cls, data_cfg: Any, model_cfg: Any, intensity: Any = None) -> Preprocessing:
+        """The contract of a data + model config; ``intensity`` overrides ``data.intensity`` (pool sources)."""
+        volumes = model_cfg.spatial_dims == 3 or data_cfg.slice_axis is not None
         return cls(
             spatial_dims=model_cfg.spatial_dims,
             in_channels=model_cfg.in_channels,
-            intensity=describe(data_cfg.intensity.model_dump()),
+            intensity=describe((intensity or data_cfg.intensity).model_dump()),
             spacing=tuple(data_cfg.spacing) if data_cfg.spacing else None,
-            orientation=data_cfg.orientation if model_cfg.spatial_dims == 3 else None,
+            orientation=data_cfg.orientation if volumes else None,
             resize=tuple(data_cfg.resize) if data_cfg.resize else None,
+            slice_axis=data_cfg.slice_axis if model_cfg.spatial_dims == 2 else None,
         )
 
     def recipe(self) -> str:
@@ -53,6 +63,37 @@ class Preprocessing:
         d["spacing"] = list(self.spacing) if self.spacing else None
         d["resize"] = list(self.resize) if self.resize else None
         return d
+
+
+ANISOTROPY_THRESHOLD = 3.0
+
+
+def resample_anisotropic(x_cs: np.ndarray, shape: Sequence[int], axis: int) -> np.ndarray:
+    """nnU-Net's rule for thick slices: cubic within each slice, nearest neighbour across slices (``axis``)."""
+    from scipy.ndimage import zoom
+
+    out_slices = []
+    n_in, n_out = x_cs.shape[1 + axis], int(shape[axis])
+    in_plane = [int(s) for i, s in enumerate(shape) if i != axis]
+    for c in x_cs:
+        moved = np.moveaxis(c.astype(np.float32), axis, 0)
+        factors = [o / i for o, i in zip(in_plane, moved.shape[1:])]
+        planes = np.stack([zoom(p, factors, order=3, mode="nearest", grid_mode=True) for p in moved])
+        pick = np.minimum(((np.arange(n_out) + 0.5) * n_in / n_out).astype(int), n_in - 1)
+        out_slices.append(np.moveaxis(planes[pick], 0, axis))
+    return np.stack(out_slices).astype(np.float32)
+
+
+def resample_to_spacing(x_cs: np.ndarray, spacing: Sequence[float], new_spacing: Sequence[float], *,
+                        label: bool = False) -> np.ndarray:
+    """Resample (C, *S) from ``spacing`` to ``new_spacing``: linear for images (separate-slice cubic when the
+    source is anisotropic beyond 3:1), nearest for labels."""
+    shape = target_shape(x_cs.shape[1:], spacing, new_spacing)
+    if tuple(shape) == tuple(x_cs.shape[1:]):
+        return x_cs
+    if not label and len(spacing) == 3 and max(spacing) / min(spacing) > ANISOTROPY_THRESHOLD:
+        return resample_anisotropic(x_cs, shape, int(np.argmax(spacing)))
+    return resize_array(x_cs, shape, label=label)
 
 
 def resize_array(x_cs: np.ndarray, shape: Sequence[int], *, label: bool = False) -> np.ndarray:
@@ -74,11 +115,12 @@ def target_shape(shape: Sequence[int], spacing: Sequence[float], new_spacing: Se
 
 
 def _geometry(x_cs: np.ndarray, meta: ImageMeta, prep: Preprocessing, *, label: bool) -> np.ndarray:
-    if prep.spacing is not None:
-        if len(prep.spacing) != prep.spatial_dims:
-            raise ValueError(f"target spacing {prep.spacing} needs {prep.spatial_dims} values")
-        x_cs = resize_array(x_cs, target_shape(x_cs.shape[1:], meta.spacing, prep.spacing), label=label)
-    if prep.resize is not None:
+    """Spacing and size changes; each applies to images whose dimensionality it matches (a pool may mix
+    2D images with 3D volumes that a 2D model reads as slices)."""
+    ndim = x_cs.ndim - 1
+    if prep.spacing is not None and len(prep.spacing) == ndim:
+        x_cs = resample_to_spacing(x_cs, meta.spacing, prep.spacing, label=label)
+    if prep.resize is not None and len(prep.resize) == ndim:
         x_cs = resize_array(x_cs, prep.resize, label=label)
     return x_cs
 
@@ -100,8 +142,9 @@ def load_image(case: Case, prep: Preprocessing) -> LoadedImage:
             expect_channels=prep.in_channels,
             grey=True if prep.in_channels == 1 and prep.spatial_dims == 2 else None,
         )
-        if meta.spatial_dims != prep.spatial_dims:
-            raise ValueError(f"{meta.spatial_dims}D image, but the model is {prep.spatial_dims}D")
+        if meta.spatial_dims != prep.spatial_dims and not (meta.spatial_dims == 3 and prep.slice_axis is not None):
+            hint = " (set data.slice_axis to train a 2D model on slices)" if meta.spatial_dims == 3 else ""
+            raise ValueError(f"{meta.spatial_dims}D image, but the model is {prep.spatial_dims}D{hint}")
         shape_in = x.shape[1:]
         x = apply_intensity(_geometry(x, meta, prep, label=False), prep.intensity)
         spacing = tuple(float(sp) * a / b for sp, a, b in zip(meta.spacing, shape_in, x.shape[1:]))

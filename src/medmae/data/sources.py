@@ -162,7 +162,7 @@ def load_manifest(path: Path) -> DatasetSpec:
                 subject_id=(row.get("subject_id") or "").strip() or case_id,
                 label=None if label is None else label.strip(),
                 mask=str((root / mask).resolve()) if mask else None,
-                split=(row.get("split") or "").strip() or None,
+                split=_split_name(row.get("split")),
                 modality=(row.get("modality") or "").strip() or None,
                 source=str(path),
             )
@@ -174,6 +174,12 @@ def load_manifest(path: Path) -> DatasetSpec:
         spec.classes = names
         spec.multilabel = any(len(c.class_names()) > 1 for c in cases)
     return spec
+
+
+def _split_name(value: str | None) -> str | None:
+    """A manifest's split, spelled as the folder layout spells it ('Test' -> 'test', 'validation' -> 'val')."""
+    name = (value or "").strip().lower()
+    return {"validation": "val", "": None}.get(name, name)
 
 
 def load_msd(root: Path) -> DatasetSpec:

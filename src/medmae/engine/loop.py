@@ -27,7 +27,7 @@ from medmae.data.dataset import EpochBatchSampler
 from medmae.engine import checkpoint as ckpt
 from medmae.engine.distributed import DistInfo, all_reduce_max, all_reduce_sum, barrier, gather_objects
 from medmae.engine.logging import MetricsLog, is_interactive
-from medmae.engine.optim import build_adamw, set_lr, warmup_cosine
+from medmae.engine.optim import build_optimizer, scheduled_lr, set_lr
 from medmae.engine.signals import StopRequest
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,7 @@ class Trainer:
     checkpoint_metadata: dict[str, str] = field(default_factory=dict)
     case_ids: Sequence[str] | None = None
     num_workers: int = 0
+    sample_weights: Sequence[float] | None = None
     step: int = 0
     epoch: int = 0
 
@@ -149,7 +150,7 @@ class Trainer:
         cfg, dev = self.train_cfg, self.dist.device
         schedule = Schedule.build(len(self.dataset), cfg, self.optim_cfg, max_steps)
         self.model.to(dev)
-        optimizer = build_adamw(self.param_groups, lr=schedule.lr, betas=tuple(self.optim_cfg.betas), fused=self.optim_cfg.fused)
+        optimizer = build_optimizer(self.param_groups, self.optim_cfg, lr=schedule.lr)
         metrics = MetricsLog(self.run_dir, enabled=self.dist.is_main)
         if self.dist.is_main:
             ckpt.clean_partial(self.ckpt_root)
@@ -187,7 +188,8 @@ class Trainer:
             while self.step < schedule.total_steps:
                 self.epoch, skip = divmod(self.step, schedule.steps_per_epoch)
                 sampler = EpochBatchSampler(len(self.dataset), schedule.global_batch, seed=cfg.seed, epoch=self.epoch,
-                                            rank=self.dist.rank, world_size=self.dist.world_size, skip_batches=skip)
+                                            rank=self.dist.rank, world_size=self.dist.world_size, skip_batches=skip,
+                                            weights=self.sample_weights)
                 loader = DataLoader(self.dataset, batch_sampler=sampler, num_workers=self.num_workers,
                                     generator=torch.Generator().manual_seed(cfg.seed + self.epoch),
                                     pin_memory=dev.type == "cuda")
@@ -195,8 +197,8 @@ class Trainer:
                 for batch in loader:
                     if self.step >= schedule.total_steps:
                         break
-                    lr = warmup_cosine(self.step, lr=schedule.lr, total_steps=schedule.total_steps,
-                                       warmup_steps=schedule.warmup_steps, min_lr=self.optim_cfg.min_lr)
+                    lr = scheduled_lr(self.step, self.optim_cfg, lr=schedule.lr, total_steps=schedule.total_steps,
+                                      warmup_steps=schedule.warmup_steps)
                     set_lr(optimizer, lr)
                     batch = {k: (v.to(dev, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
                     with amp:

@@ -147,6 +147,8 @@ def check_contract(contract: dict[str, Any], *, arch: str, preprocessing: dict[s
         a, b = theirs.get(key), mine.get(key)
         if key == "spacing" and (a is None or b is None):
             continue
+        if key == "intensity" and isinstance(a, list) and any(_norm(x) == _norm(b) for x in a):
+            continue  # a pool pretrained with several presets: the fine-tuning one must be among them
         if _norm(a) != _norm(b):
             (allowed if key in allow else problems).append(f"{key}: encoder {a!r}, fine-tuning {b!r}")
     if problems:
@@ -183,7 +185,8 @@ def interpolate_pos_embed(pos_1ld: torch.Tensor, src_grid: tuple[int, ...], dst_
     return out.movedim(1, -1).reshape(1, math.prod(dst_grid), d).to(pos_1ld.dtype)
 
 
-def adapt_state(src: EncoderSource, encoder: nn.Module, report: LoadReport) -> dict[str, torch.Tensor]:
+def adapt_state(src: EncoderSource, encoder: nn.Module, report: LoadReport,
+                stem_key: str = "patch_embed.proj.weight") -> dict[str, torch.Tensor]:
     """Convert a source state dict to the target encoder's keys and shapes."""
     state = dict(src.state)
     target = encoder.state_dict()
@@ -209,15 +212,15 @@ def adapt_state(src: EncoderSource, encoder: nn.Module, report: LoadReport) -> d
             report.adaptations.append(f"pos_embed interpolated from grid {tuple(src_grid)} to {tuple(encoder.grid)}")
             report.reshaped.append("pos_embed")
         state["pos_embed"] = pos
-    w = state.get("patch_embed.proj.weight")
-    if w is not None and "patch_embed.proj.weight" in target:
-        want = target["patch_embed.proj.weight"].shape
+    w = state.get(stem_key)
+    if w is not None and stem_key in target:
+        want = target[stem_key].shape
         if tuple(w.shape[2:]) != tuple(want[2:]):
-            raise ContractError(f"{src.path}: patch size {tuple(w.shape[2:])} differs from the model's {tuple(want[2:])}")
+            raise ContractError(f"{src.path}: {stem_key} kernel {tuple(w.shape[2:])} differs from the model's {tuple(want[2:])}")
         if w.shape[1] != want[1]:
-            state["patch_embed.proj.weight"] = adapt_channels(w, want[1])
-            report.adaptations.append(f"patch embedding adapted from {w.shape[1]} to {want[1]} input channels")
-            report.reshaped.append("patch_embed.proj.weight")
+            state[stem_key] = adapt_channels(w, want[1])
+            report.adaptations.append(f"{stem_key} adapted from {w.shape[1]} to {want[1]} input channels")
+            report.reshaped.append(stem_key)
     return state
 
 
@@ -225,10 +228,10 @@ def _is_perfect_power(n: int, dims: int) -> bool:
     return n > 0 and round(n ** (1 / dims)) ** dims == n
 
 
-def load_encoder_weights(encoder: nn.Module, src: EncoderSource) -> LoadReport:
+def load_encoder_weights(encoder: nn.Module, src: EncoderSource, *, stem_key: str = "patch_embed.proj.weight") -> LoadReport:
     """Load ``src`` into ``encoder`` (non-strict, shapes checked) and report what happened."""
     report = LoadReport(src.path)
-    state = adapt_state(src, encoder, report)
+    state = adapt_state(src, encoder, report, stem_key)
     target = encoder.state_dict()
     usable = {}
     for k, v in state.items():

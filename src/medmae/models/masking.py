@@ -138,3 +138,59 @@ def _prod(xs: Sequence[int]) -> int:
     for x in xs:
         out *= int(x)
     return out
+
+
+# ------------------------------------------------------------------------------ window / block masking
+
+
+def block_mask(seeds_b: torch.Tensor, block_grid: Sequence[int], mask_ratio: float) -> torch.Tensor:
+    """Random masking of whole blocks on a coarse grid, the same count in every sample.
+
+    Vectorised over the batch: per-sample noise from :func:`seeded_uniform`, then one argsort
+    (:func:`random_token_mask`) over the flattened block grid, so a sample's mask is a pure function of its seed.
+
+    Args:
+        seeds_b: (B,) int64 per-sample seeds.
+        block_grid: number of blocks along each spatial axis.
+        mask_ratio: fraction of blocks to hide; ``N - num_kept(N, mask_ratio)`` of the N blocks are masked.
+    Returns:
+        mask_bg: (B, *block_grid) bool, True where masked.
+    """
+    n = _prod(block_grid)
+    if n < 2:
+        raise ValueError(f"block grid {tuple(block_grid)} has {n} block(s); masking needs at least 2")
+    _, mask_bn, _ = random_token_mask(seeded_uniform(seeds_b, n), mask_ratio)
+    return mask_bn.reshape(-1, *block_grid)
+
+
+def upsample_mask(mask_bg: torch.Tensor, factor: Sequence[int]) -> torch.Tensor:
+    """Repeat each cell of a (B, *g) mask ``factor`` times along each axis -> (B, *(g * factor))."""
+    out = mask_bg
+    for axis, f in enumerate(factor, start=1):
+        out = out.repeat_interleave(int(f), dim=axis)
+    return out
+
+
+def block_grid_shape(spatial: Sequence[int], block: Sequence[int], what: str = "image") -> tuple[int, ...]:
+    """Blocks along each axis; every side must be a multiple of the block side."""
+    if len(spatial) != len(block):
+        raise ValueError(f"{what} has {len(spatial)} dims but the mask block has {len(block)}: {tuple(block)}")
+    if any(b < 1 or s % b for s, b in zip(spatial, block)):
+        raise ValueError(f"{what} size {tuple(spatial)} is not divisible by the mask block {tuple(block)}")
+    return tuple(s // b for s, b in zip(spatial, block))
+
+
+def window_mask(seeds_b: torch.Tensor, grid: Sequence[int], block: Sequence[int], mask_ratio: float) -> torch.Tensor:
+    """VIS-MAE / Swin-MAE window masking on a token grid: groups of ``block`` adjacent tokens
+    (4x4 patches of 4 px = 16x16 px by default) are masked together.
+
+    Args:
+        seeds_b: (B,) int64 per-sample seeds.
+        grid: token grid (e.g. (56, 56) for 224 px and patch 4).
+        block: tokens per mask block along each axis.
+        mask_ratio: fraction of blocks (hence of tokens) to hide.
+    Returns:
+        mask_bg: (B, *grid) bool, True where masked; every block is either fully masked or fully visible.
+    """
+    blocks = block_grid_shape(grid, block, "token grid")
+    return upsample_mask(block_mask(seeds_b, blocks, mask_ratio), block)

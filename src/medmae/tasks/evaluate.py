@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from medmae.data.cache import ArrayCache
 from medmae.data.pipeline import prepare, resolve_spec
 from medmae.data.preprocess import Preprocessing
 from medmae.data.sources import DatasetSpec, SourceError, load_source
@@ -31,8 +32,10 @@ def evaluation_cases(run_dir: Path, cfg: Any, data: str | Path | None, split: st
             raise SourceError(f"{run_dir / SPLITS_FILE}: no cases in split {split!r}")
     else:
         spec = load_source(data)
-        has_split = any(c.split == split for c in spec.cases)
-        cases = [c for c in spec.cases if c.split == split] if has_split else list(spec.cases)
+        named = sorted({c.split for c in spec.cases if c.split})
+        if named and split not in named:  # never fall back to all cases (training ones included) silently
+            raise SourceError(f"{data}: no cases in split {split!r} (its splits: {', '.join(named)}); pass --split")
+        cases = [c for c in spec.cases if c.split == split] if named else list(spec.cases)
     labelled = [c for c in cases if (c.mask if cfg.task == "seg" else c.label is not None)]
     if not labelled:
         raise SourceError(f"{data or run_dir}: no labelled cases to evaluate (split {split!r})")
@@ -74,13 +77,30 @@ def evaluate(run_dir: str | Path, *, data: str | Path | None = None, split: str 
         if "case" in row and isinstance(row["case"], (int, np.integer)):
             row["case"] = ids[int(row["case"])]
     summary = {"task": cfg.task, "split": split if data is None else f"{data}:{split}", "n_cases": len(prepared),
-               "checkpoint": str(ckpt_path), "rows": rows, **extra}
+               "checkpoint": str(ckpt_path), "rows": rows, **extra,
+               "leakage": leakage_check(info, prepared, cfg)}
     out = run_dir / "eval"
     out.mkdir(exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=_json_default))
     write_csv(out / "per_case.csv", per_case)
     log.info("evaluation of %d cases written to %s", len(prepared), out)
     return summary
+
+
+def leakage_check(info: dict[str, Any], prepared: list, cfg: Any) -> dict[str, Any]:
+    """Evaluated cases whose image content was in the MAE's pretraining data (by sha256)."""
+    record = info.get("pretraining_cases")
+    if not record:
+        return {"checked": False, "reason": "no pretraining record (scratch or an external encoder)"}
+    if not Path(record).is_file():
+        return {"checked": False, "reason": f"{record} not found"}
+    seen = {h for c in json.loads(Path(record).read_text())["cases"] for h in c["sha256"]}
+    cache = ArrayCache(cfg.data.cache_dir)
+    overlap = [p.case.case_id for p in prepared if any(cache.file_digest(f) in seen for f in p.case.image)]
+    if overlap:
+        log.warning("%d of %d evaluated cases were in the MAE's pretraining data (unlabelled): %s", len(overlap),
+                    len(prepared), ", ".join(overlap[:10]) + (" ..." if len(overlap) > 10 else ""))
+    return {"checked": True, "pretraining_cases": record, "n_overlap": len(overlap), "overlap": overlap}
 
 
 def _json_default(o: Any) -> Any:

@@ -26,14 +26,13 @@ from medmae.data.dataset import Augment, CaseDataset, Prepared
 from medmae.data.pipeline import prepare, resolve_spec
 from medmae.data.preprocess import CaseError, Preprocessing
 from medmae.data.sources import Case, DatasetSpec
-from medmae.data.splits import label_fraction, save_json, train_test_split
+from medmae.data.splits import kfold, label_fraction, save_json, train_test_split
 from medmae.engine.distributed import barrier, init_distributed
 from medmae.engine.loop import Trainer
 from medmae.engine.optim import param_groups
 from medmae.models.convert import LoadReport, check_contract, load_encoder_weights, read_encoder_source
-from medmae.models.heads import UNETR, Classifier, vit_layer_id
-from medmae.models.registry import build_encoder, encoder_kwargs
-from medmae.tasks.pretrain import Preempted, prepare_run_dir
+from medmae.models.registry import build_encoder, build_task_head, family
+from medmae.tasks.pretrain import PRETRAIN_CASES, Preempted, prepare_run_dir
 
 log = logging.getLogger(__name__)
 
@@ -63,15 +62,12 @@ def resolve_finetune_config(config: Any = None, *, task: str | None = None, pres
 
 
 def adopt_architecture(cfg: FinetuneConfig, contract: dict[str, Any]) -> None:
-    """Take the encoder architecture from a pretrained export (image size and channels stay the fine-tuning ones)."""
-    e = contract["encoder"]
-    m = cfg.model
-    m.arch = contract["arch"]
-    m.spatial_dims = e["spatial_dims"]
-    m.patch_size = list(e["patch_size"])
-    m.size = None
-    m.embed_dim, m.depth, m.num_heads = e["embed_dim"], e["depth"], e["num_heads"]
-    m.mlp_ratio, m.qkv_bias, m.cls_token = e["mlp_ratio"], e["qkv_bias"], e["cls_token"]
+    """Take the encoder architecture from a pretrained export; image size and channels stay the fine-tuning
+    ones (position embeddings are interpolated, the stem is adapted), and position embeddings follow
+    ``model.pos_embed`` (learnable: initialised from the pretrained table). Recorded in ``model.encoder``."""
+    cfg.model.arch = contract["arch"]
+    keep_own = ("img_size", "in_channels", "pos_embed")
+    cfg.model.encoder = {k: v for k, v in contract["encoder"].items() if k not in keep_own}
 
 
 def build_task_model(cfg: FinetuneConfig, num_outputs: int, init: str | None) -> tuple[nn.Module, LoadReport | None]:
@@ -86,16 +82,11 @@ def build_task_model(cfg: FinetuneConfig, num_outputs: int, init: str | None) ->
         for n in notes:
             log.warning("allowed contract difference: %s", n)
         adopt_architecture(cfg, src.contract)
-    encoder = build_encoder(cfg.model.arch, encoder_kwargs(cfg.model), drop_path=cfg.model.drop_path)
+    encoder = build_encoder(cfg.model)
     if src is not None:
-        report = load_encoder_weights(encoder, src)
+        report = load_encoder_weights(encoder, src, stem_key=family(cfg.model.arch).stem_key)
         log.info(report.summary())
-    if cfg.task == "cls":
-        model: nn.Module = Classifier(encoder, num_outputs, pool=cfg.head.pool, probe=cfg.mode == "linear_probe",
-                                      dropout=cfg.head.dropout)
-    else:
-        model = UNETR(encoder, num_outputs, feature_size=cfg.head.feature_size)
-    return model, report
+    return build_task_head(encoder, num_outputs, cfg), report
 
 
 # ------------------------------------------------------------------------------------------------ labels
@@ -161,9 +152,22 @@ def foreground_points(mask: np.ndarray, limit: int = 4096, seed: int = 0) -> np.
 
 
 def make_splits(cfg: FinetuneConfig, cases: Sequence[Case]) -> dict[str, Any]:
-    """Train / val / test case ids (the data's own split when it has a test split) and the label fraction."""
+    """Train / val / test case ids and the label fraction.
+
+    With ``eval.folds`` the held-out part is fold ``eval.fold`` of a patient-level stratified k-fold over the
+    data's training cases (``folds`` is saved too, in nnU-Net's ``splits_final.json`` shape); otherwise the
+    data's own test split when it has one, else a seeded patient-level stratified split.
+    """
     given = {c.split for c in cases}
-    if "test" in given:
+    if cfg.eval.folds:
+        if cfg.eval.fold >= cfg.eval.folds:
+            raise ConfigError(f"eval.fold={cfg.eval.fold} but eval.folds={cfg.eval.folds}")
+        pool = [c for c in cases if (c.split or "train") == "train"]
+        folds = kfold(pool, cfg.eval.folds, seed=cfg.eval.split_seed)
+        fold = folds[cfg.eval.fold]
+        split = {"train": fold["train"], "val": [], "test": fold["val"], "folds": folds,
+                 "origin": f"fold {cfg.eval.fold} of {cfg.eval.folds} (seed {cfg.eval.split_seed})"}
+    elif "test" in given:
         split = {"train": sorted(c.case_id for c in cases if (c.split or "train") == "train"),
                  "val": sorted(c.case_id for c in cases if c.split in ("val", "validation")),
                  "test": sorted(c.case_id for c in cases if c.split == "test"),
@@ -178,6 +182,16 @@ def make_splits(cfg: FinetuneConfig, cases: Sequence[Case]) -> dict[str, Any]:
     split["train_used"] = used
     split["label_fraction"] = cfg.data.label_fraction
     return split
+
+
+def pretraining_record(init: Any) -> Path | None:
+    """``pretrain_cases.json`` of the pretraining run behind ``init`` (a run dir or its export), if any."""
+    if init in (None, "scratch"):
+        return None
+    p = Path(init)
+    run = p if p.is_dir() else (p.parent.parent if p.parent.name == "export" else None)
+    cand = run / PRETRAIN_CASES if run is not None else None
+    return cand if cand is not None and cand.is_file() else None
 
 
 # ------------------------------------------------------------------------------------------------ run
@@ -209,6 +223,8 @@ def finetune(
 ) -> Path:
     """Fine-tune for ``task`` ('cls' or 'seg') from ``init`` (run dir, encoder file, or 'scratch'); returns the run dir."""
     cfg = resolve_finetune_config(config, task=task, preset=preset, data=data, overrides=overrides)
+    if cfg.data.sources:
+        raise ConfigError("fine-tuning takes one labelled dataset (data.path), not a pool (data.sources)")
     run_dir = Path(run_dir)
     dist = init_distributed(cfg.train.device)
     if cfg.train.threads:
@@ -229,14 +245,25 @@ def finetune(
     torch.manual_seed(cfg.train.seed)
     model, report = build_task_model(cfg, info["num_outputs"], None if init is None else str(init))
     prepare_run_dir(run_dir, dump_yaml(cfg), resume, dist)
+    record = pretraining_record(init)
     if dist.is_main:
         (run_dir / TASK_FILE).write_text(json.dumps({**info, "init": str(init), "mode": cfg.mode,
+                                                     "pretraining_cases": str(record) if record else None,
                                                      "load_report": report.as_dict() if report else None}, indent=1))
         save_json(run_dir / SPLITS_FILE, split)
 
     prep = Preprocessing.from_config(cfg.data, cfg.model)
+    skipped: list[dict[str, str]] | None = [] if cfg.data.on_bad_case == "skip" else None
     prepared = prepare(DatasetSpec(spec.root, train_cases), prep, cfg.data, with_masks=cfg.task == "seg",
-                       show_progress=dist.is_main)
+                       show_progress=dist.is_main, skipped=skipped)
+    if skipped:
+        if len(skipped) > cfg.data.max_bad_fraction * len(train_cases):
+            raise CaseError(f"{len(skipped)} of {len(train_cases)} training cases could not be read; first: {skipped[0]['error']}")
+        if dist.is_main:
+            (run_dir / "bad_cases.jsonl").write_text("".join(json.dumps(b) + "\n" for b in skipped))
+        if cfg.task == "cls":
+            kept = {p.case.case_id for p in prepared}
+            targets = targets[[i for i, c in enumerate(train_cases) if c.case_id in kept]]
     crop = tuple(cfg.model.img_size)
     augment = Augment(crop, cfg.data.crop_scale, tuple(cfg.data.flip_axes), cfg.data.flip_prob, cfg.data.foreground_prob)
     if cfg.task == "seg":
@@ -248,9 +275,9 @@ def finetune(
     log.info("%s fine-tuning on %d of %d training cases (%s), init %s", cfg.task, len(train_cases),
              len(split["train"]), f"{cfg.data.label_fraction:.0%} of labels", init)
 
-    depth = cfg.model.dims[1]
-    groups = param_groups(model, cfg.optim.weight_decay, layer_id=lambda n: vit_layer_id(n, depth),
-                          num_layers=depth, layer_decay=cfg.optim.layer_decay)
+    fam = family(cfg.model.arch)
+    groups = param_groups(model, cfg.optim.weight_decay, layer_id=lambda n: fam.layer_id(n, model),
+                          num_layers=fam.num_layers(model), layer_decay=cfg.optim.layer_decay)
     trainer = Trainer(
         model=model, dataset=dataset, param_groups=groups, train_cfg=cfg.train, optim_cfg=cfg.optim,
         run_dir=run_dir, dist=dist, step_fn=loss_fn(cfg, info),

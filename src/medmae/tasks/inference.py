@@ -15,8 +15,7 @@ from torch import nn
 from medmae.config import FinetuneConfig, load_config
 from medmae.data.dataset import augment_case
 from medmae.engine import checkpoint as ckpt
-from medmae.models.heads import UNETR, Classifier
-from medmae.models.registry import build_encoder, encoder_kwargs
+from medmae.models.registry import build_encoder, build_task_head
 from medmae.tasks.finetune import TASK_FILE
 
 
@@ -30,11 +29,7 @@ def load_task_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tu
     path = ckpt.find_latest_valid(run_dir / "checkpoints")
     if path is None:
         raise ckpt.CheckpointError(f"{run_dir}: no valid checkpoint in {run_dir / 'checkpoints'}")
-    encoder = build_encoder(cfg.model.arch, encoder_kwargs(cfg.model))
-    if cfg.task == "cls":
-        model: nn.Module = Classifier(encoder, info["num_outputs"], pool=cfg.head.pool, probe=cfg.mode == "linear_probe")
-    else:
-        model = UNETR(encoder, info["num_outputs"], feature_size=cfg.head.feature_size)
+    model = build_task_head(build_encoder(cfg.model), info["num_outputs"], cfg)
     model.load_state_dict(ckpt.load_checkpoint(path).model_state)
     return cfg, info, model.to(device).eval(), path
 

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medmae.config import ConfigError
 from medmae.data.preprocess import Preprocessing, load_image
 from medmae.data.readers import write_like
 from medmae.data.sources import Case, strip_suffix
@@ -53,8 +54,13 @@ def predict(run_dir: str | Path, inputs: Sequence[str | Path], *, out: str | Pat
                 w.writerow([case.path, *[f"{v:.6f}" for v in p], pred])
         log.info("probabilities for %d inputs written to %s", len(cases), path)
         return [path]
+    names = [_output_name(Path(c.path), cfg.model.spatial_dims) for c in cases]
+    clash = sorted({n for n in names if names.count(n) > 1})
+    if clash:
+        same = [c.path for c, n in zip(cases, names) if n == clash[0]]
+        raise ConfigError(f"inputs {', '.join(same)} would all be written to {out / clash[0]}; predict them separately")
     written = []
-    for case in cases:
+    for case, name in zip(cases, names):
         loaded = load_image(case, prep)
         probs = segment(model, loaded.array, cfg.model.img_size, overlap=cfg.eval.sw_overlap,
                         sw_batch_size=cfg.eval.sw_batch_size, device=device)
@@ -62,6 +68,6 @@ def predict(run_dir: str | Path, inputs: Sequence[str | Path], *, out: str | Pat
             mode = "bilinear" if len(loaded.read_shape) == 2 else "trilinear"
             probs = F.interpolate(probs[None], size=loaded.read_shape, mode=mode, align_corners=False)[0]
         labels = probs.argmax(0).to(torch.uint8 if probs.shape[0] < 256 else torch.int16).numpy()
-        written.append(write_like(labels, loaded.meta, out / _output_name(Path(case.path), len(loaded.read_shape))))
+        written.append(write_like(labels, loaded.meta, out / name))
     log.info("%d masks written to %s", len(written), out)
     return written

@@ -11,8 +11,9 @@ from typing import Any
 import torch
 
 from medmae.config import ConfigError, PretrainConfig, dump_yaml, load_config
+from medmae.data.cache import ArrayCache
 from medmae.data.dataset import Augment, CaseDataset, Prepared
-from medmae.data.pipeline import prepare, resolve_spec
+from medmae.data.pipeline import PreparedPool, prepare_pool, resolve_parts
 from medmae.data.preprocess import Preprocessing
 from medmae.engine import checkpoint as ckpt
 from medmae.engine.distributed import DistInfo, barrier, init_distributed
@@ -90,11 +91,16 @@ class ReconstructionFigures:
         self.write(trainer, f"recon_step{trainer.step:07d}")
 
 
-def export_encoder(run_dir: Path, model: torch.nn.Module, cfg: PretrainConfig, prep: Preprocessing, step: int) -> Path:
+def export_encoder(run_dir: Path, model: torch.nn.Module, cfg: PretrainConfig, preps: list[Preprocessing], step: int) -> Path:
+    """``export/encoder.safetensors`` with the contract; a pool with several intensity presets records all of them."""
+    contract_prep = preps[0].contract()
+    presets = [p.intensity for p in preps]
+    if any(i != presets[0] for i in presets):
+        contract_prep["intensity"] = [dict(t) for t in {tuple(sorted(i.items())) for i in presets}]
     contract = make_contract(
         arch=cfg.model.arch,
         encoder=encoder_kwargs(cfg.model),
-        preprocessing=prep.contract(),
+        preprocessing=contract_prep,
         pretraining={"preset": cfg.name, "mask_ratio": cfg.mask.ratio, "mask_kind": cfg.mask.kind,
                      "norm_pix_loss": cfg.loss.norm_pix, "steps": step, "data": cfg.data.path or f"synthetic:{cfg.data.synthetic.kind}"},
     )
@@ -119,16 +125,19 @@ def pretrain(
         torch.set_num_threads(cfg.train.threads)
     prepare_run_dir(run_dir, dump_yaml(cfg), resume, dist)
 
-    spec = resolve_spec(cfg.data).select(cfg.data.splits)
-    if not spec.cases:
-        raise ConfigError(f"no cases in {cfg.data.path} for splits {cfg.data.splits}")
-    prep = Preprocessing.from_config(cfg.data, cfg.model)
-    prepared = prepare(spec, prep, cfg.data, show_progress=dist.is_main)
-    log.info("%d cases from %s", len(prepared), cfg.data.path or f"synthetic {cfg.data.synthetic.kind}")
+    parts = resolve_parts(cfg.data, cfg.model)
+    if not any(p.spec.cases for p in parts):
+        raise ConfigError(f"no cases in {cfg.data.path or [s.path for s in cfg.data.sources or []]} for splits {cfg.data.splits}")
+    pool = prepare_pool(parts, cfg.data, show_progress=dist.is_main)
+    prepared = pool.prepared
+    if dist.is_main:
+        record_data(run_dir, pool, cfg)
+    log.info("%d cases from %s", len(prepared), pool.composition["sources"])
     crop = tuple(cfg.model.img_size)
     augment = Augment(crop, cfg.data.crop_scale, tuple(cfg.data.flip_axes), cfg.data.flip_prob)
-    train_set = CaseDataset(prepared, crop, augment=augment, seed=cfg.train.seed)
-    view_set = CaseDataset(prepared, crop, augment=None, seed=cfg.train.seed)
+    slice_axis = cfg.data.slice_axis if cfg.model.spatial_dims == 2 else None
+    train_set = CaseDataset(prepared, crop, augment=augment, seed=cfg.train.seed, slice_axis=slice_axis)
+    view_set = CaseDataset(prepared, crop, augment=None, seed=cfg.train.seed, slice_axis=slice_axis)
 
     torch.manual_seed(cfg.train.seed)
     model = build_mae(cfg)
@@ -148,16 +157,31 @@ def pretrain(
         checkpoint_metadata={"stage": "pretrain", "arch": cfg.model.arch},
         case_ids=[p.case.case_id for p in prepared],
         num_workers=cfg.data.num_workers,
+        sample_weights=pool.weights,
     )
     result = trainer.fit(max_steps=max_steps, resume=resume)
     if result.preempted:
         raise Preempted(result.step)
     if dist.is_main:
-        path = export_encoder(run_dir, model, cfg, prep, result.step)
+        path = export_encoder(run_dir, model, cfg, [p.prep for p in parts], result.step)
         write_summary(run_dir, result, view_set, model, shown, dist)
         log.info("encoder exported to %s", path)
     barrier(dist)
     return run_dir
+
+
+PRETRAIN_CASES = "pretrain_cases.json"
+
+
+def record_data(run_dir: Path, pool: PreparedPool, cfg: PretrainConfig) -> None:
+    """What the MAE saw: case ids with content hashes (the leakage guard of later evaluations), the pool's
+    composition, and the cases skipped by ``data.on_bad_case=skip`` (``bad_cases.jsonl``)."""
+    cache = ArrayCache(cfg.data.cache_dir)
+    cases = [{"case_id": p.case.case_id, "sha256": [cache.file_digest(f) for f in p.case.image],
+              "source": p.case.source, "modality": p.case.modality} for p in pool.prepared]
+    (run_dir / PRETRAIN_CASES).write_text(json.dumps({"composition": pool.composition, "cases": cases}))
+    if pool.skipped:
+        (run_dir / "bad_cases.jsonl").write_text("".join(json.dumps(b) + "\n" for b in pool.skipped))
 
 
 def write_summary(run_dir: Path, result: FitResult, view_set: CaseDataset, model: Any, shown: Sequence[int],
