@@ -290,7 +290,7 @@ class EvalConfig(Strict):
 
 
 class InitConfig(Strict):
-    allow_mismatch: list[Literal["spatial_dims", "patch_size", "intensity", "orientation", "spacing"]] = []
+    allow_mismatch: list[Literal["intensity", "orientation", "spacing"]] = []
 
 
 class FinetuneModelConfig(ModelConfig):

@@ -26,7 +26,7 @@ from medmae.data.dataset import Augment, CaseDataset, Prepared
 from medmae.data.pipeline import prepare, resolve_spec
 from medmae.data.preprocess import CaseError, Preprocessing
 from medmae.data.sources import Case, DatasetSpec
-from medmae.data.splits import kfold, label_fraction, save_json, train_test_split
+from medmae.data.splits import kfold, label_fraction, require_both_classes, save_json, train_test_split
 from medmae.engine.distributed import barrier, init_distributed
 from medmae.engine.loop import Trainer
 from medmae.engine.optim import param_groups
@@ -240,7 +240,9 @@ def finetune(
     train_cases = [by_id[i] for i in split["train_used"]]
     if cfg.task == "cls":
         targets = class_targets(train_cases, info)
-        class_targets([by_id[i] for i in split["test"]], info)  # bad labels in the test split fail now, not later
+        test_cases = [by_id[i] for i in split["test"]]
+        class_targets(test_cases, info)  # bad labels in the held-out split fail now, not after training
+        require_both_classes(test_cases, info["classes"], f"held-out split ({split['origin']})")
 
     torch.manual_seed(cfg.train.seed)
     model, report = build_task_model(cfg, info["num_outputs"], None if init is None else str(init))
@@ -268,6 +270,9 @@ def finetune(
     augment = Augment(crop, cfg.data.crop_scale, tuple(cfg.data.flip_axes), cfg.data.flip_prob, cfg.data.foreground_prob)
     if cfg.task == "seg":
         check_mask_values(prepared, info)
+        held_out = prepare(DatasetSpec(spec.root, [by_id[i] for i in split["test"]]), prep, cfg.data, with_masks=True,
+                           show_progress=False)  # bad test masks fail before training (and are cached for evaluate)
+        check_mask_values(held_out, info)
         fg = [foreground_points(p.mask, seed=i) for i, p in enumerate(prepared)] if cfg.data.foreground_prob > 0 else None
         dataset = CaseDataset(prepared, crop, augment=augment, seed=cfg.train.seed, foreground=fg)
     else:
