@@ -194,6 +194,153 @@ def predict(
     console.print(f"wrote {len(written)} files to {out}")
 
 
+@app.command()
+def sweep(
+    task: Annotated[str, typer.Option("--task", help="cls or seg.")],
+    init: Annotated[list[str], typer.Option("--init", help="An initialisation (repeatable): 'scratch', a pretraining run dir, an encoder file.")],
+    run_dir: Annotated[Path, typer.Option("--run-dir", help="Sweep directory (cells, results.csv, report).")] = Path("runs/sweep"),
+    preset: Annotated[Optional[str], typer.Option("--preset", help="Preset whose finetune.<task> section to use.")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", help="Fine-tuning config YAML instead of a preset.")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", help="Labelled dataset; omit for synthetic data.")] = None,
+    fractions: Annotated[str, typer.Option("--fractions", help="Comma-separated label fractions.")] = "0.05,0.1,0.25,0.5,0.8,1.0",
+    seeds: Annotated[int, typer.Option("--seeds", min=1, help="Number of seeds (0..N-1) per cell.")] = 3,
+    folds: Annotated[Optional[int], typer.Option("--folds", min=2, help="k-fold cross-validation (patient-level).")] = None,
+    set_: SetOpt = None,
+    max_steps: MaxSteps = None,
+) -> None:
+    """Label-efficiency grid: fractions x seeds x initialisations (x folds), resumable; ends with `medmae report`."""
+    from medmae.tasks.sweep import sweep as run
+
+    if task not in ("cls", "seg"):
+        console.print(f"[red]error:[/red] --task must be cls or seg, got {task!r}")
+        raise typer.Exit(EXIT_CONFIG)
+    try:
+        fracs = [float(f) for f in fractions.split(",") if f.strip()]
+    except ValueError:
+        console.print(f"[red]error:[/red] --fractions must be comma-separated numbers, got {fractions!r}")
+        raise typer.Exit(EXIT_CONFIG) from None
+    out = _run(run, task=task, inits=init, run_dir=run_dir, preset=preset, config=config, data=data, fractions=fracs,
+               seeds=seeds, folds=folds, overrides=set_ or [], max_steps=max_steps)
+    console.print(f"sweep results: {out / 'results.csv'}  report: {out / 'report.md'}")
+
+
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="A sweep directory.")]) -> None:
+    """Aggregate a sweep (mean ± std, CIs, paired comparison with scratch) into report.md / report.html + plots."""
+    from medmae.report import write_report
+
+    path = _run(write_report, run_dir)
+    console.print(f"report: {path} and {path.with_suffix('.html')}")
+
+
+# ------------------------------------------------------------------------------------- medmae data ...
+
+data_app = typer.Typer(help="Check datasets and prepare them into the cache.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("check")
+def data_check(
+    sources: Annotated[list[str], typer.Argument(help="Dataset folder, manifest (.csv/.json), dataset.json or MedMNIST .npz; several form a pretraining pool.")],
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the full report, every case included, to this JSON file.")] = None,
+    full: Annotated[bool, typer.Option("--full/--quick", help="Read every case, or 32 per source (every file is still checked to exist).")] = True,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Threads reading cases.")] = 4,
+    show: Annotated[int, typer.Option("--show", min=0, help="Errors and warnings listed here (all are in --json).")] = 20,
+) -> None:
+    """Read every case (images and masks): counts, shapes, spacings, intensities, labels, problems. Exit 1 on errors."""
+    from collections import Counter
+
+    from rich.markup import escape
+
+    from medmae.data.check import check_source
+
+    report = _run(check_source, sources, full=full, workers=workers)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(report.to_json())
+    console.print(_check_summary_table(report.summary))
+    for title, findings in (("errors", report.errors), ("warnings", report.warnings)):
+        if findings:
+            t = Table("problem", "case", "file", "message", title=f"{len(findings)} {title}" + (f" (first {show})" if len(findings) > show else ""))
+            for f in findings[:show]:
+                t.add_row(f.code, escape(f.case_id or ""), escape(f.file or f.source or ""), escape(f.message))
+            console.print(t)
+    counts = ", ".join(f"{n} {c}" for c, n in Counter(f.code for f in report.errors + report.warnings).most_common())
+    console.print(f"{len(report.errors)} error(s), {len(report.warnings)} warning(s){': ' + counts if counts else ''}"
+                  f"{'  report: ' + str(json_out) if json_out else ''}", highlight=False)
+    if report.errors:
+        raise typer.Exit(EXIT_DATA)
+
+
+def _check_summary_table(s: dict) -> Table:
+    """The summary of a :class:`~medmae.data.check.CheckReport` as a two-column table."""
+    from rich.markup import escape
+
+    def nums(values) -> str:
+        return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
+
+    t = Table(show_header=False, title=f"data check ({s['mode']}, {s['seconds']:.1f} s)")
+    for src in s["sources"]:
+        t.add_row("source", escape(f"{src['path']}  ({src['kind']}, {src['cases']} cases, {src['modality'] or 'modality unknown'})"))
+    if len(s["sources"]) > 1 or len(s["pool"]["per_modality"]) > 1:
+        t.add_row("per modality", escape(", ".join(f"{m}: {n}" for m, n in s["pool"]["per_modality"].items())))
+    c = s["cases"]
+    t.add_row("cases", f"{c['total']} ({c['labelled']} labelled, {c['unlabelled']} unlabelled); {c['read']} read, {c['unreadable']} unreadable")
+    t.add_row("splits", "; ".join(f"{k}: " + ", ".join(f"{n} {what}" for what, n in v.items() if n) for k, v in s["splits"].items()))
+    t.add_row("subjects", str(s["subjects"]))
+    t.add_row("dims / channels / dtype", " / ".join(", ".join(f"{k}: {n}" for k, n in s[key].items()) for key in ("spatial_dims", "channels", "dtypes")))
+    for key, unit in (("shape", ""), ("spacing", " mm")):
+        for dims, st in s[key].items():
+            t.add_row(f"{key} {dims}D{unit}", f"min {nums(st['min'])}  median {nums(st['median'])}  max {nums(st['max'])}")
+    for ch in s["intensity"]:
+        t.add_row(f"intensity ch{ch['channel']}", f"min {ch['min']:.4g}  p1 {ch['p1']:.4g}  p50 {ch['p50']:.4g}  p99 {ch['p99']:.4g}  max {ch['max']:.4g}  (median of per-case percentiles)")
+    lab = s["labels"]
+    if lab["declared"] or lab["found"]:
+        declared = ", ".join(f"{v}={n}" for v, n in lab["declared"].items()) or "none"
+        balance = ", ".join(f"{v}: {lab['cases_with'][str(v)]} cases, {lab['voxel_fraction'][str(v)]:.2%} voxels" for v in lab["found"])
+        t.add_row("label values", f"found {lab['found']} in {lab['masks_read']} masks; declared {declared}" + (f"\n{balance}" if balance else ""))
+    cls = s["classes"]
+    if cls["counts"]:
+        counts = ", ".join(f"{k}: {n}" for k, n in cls["counts"].items()) + (f", no class: {cls['no_class']}" if cls["no_class"] else "")
+        t.add_row("classes" + (" (multi-label)" if cls["multilabel"] else ""), escape(counts))
+    return t
+
+
+@data_app.command("prepare")
+def data_prepare(
+    paths: Annotated[Optional[list[str]], typer.Argument(help="SOURCE(s) and/or a CONFIG.yaml; without a source the config's data.path / data.sources are used.")] = None,
+    preset: Annotated[Optional[str], typer.Option("--preset", help="Preset whose preprocessing contract to use (see `medmae presets`).")] = None,
+    set_: SetOpt = None,
+    masks: Annotated[Optional[bool], typer.Option("--masks/--no-masks", help="Also cache the masks (default: only for segmentation fine-tuning configs).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Fingerprint JSON path (default: <cache>/fingerprints/<hash>.json).")] = None,
+) -> None:
+    """Preprocess every case into the cache with a preset's or config's preprocessing and write a fingerprint JSON."""
+    from rich.markup import escape
+
+    from medmae.data.check import prepare_source
+
+    items = paths or []
+    configs = [p for p in items if p.lower().endswith((".yaml", ".yml"))]
+    if len(configs) > 1:
+        console.print(f"[red]error:[/red] give at most one config YAML, got {configs}")
+        raise typer.Exit(EXIT_CONFIG)
+    sources = [p for p in items if p not in configs]
+    result = _run(prepare_source, sources, configs[0] if configs else None, preset=preset, overrides=set_ or [],
+                  with_masks=masks, out=out)
+    fp = result.fingerprint
+    t = Table("source", "kind", "cases", "prepared", "recipe", title=f"prepared into {fp['cache_dir']}")
+    for src in fp["sources"]:
+        r = src["recipe"]
+        recipe = f"{r['spatial_dims']}D x{r['in_channels']}ch, {r['intensity']['name']}, spacing {r['spacing']}, resize {r['resize']}"
+        t.add_row(escape(src["source"]), src["kind"], str(src["cases"]), str(src["prepared"]), escape(recipe))
+    console.print(t)
+    for f in result.failed[:20]:
+        console.print(f"[red]failed:[/red] {f['error']}", highlight=False)
+    console.print(f"fingerprint: {result.path}  (content sha256 {fp['content_sha256'][:16]})", highlight=False)
+    if result.failed:
+        raise typer.Exit(EXIT_DATA)
+
+
 def main() -> None:
     app()
 

@@ -78,6 +78,7 @@ class DataConfig(Strict):
     num_workers: int = Field(0, ge=0)
     figure_cases: int = Field(4, ge=1)
     label_fraction: float = Field(1.0, gt=0.0, le=1.0, description="fine-tuning: share of the labelled training cases used")
+    label_seed: int | None = Field(None, ge=0, description="seed of the label subset (default: eval.split_seed)")
     foreground_prob: float = Field(0.0, ge=0.0, le=1.0, description="segmentation: share of crops centred on foreground")
 
     @model_validator(mode="after")

@@ -80,25 +80,44 @@ def load_source(path: str | Path) -> DatasetSpec:
     """Detect the layout at ``path`` and enumerate its cases.
 
     - a ``.csv`` file: manifest with columns ``path[,label][,mask][,subject_id][,split][,case_id]``;
+    - a ``.npz`` file: MedMNIST arrays (``train_images``, ``train_labels``, ...);
+    - a ``.json`` file other than ``dataset.json``: JSON manifest (case list or MONAI datalist);
+    - a folder with ``dataset.json`` holding ``channel_names`` and ``file_ending``: nnU-Net v2 raw layout;
     - a folder with ``dataset.json`` holding ``training``: Medical Segmentation Decathlon layout;
     - a folder with ``manifest.csv``: that manifest;
+    - a folder whose first DICOM files include two slices of one series: DICOM tree, one case per series;
     - any other folder: images found below it; ``train/val/test`` folders give the split and
       class-named sub-folders the class label.
+
+    The layouts beyond CSV, MSD and plain folders are described in :mod:`medmae.data.layouts`.
     """
+    from medmae.data import layouts  # deferred: layouts builds on this module
+
     p = Path(path).expanduser()
     if not p.exists():
         raise SourceError(f"{p}: no such file or folder")
     if p.is_file():
-        if p.suffix.lower() == ".csv":
+        suffix = p.suffix.lower()
+        if suffix == ".csv":
             return load_manifest(p)
+        if suffix == ".npz":
+            return layouts.load_medmnist(p)
         if p.name == "dataset.json":
-            return load_msd(p.parent)
-        raise SourceError(f"{p}: expected a folder, a .csv manifest or a dataset.json")
+            return layouts.load_nnunet(p.parent) if layouts.is_nnunet_json(_read_json(p)) else load_msd(p.parent)
+        if suffix == ".json":
+            return layouts.load_json_manifest(p)
+        raise SourceError(f"{p}: expected a folder, a .csv / .json manifest, a dataset.json or a MedMNIST .npz")
     ds_json = p / "dataset.json"
-    if ds_json.is_file() and "training" in _read_json(ds_json):
-        return load_msd(p)
+    if ds_json.is_file():
+        meta = _read_json(ds_json)
+        if layouts.is_nnunet_json(meta):
+            return layouts.load_nnunet(p)
+        if "training" in meta:
+            return load_msd(p)
     if (p / "manifest.csv").is_file():
         return load_manifest(p / "manifest.csv")
+    if layouts.looks_like_dicom_tree(p):
+        return layouts.load_dicom_tree(p)
     return load_folder(p)
 
 

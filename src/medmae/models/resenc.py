@@ -35,9 +35,10 @@ def _norm(spatial_dims: int, ch: int) -> nn.Module:
 class ConvNormAct(nn.Module):
     """conv -> InstanceNorm -> LeakyReLU(0.01) (nnU-Net's ``ConvDropoutNormReLU`` without dropout)."""
 
-    def __init__(self, spatial_dims: int, cin: int, cout: int, kernel: int, stride: int = 1, act: bool = True):
+    def __init__(self, spatial_dims: int, cin: int, cout: int, kernel: int, stride: int = 1, act: bool = True,
+                 bias: bool = True):
         super().__init__()
-        self.conv = _conv(spatial_dims)(cin, cout, kernel, stride=stride, padding=kernel // 2)
+        self.conv = _conv(spatial_dims)(cin, cout, kernel, stride=stride, padding=kernel // 2, bias=bias)
         self.norm = _norm(spatial_dims, cout)
         self.act = nn.LeakyReLU(0.01, inplace=True) if act else nn.Identity()
 
@@ -47,18 +48,16 @@ class ConvNormAct(nn.Module):
 
 class ResidualBlock(nn.Module):
     """nnU-Net's ``BasicBlockD``: two 3x3(x3) convolutions, the first strided; the shortcut average-pools
-    (ResNet-D) and projects with a 1x1 convolution + norm when the shape changes."""
+    when strided (ResNet-D) and projects with a bias-free 1x1 convolution + norm when the width changes."""
 
     def __init__(self, spatial_dims: int, cin: int, cout: int, kernel: int, stride: int = 1):
         super().__init__()
         self.conv1 = ConvNormAct(spatial_dims, cin, cout, kernel, stride)
         self.conv2 = ConvNormAct(spatial_dims, cout, cout, kernel, act=False)
         self.act = nn.LeakyReLU(0.01, inplace=True)
-        if stride != 1 or cin != cout:
-            pool = (nn.AvgPool2d if spatial_dims == 2 else nn.AvgPool3d)(stride, stride) if stride != 1 else nn.Identity()
-            self.skip = nn.Sequential(pool, ConvNormAct(spatial_dims, cin, cout, 1, act=False))
-        else:
-            self.skip = nn.Identity()
+        pool = (nn.AvgPool2d if spatial_dims == 2 else nn.AvgPool3d)(stride, stride) if stride != 1 else nn.Identity()
+        proj = ConvNormAct(spatial_dims, cin, cout, 1, act=False, bias=False) if cin != cout else nn.Identity()
+        self.skip = nn.Sequential(pool, proj)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.conv2(self.conv1(x)) + self.skip(x))

@@ -177,7 +177,8 @@ def make_splits(cfg: FinetuneConfig, cases: Sequence[Case]) -> dict[str, Any]:
                                     seed=cfg.eval.split_seed), "origin": f"seeded ({cfg.eval.split_seed})"}
     by_id = {c.case_id: c for c in cases}
     train_cases = [by_id[i] for i in split["train"]]
-    used = label_fraction(train_cases, cfg.data.label_fraction, seed=cfg.eval.split_seed) \
+    subset_seed = cfg.data.label_seed if cfg.data.label_seed is not None else cfg.eval.split_seed
+    used = label_fraction(train_cases, cfg.data.label_fraction, seed=subset_seed) \
         if cfg.data.label_fraction < 1 else split["train"]
     split["train_used"] = used
     split["label_fraction"] = cfg.data.label_fraction

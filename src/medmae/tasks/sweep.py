@@ -1,0 +1,155 @@
+"""``medmae sweep``: label-efficiency grid (fractions x seeds x initialisations [x folds]), resumable.
+
+Every cell is an ordinary fine-tuning run under ``W/cells/<cell>/`` followed by an evaluation. A cell whose
+``eval/summary.json`` exists is done and is not rerun; an interrupted one continues from its checkpoint. All
+cells share the held-out split (``eval.split_seed`` is fixed), the label subset and the training seed vary
+with the seed, so every initialisation sees exactly the same cases at each (fraction, seed, fold): the
+comparison with scratch is paired.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from medmae.config import ConfigError
+from medmae.tasks.evaluate import evaluate
+from medmae.tasks.finetune import finetune
+
+log = logging.getLogger(__name__)
+
+SWEEP_FILE = "sweep.json"
+RESULTS_CSV = "results.csv"
+RESULT_COLUMNS = ("task", "fold", "fraction", "seed", "init", "metric", "class", "region", "value", "ci_low", "ci_high", "n")
+DEFAULT_FRACTIONS = (0.05, 0.1, 0.25, 0.5, 0.8, 1.0)
+
+
+@dataclass(frozen=True)
+class Cell:
+    task: str
+    fraction: float
+    seed: int
+    init_name: str
+    init: str
+    fold: int | None
+
+    @property
+    def name(self) -> str:
+        fold = f"_fold{self.fold}" if self.fold is not None else ""
+        return f"{self.task}_frac{self.fraction:g}_seed{self.seed}_{self.init_name}{fold}"
+
+
+def init_names(inits: Sequence[str]) -> list[tuple[str, str]]:
+    """Readable, unique names for the initialisations ('scratch', a run dir's name, a file's stem)."""
+    out, seen = [], set()
+    for init in inits:
+        base = "scratch" if init == "scratch" else (Path(init).name if Path(init).is_dir() else Path(init).stem)
+        name, k = base, 2
+        while name in seen:
+            name, k = f"{base}-{k}", k + 1
+        seen.add(name)
+        out.append((name, init))
+    return out
+
+
+def grid(task: str, inits: Sequence[str], fractions: Sequence[float], seeds: Sequence[int],
+         folds: int | None) -> list[Cell]:
+    """All cells, ordered so that every initialisation of a (fold, fraction, seed) runs back to back."""
+    if not inits:
+        raise ConfigError("a sweep needs at least one --init (e.g. scratch and a pretraining run)")
+    bad = [f for f in fractions if not 0 < f <= 1]
+    if bad:
+        raise ConfigError(f"label fractions must be in (0, 1], got {bad}")
+    fold_list: list[int | None] = list(range(folds)) if folds else [None]
+    return [Cell(task, float(f), int(s), name, init, k) for k in fold_list for f in fractions for s in seeds
+            for name, init in init_names(inits)]
+
+
+def cell_overrides(cell: Cell, folds: int | None) -> list[str]:
+    out = [f"data.label_fraction={cell.fraction}", f"train.seed={cell.seed}", f"data.label_seed={cell.seed}"]
+    if folds:
+        out += [f"eval.folds={folds}", f"eval.fold={cell.fold}"]
+    return out
+
+
+def sweep(
+    *,
+    task: str,
+    inits: Sequence[str],
+    run_dir: str | Path,
+    preset: str | None = None,
+    config: str | Path | None = None,
+    data: str | Path | None = None,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    seeds: int | Sequence[int] = 3,
+    folds: int | None = None,
+    overrides: Iterable[str] = (),
+    max_steps: int | None = None,
+    report: bool = True,
+) -> Path:
+    """Run (or continue) the grid; writes ``results.csv`` and ``sweep.json`` and, with ``report``, the report."""
+    run_dir = Path(run_dir)
+    seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
+    cells = grid(task, [str(i) for i in inits], fractions, seed_list, folds)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    meta = {"task": task, "preset": preset, "config": str(config) if config else None, "data": str(data) if data else None,
+            "inits": dict(init_names([str(i) for i in inits])), "fractions": list(fractions), "seeds": seed_list,
+            "folds": folds, "overrides": list(overrides), "max_steps": max_steps, "cells": [c.name for c in cells]}
+    previous = run_dir / SWEEP_FILE
+    if previous.is_file():
+        old = json.loads(previous.read_text())
+        changed = [k for k in ("task", "preset", "data", "overrides", "max_steps") if old.get(k) != meta[k]]
+        if changed:
+            raise ConfigError(f"{run_dir} holds a sweep with different {changed}; use another --run-dir")
+    previous.write_text(json.dumps(meta, indent=1))
+    for i, cell in enumerate(cells, start=1):
+        cell_dir = run_dir / "cells" / cell.name
+        if (cell_dir / "eval" / "summary.json").is_file():
+            continue
+        log.info("sweep cell %d/%d: %s", i, len(cells), cell.name)
+        finetune(config, task=task, init=cell.init, preset=preset, data=data, run_dir=cell_dir,
+                 overrides=[*overrides, *cell_overrides(cell, folds)], max_steps=max_steps, resume="auto")
+        evaluate(cell_dir)
+    collect(run_dir)
+    if report:
+        from medmae.report import write_report
+
+        write_report(run_dir)
+    return run_dir
+
+
+def collect(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Gather every finished cell's evaluation into the tidy ``results.csv`` (one row per cell and metric)."""
+    run_dir = Path(run_dir)
+    meta = json.loads((run_dir / SWEEP_FILE).read_text())
+    rows = []
+    for cell_dir in sorted((run_dir / "cells").glob("*")):
+        summary_path = cell_dir / "eval" / "summary.json"
+        if not summary_path.is_file():
+            continue
+        summary = json.loads(summary_path.read_text())
+        cfg = parse_cell(cell_dir.name, meta)
+        for r in summary["rows"]:
+            rows.append({**cfg, "metric": r["metric"], "class": r.get("class", ""), "region": r.get("region", ""),
+                         "value": r["value"], "ci_low": r["ci_low"], "ci_high": r["ci_high"], "n": r["n"]})
+    with (run_dir / RESULTS_CSV).open("w", newline="") as f:
+        w = csv.DictWriter(f, RESULT_COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+    return rows
+
+
+def parse_cell(name: str, meta: dict[str, Any]) -> dict[str, Any]:
+    """Cell coordinates from its folder name (``<task>_frac<f>_seed<s>_<init>[_fold<k>]``)."""
+    task, rest = name.split("_frac", 1)
+    frac, rest = rest.split("_seed", 1)
+    seed, rest = rest.split("_", 1)
+    fold = ""
+    if meta.get("folds") and "_fold" in rest:
+        rest, fold = rest.rsplit("_fold", 1)
+    return {"task": task, "fold": fold, "fraction": float(frac), "seed": int(seed), "init": rest}
