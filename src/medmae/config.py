@@ -248,6 +248,14 @@ class TrainConfig(Strict):
     threads: int | None = None
 
 
+class MonitorConfig(Strict):
+    """Online k-NN probe of the encoder during pretraining, on the pretraining data's own class labels."""
+
+    every: int | None = Field(None, ge=1, description="epochs between probes; None switches the monitor off")
+    k: int = Field(20, ge=1)
+    max_cases: int = Field(512, ge=4)
+
+
 class PretrainConfig(Strict):
     """Everything one pretraining run needs; saved resolved as ``config.yaml`` in the run directory."""
 
@@ -259,6 +267,7 @@ class PretrainConfig(Strict):
     loss: LossConfig = LossConfig()
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
+    monitor: MonitorConfig = MonitorConfig()
     finetune: dict[str, Any] = Field(default_factory=dict, description="fine-tuning settings of a preset (common, cls, seg)")
 
 

@@ -16,7 +16,8 @@ from medmae.data.preprocess import Preprocessing
 from medmae.data.sources import DatasetSpec, SourceError, load_source
 from medmae.data.splits import require_both_classes
 from medmae.metrics import regions_from_labels, segmentation_case_metrics, summarize_classification, summarize_segmentation
-from medmae.tasks.finetune import SPLITS_FILE, check_mask_values, class_targets
+from medmae.data.labels import class_targets
+from medmae.tasks.finetune import SPLITS_FILE, check_mask_values
 from medmae.tasks.inference import classify, load_task_run, segment
 
 log = logging.getLogger(__name__)

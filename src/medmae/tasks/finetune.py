@@ -23,6 +23,7 @@ from medmae.config import (
     validate,
 )
 from medmae.data.dataset import Augment, CaseDataset, Prepared
+from medmae.data.labels import class_targets
 from medmae.data.pipeline import prepare, resolve_spec
 from medmae.data.preprocess import CaseError, Preprocessing
 from medmae.data.sources import Case, DatasetSpec
@@ -107,27 +108,6 @@ def task_labels(cfg: FinetuneConfig, spec: DatasetSpec) -> dict[str, Any]:
         names[0] = "background"
     return {"task": "seg", "label_names": {str(k): v for k, v in sorted(names.items())},
             "num_outputs": max(names) + 1}
-
-
-def class_targets(cases: Sequence[Case], info: dict[str, Any]) -> np.ndarray:
-    """Multi-hot (N, K) float32 for multi-label, class indices (N,) int64 otherwise; unknown labels are errors."""
-    classes = info["classes"]
-    index = {c: i for i, c in enumerate(classes)}
-    out = np.zeros((len(cases), len(classes)), np.float32) if info["multilabel"] else np.zeros(len(cases), np.int64)
-    for n, case in enumerate(cases):
-        if case.label is None:
-            raise CaseError(f"case {case.case_id} ({case.path}): no class label")
-        names = case.class_names()
-        unknown = [c for c in names if c not in index]
-        if unknown:
-            raise CaseError(f"case {case.case_id} ({case.path}): label(s) {unknown} not among the declared classes {classes}")
-        if info["multilabel"]:
-            out[n, [index[c] for c in names]] = 1.0
-        elif len(names) != 1:
-            raise CaseError(f"case {case.case_id} ({case.path}): expected exactly one class, got {names or 'none'}")
-        else:
-            out[n] = index[names[0]]
-    return out
 
 
 def check_mask_values(prepared: Sequence[Prepared], info: dict[str, Any]) -> None:

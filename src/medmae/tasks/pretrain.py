@@ -153,7 +153,7 @@ def pretrain(
         run_dir=run_dir,
         dist=dist,
         step_fn=lambda m, b: m(b["image"], b["seed"]),
-        hooks=[figures],
+        hooks=[figures, *knn_probe(pool, parts, cfg, run_dir, view_set)],
         checkpoint_metadata={"stage": "pretrain", "arch": cfg.model.arch},
         case_ids=[p.case.case_id for p in prepared],
         num_workers=cfg.data.num_workers,
@@ -171,6 +171,28 @@ def pretrain(
 
 
 PRETRAIN_CASES = "pretrain_cases.json"
+
+
+def knn_probe(pool: PreparedPool, parts: list, cfg: PretrainConfig, run_dir: Path, view_set: CaseDataset) -> list:
+    """The k-NN monitor hook when ``monitor.every`` is set and the data has class labels (else none, with a warning)."""
+    if not cfg.monitor.every:
+        return []
+    from medmae.data.labels import class_targets
+    from medmae.tasks.monitor import KnnProbe
+
+    spec = parts[0].spec
+    labelled = [i for i, p in enumerate(pool.prepared) if p.case.label is not None]
+    if not spec.classes or len(labelled) < 4:
+        log.warning("monitor.every is set but the pretraining data has no class labels: no k-NN probe")
+        return []
+    pick = [labelled[int(j * len(labelled) / min(cfg.monitor.max_cases, len(labelled)))]
+            for j in range(min(cfg.monitor.max_cases, len(labelled)))]
+    info = {"classes": spec.classes, "multilabel": spec.multilabel}
+    targets = class_targets([pool.prepared[i].case for i in pick], info)
+    subset = CaseDataset([pool.prepared[i] for i in pick], view_set.crop_size, augment=None, seed=cfg.train.seed,
+                         slice_axis=view_set.slice_axis)
+    return [KnnProbe(subset, targets, list(spec.classes), spec.multilabel, every=cfg.monitor.every, k=cfg.monitor.k,
+                     run_dir=run_dir)]
 
 
 def record_data(run_dir: Path, pool: PreparedPool, cfg: PretrainConfig) -> None:
