@@ -1,0 +1,128 @@
+"""medmae sweep / report: grid, resume, aggregation, paired comparison, rendering."""
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+
+import medmae.tasks.sweep as sweep_mod
+from medmae.config import ConfigError
+from medmae.metrics import bootstrap_ci
+from medmae.report import aggregate, paired_comparison, write_report
+from medmae.tasks.pretrain import pretrain
+from medmae.tasks.sweep import grid, parse_cell, sweep
+
+DATA = ("model.depth=1", "model.embed_dim=32", "model.num_heads=2", "model.size=null", "data.synthetic.n=40",
+        "data.synthetic.size=[32,32]", "model.img_size=[32,32]", "train.batch_size=4", "train.epochs=1")
+TINY = (*DATA, "eval.bootstrap=50")
+
+
+def test_grid_expansion_and_names():
+    cells = grid("cls", ["scratch", "/runs/mae75", "/runs/mae75"], [0.1, 0.5], [0, 1], folds=3)
+    assert len(cells) == 3 * 2 * 2 * 3
+    assert len({c.name for c in cells}) == len(cells)  # duplicate init names are made unique
+    assert {c.init_name for c in cells} == {"scratch", "mae75", "mae75-2"}
+    c = cells[0]
+    assert parse_cell(c.name, {"folds": 3}) == {"task": "cls", "fold": "0", "fraction": 0.1, "seed": 0, "init": "scratch"}
+    with pytest.raises(ConfigError, match=r"\[1.5\]"):
+        grid("cls", ["scratch"], [0.5, 1.5], [0], None)
+    with pytest.raises(ConfigError, match="--init"):
+        grid("cls", [], [0.5], [0], None)
+
+
+def test_aggregate_matches_hand_computed_values():
+    rows = [{"init": "a", "fraction": 0.5, "seed": s, "fold": "", "metric": "dice", "region": "mean", "class": "",
+             "value": v, "ci_low": v - 0.1, "ci_high": v + 0.1, "n": 10} for s, v in enumerate([0.6, 0.7, 0.8])]
+    rows.append({**rows[0], "init": "b", "value": 0.5, "ci_low": 0.4, "ci_high": 0.6})  # one run: its case-level CI
+    agg = {a["init"]: a for a in aggregate(rows)}
+    assert agg["a"]["mean"] == pytest.approx(0.7) and agg["a"]["std"] == pytest.approx(0.1)
+    assert (agg["a"]["ci_low"], agg["a"]["ci_high"]) == pytest.approx(bootstrap_ci(np.array([0.6, 0.7, 0.8]), seed=0))
+    assert agg["a"]["n_runs"] == 3 and agg["a"]["ci_over"] == "seeds/folds"
+    assert (agg["b"]["ci_low"], agg["b"]["ci_high"], agg["b"]["ci_over"]) == (pytest.approx(0.4), pytest.approx(0.6), "cases")
+
+
+def test_paired_comparison_sign_and_interval():
+    rows = []
+    for seed, (mae, scratch) in enumerate([(0.80, 0.70), (0.75, 0.70), (0.90, 0.70), (0.72, 0.71)]):
+        for init, v in (("mae", mae), ("scratch", scratch)):
+            rows.append({"init": init, "fraction": 0.1, "seed": seed, "fold": "", "metric": "auroc", "region": "",
+                         "class": "", "value": v})
+    (p,) = paired_comparison(rows, "auroc", "")
+    diffs = np.array([0.10, 0.05, 0.20, 0.01])
+    assert p["mean_diff"] == pytest.approx(diffs.mean()) and p["wins"] == 4 and p["losses"] == 0
+    assert 0 < p["ci_low"] <= p["mean_diff"] <= p["ci_high"]
+    assert p["n_pairs"] == 4 and 0 < p["p_value"] < 0.2
+    # reversed roles give the mirrored difference
+    (q,) = paired_comparison(rows, "auroc", "", reference="mae")
+    assert q["mean_diff"] == pytest.approx(-diffs.mean()) and q["ci_high"] < 0
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    run = tmp_path_factory.mktemp("sweep-pre") / "mae"
+    pretrain(preset="demo-2d", run_dir=run, max_steps=2,
+             overrides=[*DATA, "model.decoder.depth=1", "model.decoder.embed_dim=16", "model.decoder.num_heads=2"])
+    return run
+
+
+class Killed(Exception):
+    """Stands in for the sweep process dying during a cell."""
+
+
+def test_sweep_resumes_only_unfinished_cells_and_reports(tmp_path, pretrained, monkeypatch):
+    calls, armed = [], [True]
+    real = sweep_mod.finetune
+
+    def flaky(*args, run_dir, **kw):
+        calls.append(run_dir.name)
+        if len(calls) == 3 and armed and armed.pop():
+            raise Killed  # the first sweep dies during its third cell
+        return real(*args, run_dir=run_dir, **kw)
+
+    monkeypatch.setattr(sweep_mod, "finetune", flaky)
+    kw = dict(task="cls", inits=["scratch", str(pretrained)], run_dir=tmp_path / "W", preset="demo-2d",
+              fractions=[0.5, 1.0], seeds=2, overrides=TINY, max_steps=2)
+    with pytest.raises(Killed):
+        sweep(**kw)
+    done = calls[:2]
+    calls.clear()
+    sweep(**kw)
+    assert len(calls) == 8 - 2 and not set(done) & set(calls)  # finished cells are not rerun
+    out = tmp_path / "W"
+    with (out / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert {(r["fraction"], r["seed"], r["init"]) for r in rows} == {
+        (f, s, i) for f in ("0.5", "1.0") for s in ("0", "1") for i in ("scratch", "mae")}
+    assert {"macro_auroc", "macro_auprc", "accuracy"} <= {r["metric"] for r in rows}
+    html = (out / "report.html").read_text()
+    md = (out / "report.md").read_text()
+    assert (out / "report_files" / "label_efficiency.png").stat().st_size > 5000
+    assert html.count("data:image/png;base64,") >= 2  # plot + reconstruction figure of the MAE
+    assert "Paired comparison with scratch" in md and "| mae | 50 % |" in md
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["headline"] == {"metric": "macro_auroc", "where": ""}
+    assert {p["init"] for p in summary["paired"]} == {"mae"} and all(p["n_pairs"] == 2 for p in summary["paired"])
+    # a sweep dir is not reused for a different grid
+    with pytest.raises(ConfigError, match="different"):
+        sweep(**{**kw, "task": "seg"})
+
+
+def test_report_mask_ratio_ablation(tmp_path, pretrained):
+    out = tmp_path / "W"
+    (out / "cells").mkdir(parents=True)
+    meta = {"task": "cls", "preset": "demo-2d", "data": None, "folds": None, "seeds": [0], "fractions": [0.5],
+            "inits": {"scratch": "scratch", "mae": str(pretrained)}}
+    (out / "sweep.json").write_text(json.dumps(meta))
+    for init, v in (("scratch", 0.6), ("mae", 0.7)):
+        cell = out / "cells" / f"cls_frac0.5_seed0_{init}" / "eval"
+        cell.mkdir(parents=True)
+        cell.joinpath("summary.json").write_text(json.dumps({"rows": [
+            {"metric": "macro_auroc", "value": v, "ci_low": v - 0.05, "ci_high": v + 0.05, "n": 20}]}))
+    write_report(out)
+    md = (out / "report.md").read_text()
+    assert "| mae | 50 % | 0.700 |" in md and "| scratch | 50 % | 0.600 |" in md
+    assert "0.1000" in md  # paired difference
+    assert "Mask-ratio ablation" not in md  # one pretrained model, one ratio
+    assert math.isclose(json.loads((out / "summary.json").read_text())["paired"][0]["mean_diff"], 0.1)
