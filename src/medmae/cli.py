@@ -262,8 +262,11 @@ def data_check(
     for title, findings in (("errors", report.errors), ("warnings", report.warnings)):
         if findings:
             t = Table("problem", "case", "file", "message", title=f"{len(findings)} {title}" + (f" (first {show})" if len(findings) > show else ""))
+            t.columns[2].overflow = "fold"
             for f in findings[:show]:
-                t.add_row(f.code, escape(f.case_id or ""), escape(f.file or f.source or ""), escape(f.message))
+                where = f.file or f.source or ""
+                message = f.message[len(where):].lstrip(": ") if where and f.message.startswith(where) else f.message
+                t.add_row(f.code, escape(f.case_id or ""), escape(where), escape(message))
             console.print(t)
     counts = ", ".join(f"{n} {c}" for c, n in Counter(f.code for f in report.errors + report.warnings).most_common())
     console.print(f"{len(report.errors)} error(s), {len(report.warnings)} warning(s){': ' + counts if counts else ''}"
@@ -329,6 +332,7 @@ def data_prepare(
                   with_masks=masks, out=out)
     fp = result.fingerprint
     t = Table("source", "kind", "cases", "prepared", "recipe", title=f"prepared into {fp['cache_dir']}")
+    t.columns[0].overflow = "fold"
     for src in fp["sources"]:
         r = src["recipe"]
         recipe = f"{r['spatial_dims']}D x{r['in_channels']}ch, {r['intensity']['name']}, spacing {r['spacing']}, resize {r['resize']}"

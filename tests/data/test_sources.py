@@ -179,8 +179,11 @@ def test_missing_and_empty_sources(tmp_path):
     with pytest.raises(SourceError, match=f"{tmp_path / 'empty'}: no image files found"):
         load_source(tmp_path / "empty")
     (tmp_path / "x.json").write_text("{}")
-    with pytest.raises(SourceError, match="expected a folder, a .csv manifest or a dataset.json"):
+    with pytest.raises(SourceError, match=r"x.json: expected a list of cases or a datalist"):
         load_source(tmp_path / "x.json")
+    (tmp_path / "x.txt").write_text("hello")
+    with pytest.raises(SourceError, match=r"x.txt: expected a folder, a .csv / .json manifest"):
+        load_source(tmp_path / "x.txt")
 
 
 # ------------------------------------------------------------------------------------------- real data

@@ -15,7 +15,7 @@ import math
 import os
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -77,6 +77,9 @@ class CheckReport:
         return json.dumps(self.to_dict(), indent=indent, default=_jsonable)
 
 
+_Add = Callable[[str, str, str, "str | None"], None]  # (severity, code, message, file) -> record a finding
+
+
 @dataclass
 class _CaseResult:
     stats: dict[str, Any]
@@ -116,11 +119,10 @@ def check_source(
             if i in chosen:
                 jobs.append((name, spec, case))
             else:
-                for finding in _missing_files(name, case):
-                    errors.append(finding)
+                errors += _missing_files(name, case)
     n_workers = workers or min(4, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=max(1, n_workers)) as pool:
-        results = list(pool.map(lambda job: inspect_case(*job), jobs))
+        results = list(pool.map(lambda job: _inspect_case(*job), jobs))
     for r in results:
         for severity, finding in r.findings:
             (errors if severity == "error" else warnings).append(finding)
@@ -130,12 +132,12 @@ def check_source(
     warnings += more_warnings
     summary = _summary(loaded, stats, full)
     summary["seconds"] = round(time.perf_counter() - start, 3)
-    logger.info("checked %d cases of %d source(s) in %.1f s: %d errors, %d warnings",
-                len(stats), len(paths), summary["seconds"], len(errors), len(warnings))
+    logger.debug("checked %d cases of %d source(s) in %.1f s: %d errors, %d warnings",
+                 len(stats), len(paths), summary["seconds"], len(errors), len(warnings))
     return CheckReport([str(p) for p in paths], summary, errors, warnings, stats)
 
 
-def inspect_case(source: str, spec: DatasetSpec, case: Case) -> _CaseResult:
+def _inspect_case(source: str, spec: DatasetSpec, case: Case) -> _CaseResult:
     """Read one case's image (and mask) and collect its statistics and problems; never raises for bad data."""
     findings: list[tuple[str, Finding]] = []
 
@@ -149,7 +151,7 @@ def inspect_case(source: str, spec: DatasetSpec, case: Case) -> _CaseResult:
     }
     try:
         x, meta = read_image(case.image if len(case.image) > 1 else case.image[0])
-    except (ReadError, OSError, ValueError, MemoryError) as e:
+    except Exception as e:  # noqa: BLE001 - a check reports every failure instead of stopping
         add("error", "unreadable", str(e), _file_in(e, case.image))
         return _CaseResult(stats, findings)
     stats.update(_image_stats(x, meta, case, spec))
@@ -188,7 +190,7 @@ def _image_stats(x_cs: np.ndarray, meta: ImageMeta, case: Case, spec: DatasetSpe
     }
 
 
-def _image_findings(stats: dict[str, Any], meta: ImageMeta, add) -> None:
+def _image_findings(stats: dict[str, Any], meta: ImageMeta, add: _Add) -> None:
     where = meta.path
     if stats["nonfinite"]:
         add("error", "nonfinite", f"{stats['nonfinite']} NaN/Inf voxels in the image", where)
@@ -211,10 +213,11 @@ def _image_findings(stats: dict[str, Any], meta: ImageMeta, add) -> None:
         add("warning", "tiny_image", f"spatial shape {tuple(shape)} has an axis below {TINY_AXIS} voxels", where)
 
 
-def _mask_findings(case: Case, spec: DatasetSpec, x_cs: np.ndarray, meta: ImageMeta, stats: dict[str, Any], add) -> None:
+def _mask_findings(case: Case, spec: DatasetSpec, x_cs: np.ndarray, meta: ImageMeta, stats: dict[str, Any],
+                   add: _Add) -> None:
     try:
         y, label_meta = read_label(case.mask)
-    except (ReadError, OSError, ValueError, MemoryError) as e:
+    except Exception as e:  # noqa: BLE001 - as in _inspect_case
         add("error", "unreadable", str(e), case.mask)
         return
     values = _value_counts(y)

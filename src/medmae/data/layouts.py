@@ -14,9 +14,10 @@ Layout notes
   addressed as ``<file>.npz::<split>_images::<index>`` (see :mod:`medmae.data.readers`), case id
   ``<split>_<index>``. Labels ``(N, 1)`` are class indices, ``(N, K)`` with K > 1 multi-hot (ChestMNIST).
   Class names come from ``<stem>.json`` beside the file (MedMNIST's INFO entry: ``{"label": {"0": name}, "task":
-  ...}``, or ``{"classes": [...]}``), else ``"0"`` .. ``"K-1"``. MedMNIST has no patient ids: ``subject_id`` is
-  the case id, so subject-level splitting is not possible; the official splits are kept.
-- DICOM tree: every non-localizer series of :func:`medmae.data.dicom.find_series` is a case addressed as
+  ...}``, or ``{"classes": [...]}``; an optional ``"modality"`` tags the cases), else ``"0"`` .. ``"K-1"``.
+  MedMNIST has no patient ids: ``subject_id`` is the case id, so subject-level splitting is not possible; the
+  official splits are kept.
+- DICOM tree: every non-localizer series found by :func:`medmae.data.dicom.scan_dicom_tree` is a case addressed as
   ``<folder>::<SeriesInstanceUID>[::<part>]``; ``subject_id`` is PatientID (else the series folder relative
   to the root), ``case_id`` is ``<PatientID>_<SeriesNumber>`` (``_p<part>`` for a split UID), or
   ``<PatientID>_<UID>`` where that is not unique. ``train``/``val``/``test`` folder names give the split.
@@ -40,11 +41,11 @@ from typing import Any
 
 import numpy as np
 import pydicom
+from pydicom.errors import InvalidDicomError
 
-from medmae.data.dicom import find_series, scan_dicom_tree, series_path
+from medmae.data.dicom import scan_dicom_tree, series_path
 from medmae.data.readers import (
     DICOM_SUFFIXES,
-    PILLOW_SUFFIXES,
     ReadError,
     image_suffix,
     npz_array,
@@ -310,10 +311,10 @@ def looks_like_dicom_tree(root: Path, sample: int = DICOM_SNIFF_FILES) -> bool:
     """True when the first DICOM image files of a sorted walk include two slices of one series.
 
     A folder of single-file DICOM images (radiographs, perhaps in class folders) stays a plain image folder,
-    and so does a folder whose first image file is not DICOM.
+    and so does a folder whose first image file is not DICOM. At most ``4 * sample`` files are opened.
     """
     seen: set[str] = set()
-    looked = 0
+    opened = 0
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         for name in sorted(filenames):
@@ -323,9 +324,12 @@ def looks_like_dicom_tree(root: Path, sample: int = DICOM_SNIFF_FILES) -> bool:
             suffix = image_suffix(path)
             if suffix and suffix not in DICOM_SUFFIXES:
                 return False
+            opened += 1
+            if len(seen) >= sample or opened > 4 * sample:
+                return False
             try:
                 ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID", "Rows"])
-            except (pydicom.errors.InvalidDicomError, OSError, EOFError, ValueError, TypeError):
+            except (InvalidDicomError, OSError, EOFError, ValueError, TypeError):
                 continue
             if "Rows" not in ds:
                 continue
@@ -333,14 +337,12 @@ def looks_like_dicom_tree(root: Path, sample: int = DICOM_SNIFF_FILES) -> bool:
             if uid and uid in seen:
                 return True
             seen.add(uid)
-            looked += 1
-            if looked >= sample:
-                return False
     return False
 
 
 def load_dicom_tree(root: Path) -> DatasetSpec:
     """Every non-localizer DICOM series below ``root`` as one case (see the module docstring)."""
+    root = root.resolve()
     try:
         scan = scan_dicom_tree(root)
     except ReadError as e:

@@ -3,9 +3,11 @@ dense or SparK-style sparse) and the segmentation U-Net that keeps the pretraine
 
 Layout follows nnU-Net's ``ResidualEncoderUNet``: a stem convolution, stages of residual basic blocks (the first
 block of each stage after the first downsamples with a strided convolution), InstanceNorm + LeakyReLU, and a
-decoder of transposed convolutions, skip concatenation and residual blocks. Activations are kept in
-channels-last memory format (``channels_last`` / ``channels_last_3d``): faster oneDNN convolutions on CPU in fp32
-and bf16, and on GPU tensor cores.
+decoder of transposed convolutions, skip concatenation and residual blocks.
+
+Memory format: contiguous by default. :func:`use_channels_last` switches a model to ``channels_last(_3d)``;
+convolutions alone get faster that way, but ``InstanceNorm`` returns contiguous tensors, so every block converts
+back and forth and the whole step was measured slower on CPU (see ``benchmarks/family_step.py``).
 """
 
 from __future__ import annotations
@@ -18,10 +20,19 @@ from torch import nn
 
 from medmae.models.mae import masked_patch_loss, normalize_patches
 from medmae.models.masking import block_grid_shape, block_mask, patchify, unpatchify, upsample_mask
+from medmae.models.vit import DropPath
 
 
 def channels_last(spatial_dims: int) -> torch.memory_format:
     return torch.channels_last if spatial_dims == 2 else torch.channels_last_3d
+
+
+def use_channels_last(model: nn.Module) -> nn.Module:
+    """Put a model holding a :class:`ResEncEncoder` (attribute ``encoder``, or the encoder itself) and its
+    inputs into channels-last memory format."""
+    encoder = model if isinstance(model, ResEncEncoder) else model.encoder
+    encoder.memory_format = channels_last(encoder.spatial_dims)
+    return model.to(memory_format=encoder.memory_format)
 
 
 def _conv(spatial_dims: int) -> type[nn.Module]:
@@ -50,8 +61,9 @@ class ResidualBlock(nn.Module):
     """nnU-Net's ``BasicBlockD``: two 3x3(x3) convolutions, the first strided; the shortcut average-pools
     when strided (ResNet-D) and projects with a bias-free 1x1 convolution + norm when the width changes."""
 
-    def __init__(self, spatial_dims: int, cin: int, cout: int, kernel: int, stride: int = 1):
+    def __init__(self, spatial_dims: int, cin: int, cout: int, kernel: int, stride: int = 1, drop_path: float = 0.0):
         super().__init__()
+        self.drop_path = DropPath(drop_path)
         self.conv1 = ConvNormAct(spatial_dims, cin, cout, kernel, stride)
         self.conv2 = ConvNormAct(spatial_dims, cout, cout, kernel, act=False)
         self.act = nn.LeakyReLU(0.01, inplace=True)
@@ -60,7 +72,7 @@ class ResidualBlock(nn.Module):
         self.skip = nn.Sequential(pool, proj)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.conv2(self.conv1(x)) + self.skip(x))
+        return self.act(self.drop_path(self.conv2(self.conv1(x))) + self.skip(x))
 
 
 class ResEncEncoder(nn.Module):
@@ -81,6 +93,7 @@ class ResEncEncoder(nn.Module):
         widths: Sequence[int] = (32, 64, 128, 256, 320, 320),
         blocks: Sequence[int] = (1, 3, 4, 6, 6, 6),
         kernel_size: int = 3,
+        drop_path: float = 0.0,
     ):
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -100,17 +113,17 @@ class ResEncEncoder(nn.Module):
         self.depth = len(widths)
         self.cls_token = None
         self.num_prefix_tokens = 0
-        self.memory_format = channels_last(spatial_dims)
+        self.memory_format = torch.contiguous_format
 
         self.stem = ConvNormAct(spatial_dims, in_channels, widths[0], kernel_size, self.patch_size[0])
+        rates = iter(torch.linspace(0, drop_path, sum(blocks)).tolist())  # stochastic depth, deeper blocks more
         stages = []
         for i, (w, n) in enumerate(zip(widths, blocks)):
             cin = widths[max(i - 1, 0)]
-            stage = [ResidualBlock(spatial_dims, cin, w, kernel_size, 1 if i == 0 else 2)]
-            stage += [ResidualBlock(spatial_dims, w, w, kernel_size) for _ in range(n - 1)]
+            stage = [ResidualBlock(spatial_dims, cin, w, kernel_size, 1 if i == 0 else 2, next(rates))]
+            stage += [ResidualBlock(spatial_dims, w, w, kernel_size, 1, next(rates)) for _ in range(n - 1)]
             stages.append(nn.ModuleList(stage))
         self.stages = nn.ModuleList(stages)
-        self.to(memory_format=self.memory_format)
 
     def forward_features(self, x_bcs: torch.Tensor, keep_fn=None) -> list[torch.Tensor]:
         """Stage outputs, shallow to deep: (B, widths[i], *S / strides[i])."""
@@ -153,7 +166,6 @@ class ResEncDecoder(nn.Module):
             for i in range(n - 1, 0, -1)
         )
         self.out_widths = tuple(w[i - 1] for i in range(n - 1, 0, -1))  # deepest level first
-        self.to(memory_format=encoder.memory_format)
 
     def forward(self, feats: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Encoder stage outputs (shallow to deep) -> decoder outputs per level, coarsest first, the last at

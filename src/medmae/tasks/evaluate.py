@@ -44,10 +44,11 @@ def evaluation_cases(run_dir: Path, cfg: Any, data: str | Path | None, split: st
 
 
 def evaluate(run_dir: str | Path, *, data: str | Path | None = None, split: str = "test",
-             device: str = "cpu") -> dict[str, Any]:
+             device: str = "auto") -> dict[str, Any]:
     """Evaluate a fine-tuned run; writes ``eval/summary.json`` and ``eval/per_case.csv`` and returns the summary."""
     run_dir = Path(run_dir)
     cfg, info, model, ckpt_path = load_task_run(run_dir, device)
+    device = next(model.parameters()).device
     spec = evaluation_cases(run_dir, cfg, data, split)
     if cfg.task == "cls":  # fail before inference, naming the class
         require_both_classes(spec.cases, info["classes"], f"{data or run_dir / SPLITS_FILE} (split {split!r})")

@@ -15,12 +15,14 @@ from torch import nn
 from medmae.config import FinetuneConfig, load_config
 from medmae.data.dataset import augment_case
 from medmae.engine import checkpoint as ckpt
+from medmae.engine.distributed import pick_device
 from medmae.models.registry import build_encoder, build_task_head
 from medmae.tasks.finetune import TASK_FILE
 
 
-def load_task_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[FinetuneConfig, dict[str, Any], nn.Module, Path]:
-    """Config, task description and weights (newest valid checkpoint) of a fine-tuning run."""
+def load_task_run(run_dir: str | Path, device: str | torch.device = "auto") -> tuple[FinetuneConfig, dict[str, Any], nn.Module, Path]:
+    """Config, task description and weights (newest valid checkpoint) of a fine-tuning run, on ``device``
+    ('auto': CUDA when available)."""
     run_dir = Path(run_dir)
     if not (run_dir / TASK_FILE).is_file():
         raise ckpt.CheckpointError(f"{run_dir}: not a fine-tuning run (no {TASK_FILE})")
@@ -31,6 +33,8 @@ def load_task_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tu
         raise ckpt.CheckpointError(f"{run_dir}: no valid checkpoint in {run_dir / 'checkpoints'}")
     model = build_task_head(build_encoder(cfg.model), info["num_outputs"], cfg)
     model.load_state_dict(ckpt.load_checkpoint(path).model_state)
+    if not isinstance(device, torch.device):
+        device = pick_device(device)
     return cfg, info, model.to(device).eval(), path
 
 

@@ -31,10 +31,11 @@ def _output_name(path: Path, spatial_dims: int) -> str:
     return f"{stem}_seg.nii.gz"
 
 
-def predict(run_dir: str | Path, inputs: Sequence[str | Path], *, out: str | Path, device: str = "cpu") -> list[Path]:
+def predict(run_dir: str | Path, inputs: Sequence[str | Path], *, out: str | Path, device: str = "auto") -> list[Path]:
     """Segmentation: one label map per input, written with the input's geometry (affine/spacing/orientation).
     Classification: ``predictions.csv`` with one probability column per class and the predicted class(es)."""
     cfg, info, model, _ = load_task_run(run_dir, device)
+    device = next(model.parameters()).device
     prep = Preprocessing.from_config(cfg.data, cfg.model)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

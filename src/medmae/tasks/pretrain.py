@@ -22,7 +22,7 @@ from medmae.engine.optim import param_groups
 from medmae.engine.signals import EXIT_PREEMPTED
 from medmae.export import make_contract, save_encoder
 from medmae.figures import save_reconstruction_figure
-from medmae.models.registry import build_mae, encoder_kwargs
+from medmae.models.registry import build_mae, encoder_kwargs, family
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,10 @@ def export_encoder(run_dir: Path, model: torch.nn.Module, cfg: PretrainConfig, p
         pretraining={"preset": cfg.name, "mask_ratio": cfg.mask.ratio, "mask_kind": cfg.mask.kind,
                      "norm_pix_loss": cfg.loss.norm_pix, "steps": step, "data": cfg.data.path or f"synthetic:{cfg.data.synthetic.kind}"},
     )
-    return save_encoder(run_dir / "export" / "encoder.safetensors", model.encoder.state_dict(), contract)
+    path = save_encoder(run_dir / "export" / "encoder.safetensors", model.encoder.state_dict(), contract)
+    for name, part in family(cfg.model.arch).extra_exports(model).items():  # e.g. the ResEnc U-Net decoder
+        save_encoder(path.with_name(f"{name}.safetensors"), part.state_dict(), {**contract, "part": name})
+    return path
 
 
 def pretrain(
