@@ -259,15 +259,14 @@ def data_check(
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(report.to_json())
     console.print(_check_summary_table(report.summary))
-    for title, findings in (("errors", report.errors), ("warnings", report.warnings)):
-        if findings:
-            t = Table("problem", "case", "file", "message", title=f"{len(findings)} {title}" + (f" (first {show})" if len(findings) > show else ""))
-            t.columns[2].overflow = "fold"
-            for f in findings[:show]:
-                where = f.file or f.source or ""
-                message = f.message[len(where):].lstrip(": ") if where and f.message.startswith(where) else f.message
-                t.add_row(f.code, escape(f.case_id or ""), escape(where), escape(message))
-            console.print(t)
+    for level, findings in (("error", report.errors), ("warning", report.warnings)):
+        for f in findings[:show]:  # one unwrapped line each: full paths stay whole and grep-able
+            where = f.file or f.source or ""
+            message = f.message[len(where):].lstrip(": ") if where and f.message.startswith(where) else f.message
+            console.print(f"{level} [{f.code}] {f.case_id or '-'}: {where}: {message}", markup=False, highlight=False,
+                          soft_wrap=True)
+        if len(findings) > show:
+            console.print(f"... and {len(findings) - show} more {level}s (see --json)", highlight=False)
     counts = ", ".join(f"{n} {c}" for c, n in Counter(f.code for f in report.errors + report.warnings).most_common())
     console.print(f"{len(report.errors)} error(s), {len(report.warnings)} warning(s){': ' + counts if counts else ''}"
                   f"{'  report: ' + str(json_out) if json_out else ''}", highlight=False)
