@@ -51,7 +51,7 @@ def build(impl: str, dims: int, img: int, patch: int, enc, dec):
 
 
 def loss_of(impl: str, model, x):
-    if impl == "medmae":
+    if impl.startswith("medmae"):
         return model(x)["loss"]
     pred, mask = model(x)  # MONAI returns per-patch predictions and the mask; MSE on masked patches
     from einops import rearrange
@@ -69,8 +69,13 @@ def bench(impl: str, name: str, amp: bool, steps: int, warmup: int) -> dict:
     dims, img, patch, enc, dec, batch = CONFIGS[name]
     torch.manual_seed(0)
     dev = torch.device("cuda")
+    compiled = impl.endswith("-compile")
+    impl = impl.removesuffix("-compile")
     model = build(impl, dims, img, patch, enc, dec).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    if compiled:
+        model = torch.compile(model)
+        impl += "-compile"
     x = torch.randn(batch, 1, *(img,) * dims, device=dev)
     torch.cuda.reset_peak_memory_stats()
     times = []
@@ -100,13 +105,14 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--configs", nargs="*", default=list(CONFIGS))
+    ap.add_argument("--impls", nargs="*", default=["monai", "medmae"], help="also: medmae-compile (torch.compile)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("no CUDA device")
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
-    runs = [bench(impl, c, amp, args.steps, args.warmup) for c in args.configs for impl in ("monai", "medmae")
+    runs = [bench(impl, c, amp, args.steps, args.warmup) for c in args.configs for impl in args.impls
             for amp in (False, True)]
     ratios = {}
     for c in args.configs:

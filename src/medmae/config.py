@@ -79,6 +79,7 @@ class DataConfig(Strict):
     figure_cases: int = Field(4, ge=1)
     label_fraction: float = Field(1.0, gt=0.0, le=1.0, description="fine-tuning: share of the labelled training cases used")
     label_seed: int | None = Field(None, ge=0, description="seed of the label subset (default: eval.split_seed)")
+    label_map: dict[int, int] | None = Field(None, description="mask values to replace, e.g. {255: 1} for 0/255 masks")
     foreground_prob: float = Field(0.0, ge=0.0, le=1.0, description="segmentation: share of crops centred on foreground")
 
     @model_validator(mode="after")
@@ -237,6 +238,7 @@ class TrainConfig(Strict):
     epochs: int = Field(800, ge=1)
     batch_size: int = Field(64, ge=1)
     max_steps: int | None = Field(None, ge=1)
+    min_steps: int | None = Field(None, ge=1, description="at least this many steps even when epochs give fewer (small label fractions)")
     seed: int = Field(0, ge=0)
     precision: Literal["fp32", "bf16"] = "fp32"
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -246,6 +248,7 @@ class TrainConfig(Strict):
     log_every: int = Field(10, ge=1)
     nan_max_consecutive: int = Field(5, ge=1)
     threads: int | None = None
+    compile: bool = Field(False, description="torch.compile the model (pays off on GPUs; slow warm-up on CPU)")
 
 
 class MonitorConfig(Strict):

@@ -209,5 +209,11 @@ def test_schedule_counts_steps_warmup_and_the_batch_scaled_lr():
     assert s.lr == pytest.approx(1e-3 * 4 / 256)
     capped = Schedule.build(18, train, OptimConfig(lr=0.1, warmup_epochs=1), max_steps=6)
     assert (capped.total_steps, capped.warmup_steps, capped.lr) == (6, 2, 0.1)
+    # fewer cases than the batch: one process uses batches of all cases, several processes refuse
+    small = Schedule.build(3, train, OptimConfig(lr=0.1), None)
+    assert (small.global_batch, small.steps_per_epoch, small.total_steps) == (3, 1, 3)
     with pytest.raises(ValueError, match="fewer than the batch size 4"):
-        Schedule.build(3, train, OptimConfig(), None)
+        Schedule.build(3, train, OptimConfig(), None, world_size=2)
+    # min_steps raises the length of short runs; warmup keeps its share of the run
+    longer = Schedule.build(18, TrainConfig(epochs=3, batch_size=4, min_steps=24), OptimConfig(warmup_epochs=1), None)
+    assert (longer.total_steps, longer.warmup_steps) == (24, 8)

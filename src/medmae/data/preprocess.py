@@ -34,6 +34,7 @@ class Preprocessing:
     orientation: str | None = "RAS"
     resize: tuple[int, ...] | None = None
     slice_axis: int | None = None
+    label_map: tuple[tuple[int, int], ...] | None = None
 
     def __post_init__(self) -> None:
         dims = 3 if self.spatial_dims == 3 or self.slice_axis is not None else 2
@@ -52,6 +53,7 @@ class Preprocessing:
             orientation=data_cfg.orientation if volumes else None,
             resize=tuple(data_cfg.resize) if data_cfg.resize else None,
             slice_axis=data_cfg.slice_axis if model_cfg.spatial_dims == 2 else None,
+            label_map=tuple(sorted(data_cfg.label_map.items())) if data_cfg.label_map else None,
         )
 
     def recipe(self) -> str:
@@ -155,6 +157,14 @@ def load_image(case: Case, prep: Preprocessing) -> LoadedImage:
     return LoadedImage(x.astype(np.float32, copy=False), meta, spacing, tuple(shape_in))
 
 
+def remap_labels(y: np.ndarray, mapping: dict[int, int]) -> np.ndarray:
+    """Replace label values (e.g. {255: 1} for masks saved as 0/255 images); other values are kept."""
+    out = y.copy()
+    for src, dst in mapping.items():
+        out[y == src] = dst
+    return out
+
+
 def load_mask(case: Case, prep: Preprocessing, image_meta: ImageMeta, image_shape: Sequence[int]) -> np.ndarray:
     """Read a case's label map, resampled like its image: (*S) integer; its geometry must match the image's."""
     if case.mask is None:
@@ -163,6 +173,8 @@ def load_mask(case: Case, prep: Preprocessing, image_meta: ImageMeta, image_shap
         y, meta = read_label(case.mask, reorient=prep.orientation is not None)
         if tuple(meta.original_shape) != tuple(image_meta.original_shape):
             raise ValueError(f"mask shape {tuple(meta.original_shape)} differs from image shape {tuple(image_meta.original_shape)}")
+        if prep.label_map:
+            y = remap_labels(y, dict(prep.label_map))
         if not np.allclose(meta.spacing, image_meta.spacing, rtol=1e-3, atol=1e-4):
             raise ValueError(f"mask spacing {tuple(meta.spacing)} differs from image spacing {tuple(image_meta.spacing)}")
         y = _geometry(y[None], meta, prep, label=True)[0]

@@ -50,15 +50,23 @@ class Schedule:
     global_batch: int
 
     @classmethod
-    def build(cls, num_cases: int, train_cfg: Any, optim_cfg: Any, max_steps: int | None) -> Schedule:
+    def build(cls, num_cases: int, train_cfg: Any, optim_cfg: Any, max_steps: int | None, world_size: int = 1) -> Schedule:
+        """Steps per epoch, total steps (``epochs``, raised to ``min_steps``, capped by ``max_steps``), warmup and lr.
+
+        With fewer cases than ``train.batch_size`` (small label fractions) one process trains on batches of all
+        cases; several processes need at least one batch per process.
+        """
         gb = train_cfg.batch_size
+        if num_cases < gb:
+            if world_size > 1 or num_cases == 0:
+                raise ValueError(f"{num_cases} training cases are fewer than the batch size {gb}; lower train.batch_size")
+            log.warning("%d training cases are fewer than train.batch_size=%d: batches of %d", num_cases, gb, num_cases)
+            gb = num_cases
         spe = EpochBatchSampler.steps_per_epoch(num_cases, gb)
-        if spe == 0:
-            raise ValueError(f"{num_cases} training cases are fewer than the batch size {gb}; lower train.batch_size")
-        full = train_cfg.epochs * spe
+        full = max(train_cfg.epochs * spe, train_cfg.min_steps or 0)
         cap = max_steps or train_cfg.max_steps
         total = min(full, cap) if cap else full
-        warmup = int(round(optim_cfg.warmup_epochs * spe * total / full))
+        warmup = int(round(optim_cfg.warmup_epochs * spe * total / max(train_cfg.epochs * spe, 1)))
         lr = optim_cfg.lr if optim_cfg.lr is not None else optim_cfg.base_lr * gb / 256
         return cls(spe, total, min(warmup, total), lr, gb)
 
@@ -148,7 +156,7 @@ class Trainer:
 
     def fit(self, *, max_steps: int | None = None, resume: str | None = None) -> FitResult:
         cfg, dev = self.train_cfg, self.dist.device
-        schedule = Schedule.build(len(self.dataset), cfg, self.optim_cfg, max_steps)
+        schedule = Schedule.build(len(self.dataset), cfg, self.optim_cfg, max_steps, self.dist.world_size)
         self.model.to(dev)
         optimizer = build_optimizer(self.param_groups, self.optim_cfg, lr=schedule.lr)
         metrics = MetricsLog(self.run_dir, enabled=self.dist.is_main)
@@ -178,6 +186,8 @@ class Trainer:
         model = self.model
         if self.dist.enabled:
             model = DistributedDataParallel(self.model, device_ids=[dev.index] if dev.type == "cuda" else None)
+        if cfg.compile:
+            model = torch.compile(model)
         params = [p for g in self.param_groups for p in g["params"]]
         clip = self.optim_cfg.clip_grad if self.optim_cfg.clip_grad else math.inf
         amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")

@@ -19,7 +19,8 @@ from medmae.models.mae import masked_patch_loss, normalize_patches
 from medmae.models.masking import patchify, token_mask_to_image, unpatchify, window_mask
 from medmae.models.vit import DropPath, Mlp, init_transformer_weights
 
-MASKED = -100.0  # Swin's additive mask value: exp(-100) is 0 in float32 and bf16, and it never makes a NaN row
+MASKED = -1e4  # additive mask value: exp underflows to exactly 0 (fp32, bf16) even next to large logits, and a
+# row with every key masked (possible only for padding queries) stays finite, unlike -inf
 
 
 # ------------------------------------------------------------------------------------------ windows
@@ -48,16 +49,15 @@ def relative_position_index(window: int) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=64)
 def _window_mask_cpu(hp: int, wp: int, h: int, w: int, window: int, shift: int) -> torch.Tensor | None:
-    regions = torch.zeros(hp, wp)
+    regions = torch.zeros(hp, wp)  # in the rolled frame: the roll wraps between index -shift - 1 and -shift
     if shift:
         cuts = (slice(0, -window), slice(-window, -shift), slice(-shift, None))
         for n, (ys, xs) in enumerate((a, b) for a in cuts for b in cuts):
             regions[ys, xs] = n
-    pad = torch.zeros(hp, wp, dtype=torch.bool)
+    pad = torch.zeros(hp, wp, dtype=torch.bool)  # padding sits at the end of the unrolled map
     pad[h:, :] = True
     pad[:, w:] = True
     if shift:
-        regions = torch.roll(regions, (-shift, -shift), (0, 1))
         pad = torch.roll(pad, (-shift, -shift), (0, 1))
     if not shift and not pad.any():
         return None

@@ -116,8 +116,9 @@ def check_mask_values(prepared: Sequence[Prepared], info: dict[str, Any]) -> Non
         values = set(np.unique(np.asarray(p.mask)).tolist())
         extra = sorted(values - allowed)
         if extra:
+            hint = " (a 0/255 mask image? set data.label_map={255: 1})" if extra == [255] else ""
             raise CaseError(f"case {p.case.case_id} ({p.case.mask}): label values {extra} not declared "
-                            f"(declared: {sorted(allowed)})")
+                            f"(declared: {sorted(allowed)}){hint}")
 
 
 def foreground_points(mask: np.ndarray, limit: int = 4096, seed: int = 0) -> np.ndarray:
