@@ -52,13 +52,13 @@ def hippocampus(root: Path, work: Path, profile: str) -> dict[str, Any]:
     pretrain = {"name": "hippocampus-mae", "data": data_cfg, "model": model, "mask": {"ratio": 0.75},
                 "loss": {"norm_pix": True},
                 "optim": {"lr": 1.5e-4 * (64 if big else 16) / 256 * 4, "warmup_epochs": 10, "clip_grad": 3.0},
-                "train": {"epochs": 300 if big else 60, "batch_size": 64 if big else 16, "checkpoint_every": 500,
+                "train": {"epochs": 200 if big else 60, "batch_size": 64 if big else 16, "checkpoint_every": 500,
                           "figure_every": 50, "precision": "bf16" if big else "fp32"}}
     finetune = {"task": "seg", "data": {**data_cfg, "foreground_prob": 0.5, "splits": ["train"]},
                 "model": {k: v for k, v in model.items() if k != "decoder"},
                 "head": {"feature_size": 16}, "loss": {"dice_weight": 1.0, "ce_weight": 1.0},
                 "optim": {"lr": 1e-3, "layer_decay": 0.75, "warmup_epochs": 5, "clip_grad": 3.0},
-                "train": {"epochs": 100 if big else 25, "min_steps": 1000 if big else 300, "batch_size": 16,
+                "train": {"epochs": 25, "min_steps": 250, "batch_size": 16,
                           "checkpoint_every": 10**6, "precision": "bf16" if big else "fp32"},
                 "eval": {"sw_overlap": 0.5, "bootstrap": 1000}}
     sweep = {"fractions": [0.1, 0.25, 1.0], "seeds": 1, "folds": 5 if big else 2}

@@ -199,3 +199,11 @@ def test_a_corrupt_cached_array_is_recomputed(png_cases, counted_reads, tmp_path
     assert counted_reads == ["img0", "img1", "img1"]
     np.testing.assert_array_equal(again[1].image, expected)
     np.testing.assert_array_equal(np.load(npy), expected)
+
+
+def test_a_multi_epoch_sampler_equals_consecutive_epoch_samplers():
+    """One sampler (one DataLoader, one worker pool) for a whole run gives the same keys as one per epoch."""
+    kw = dict(num_cases=10, global_batch=4, seed=3, rank=1, world_size=2)
+    joined = list(EpochBatchSampler(**kw, epoch=2, skip_batches=1, epochs=3))
+    separate = [b for e in (2, 3, 4) for b in EpochBatchSampler(**kw, epoch=e, skip_batches=1 if e == 2 else 0)]
+    assert joined == separate and len(joined) == len(EpochBatchSampler(**kw, epoch=2, skip_batches=1, epochs=3)) == 5

@@ -261,16 +261,17 @@ class CaseDataset(Dataset):
 
 
 class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
-    """Batches of ``(epoch, index)`` keys: this rank's share of each global batch of one epoch.
+    """Batches of ``(epoch, index)`` keys: this rank's share of each global batch, for ``epochs`` epochs from ``epoch``.
 
-    The epoch's order is ``randperm`` seeded by (seed, epoch) (with ``weights``: a weighted draw with
-    replacement of the same length); rank r takes slice r of every global batch,
-    so the union over ranks at each step is exactly the single-process batch. Incomplete final batches are
-    dropped. ``skip_batches`` resumes mid-epoch.
+    Each epoch's order is ``randperm`` seeded by (seed, epoch) (with ``weights``: a weighted draw with
+    replacement of the same length); rank r takes slice r of every global batch, so the union over ranks at
+    each step is exactly the single-process batch. Incomplete final batches are dropped. ``skip_batches``
+    resumes mid-epoch. Spanning many epochs lets one DataLoader (one worker pool) serve a whole run.
     """
 
     def __init__(self, num_cases: int, global_batch: int, *, seed: int, epoch: int, rank: int = 0,
-                 world_size: int = 1, skip_batches: int = 0, weights: Sequence[float] | None = None):
+                 world_size: int = 1, skip_batches: int = 0, weights: Sequence[float] | None = None,
+                 epochs: int = 1):
         if global_batch % world_size:
             raise ValueError(f"global batch {global_batch} is not divisible by the {world_size} processes")
         if num_cases < global_batch:
@@ -279,22 +280,28 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
         self.seed, self.epoch, self.rank, self.world_size = seed, epoch, rank, world_size
         self.skip_batches = skip_batches
         self.weights = weights
+        self.epochs = epochs
 
     @staticmethod
     def steps_per_epoch(num_cases: int, global_batch: int) -> int:
         return num_cases // global_batch
 
     def __len__(self) -> int:
-        return self.steps_per_epoch(self.num_cases, self.global_batch) - self.skip_batches
+        return self.epochs * self.steps_per_epoch(self.num_cases, self.global_batch) - self.skip_batches
+
+    def order(self, epoch: int) -> list[int]:
+        """The global order of one epoch."""
+        g = torch.Generator().manual_seed(case_seed(self.seed, epoch, 0, 2))
+        if self.weights is None:
+            return torch.randperm(self.num_cases, generator=g).tolist()
+        w = torch.as_tensor(self.weights, dtype=torch.float64)  # pools: weighted draw with replacement
+        return torch.multinomial(w, self.num_cases, replacement=True, generator=g).tolist()
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        g = torch.Generator().manual_seed(case_seed(self.seed, self.epoch, 0, 2))
-        if self.weights is None:
-            perm = torch.randperm(self.num_cases, generator=g).tolist()
-        else:  # pools: cases drawn with replacement in proportion to their sampling weight
-            w = torch.as_tensor(self.weights, dtype=torch.float64)
-            perm = torch.multinomial(w, self.num_cases, replacement=True, generator=g).tolist()
         local = self.global_batch // self.world_size
-        for b in range(self.skip_batches, self.steps_per_epoch(self.num_cases, self.global_batch)):
-            chunk = perm[b * self.global_batch : (b + 1) * self.global_batch]
-            yield [(self.epoch, i) for i in chunk[self.rank * local : (self.rank + 1) * local]]
+        for epoch in range(self.epoch, self.epoch + self.epochs):
+            perm = self.order(epoch)
+            first = self.skip_batches if epoch == self.epoch else 0
+            for b in range(first, self.steps_per_epoch(self.num_cases, self.global_batch)):
+                chunk = perm[b * self.global_batch : (b + 1) * self.global_batch]
+                yield [(epoch, i) for i in chunk[self.rank * local : (self.rank + 1) * local]]

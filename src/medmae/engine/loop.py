@@ -195,64 +195,64 @@ class Trainer:
         progress = _Progress(schedule.total_steps, self.step, enabled=self.dist.is_main, log_every=cfg.log_every)
         self.model.train()
         with StopRequest() as stop, progress:
-            while self.step < schedule.total_steps:
-                self.epoch, skip = divmod(self.step, schedule.steps_per_epoch)
-                sampler = EpochBatchSampler(len(self.dataset), schedule.global_batch, seed=cfg.seed, epoch=self.epoch,
-                                            rank=self.dist.rank, world_size=self.dist.world_size, skip_batches=skip,
-                                            weights=self.sample_weights)
-                loader = DataLoader(self.dataset, batch_sampler=sampler, num_workers=self.num_workers,
-                                    generator=torch.Generator().manual_seed(cfg.seed + self.epoch),
-                                    pin_memory=dev.type == "cuda")
-                t0 = time.perf_counter()
-                for batch in loader:
-                    if self.step >= schedule.total_steps:
-                        break
-                    lr = scheduled_lr(self.step, self.optim_cfg, lr=schedule.lr, total_steps=schedule.total_steps,
-                                      warmup_steps=schedule.warmup_steps)
-                    set_lr(optimizer, lr)
-                    batch = {k: (v.to(dev, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
-                    with amp:
-                        out = self.step_fn(model, batch)
-                    loss = out["loss"]
-                    loss.backward()
-                    grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
-                    stats = torch.stack([loss.detach().float(), torch.tensor(float(not torch.isfinite(loss)), device=dev)])
-                    stats = all_reduce_sum(stats, self.dist)
-                    mean_loss = (stats[0] / self.dist.world_size).item()
-                    finite = stats[1].item() == 0 and math.isfinite(mean_loss) and bool(torch.isfinite(grad_norm))
-                    if finite:
-                        optimizer.step()
-                        consecutive = 0
-                    else:
-                        skipped += 1
-                        consecutive += 1
-                        ids = self._case_ids(batch)
-                        log.warning("step %d: non-finite loss/gradient (loss=%s), step skipped; cases %s",
-                                    self.step + 1, mean_loss, ids)
-                        if consecutive >= cfg.nan_max_consecutive:
-                            raise NonFiniteLossError(
-                                f"{consecutive} consecutive non-finite steps (last at step {self.step + 1}, cases {ids}); "
-                                f"last good checkpoint: {ckpt.find_latest_valid(self.ckpt_root)}")
-                    optimizer.zero_grad(set_to_none=True)
-                    self.step += 1
-                    now = time.perf_counter()
-                    row = {"step": self.step, "epoch": self.epoch, "loss": mean_loss, "lr": lr,
-                           "grad_norm": float(grad_norm), "skipped": skipped,
-                           "items_per_s": schedule.global_batch / max(now - t0, 1e-9), "time_s": time.time()}
-                    row.update({k: float(v.detach()) for k, v in out.items() if k != "loss" and torch.is_tensor(v)})
-                    metrics.write(row)
-                    progress.update(self.step, row)
-                    t0 = now
-                    last_loss = mean_loss if finite else last_loss
-                    stop_now = all_reduce_max(torch.tensor([float(stop.requested)], device=dev), self.dist).item() > 0
-                    if stop_now or self.step % cfg.checkpoint_every == 0 or self.step == schedule.total_steps:
-                        last_saved = self.save(optimizer, schedule, skipped) or last_saved
-                    if stop_now:
-                        log.warning("pre-emption signal: checkpoint at step %d saved, exiting", self.step)
-                        return FitResult(self.step, schedule.total_steps, True, last_loss, last_saved, skipped)
-                if self.step % schedule.steps_per_epoch == 0:
+            spe = schedule.steps_per_epoch
+            first_epoch, skip = divmod(self.step, spe)
+            sampler = EpochBatchSampler(len(self.dataset), schedule.global_batch, seed=cfg.seed, epoch=first_epoch,
+                                        rank=self.dist.rank, world_size=self.dist.world_size, skip_batches=skip,
+                                        weights=self.sample_weights, epochs=-(-schedule.total_steps // spe) - first_epoch)
+            loader = DataLoader(self.dataset, batch_sampler=sampler, num_workers=self.num_workers,
+                                generator=torch.Generator().manual_seed(cfg.seed), pin_memory=dev.type == "cuda")
+            t0 = time.perf_counter()
+            for batch in loader:
+                if self.step >= schedule.total_steps:
+                    break
+                self.epoch = self.step // spe
+                lr = scheduled_lr(self.step, self.optim_cfg, lr=schedule.lr, total_steps=schedule.total_steps,
+                                  warmup_steps=schedule.warmup_steps)
+                set_lr(optimizer, lr)
+                batch = {k: (v.to(dev, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+                with amp:
+                    out = self.step_fn(model, batch)
+                loss = out["loss"]
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
+                stats = torch.stack([loss.detach().float(), torch.tensor(float(not torch.isfinite(loss)), device=dev)])
+                stats = all_reduce_sum(stats, self.dist)
+                mean_loss = (stats[0] / self.dist.world_size).item()
+                finite = stats[1].item() == 0 and math.isfinite(mean_loss) and bool(torch.isfinite(grad_norm))
+                if finite:
+                    optimizer.step()
+                    consecutive = 0
+                else:
+                    skipped += 1
+                    consecutive += 1
+                    ids = self._case_ids(batch)
+                    log.warning("step %d: non-finite loss/gradient (loss=%s), step skipped; cases %s",
+                                self.step + 1, mean_loss, ids)
+                    if consecutive >= cfg.nan_max_consecutive:
+                        raise NonFiniteLossError(
+                            f"{consecutive} consecutive non-finite steps (last at step {self.step + 1}, cases {ids}); "
+                            f"last good checkpoint: {ckpt.find_latest_valid(self.ckpt_root)}")
+                optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+                now = time.perf_counter()
+                row = {"step": self.step, "epoch": self.epoch, "loss": mean_loss, "lr": lr,
+                       "grad_norm": float(grad_norm), "skipped": skipped,
+                       "items_per_s": schedule.global_batch / max(now - t0, 1e-9), "time_s": time.time()}
+                row.update({k: float(v.detach()) for k, v in out.items() if k != "loss" and torch.is_tensor(v)})
+                metrics.write(row)
+                progress.update(self.step, row)
+                t0 = now
+                last_loss = mean_loss if finite else last_loss
+                stop_now = all_reduce_max(torch.tensor([float(stop.requested)], device=dev), self.dist).item() > 0
+                if stop_now or self.step % cfg.checkpoint_every == 0 or self.step == schedule.total_steps:
+                    last_saved = self.save(optimizer, schedule, skipped) or last_saved
+                if stop_now:
+                    log.warning("pre-emption signal: checkpoint at step %d saved, exiting", self.step)
+                    return FitResult(self.step, schedule.total_steps, True, last_loss, last_saved, skipped)
+                if self.step % spe == 0:
                     for hook in self.hooks:
-                        hook.on_epoch_end(self, self.step // schedule.steps_per_epoch - 1)
+                        hook.on_epoch_end(self, self.step // spe - 1)
         for hook in self.hooks:
             hook.on_fit_end(self)
         if last_saved is None and self.dist.is_main:
