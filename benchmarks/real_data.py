@@ -100,15 +100,15 @@ def chestxray(root: Path, work: Path, profile: str) -> dict[str, Any]:
     pretrain = {"name": "chestxray-mae", "data": {**data_cfg, "crop_scale": [0.5, 1.0], "splits": ["train"]},
                 "model": model, "mask": {"ratio": 0.75}, "loss": {"norm_pix": True},
                 "optim": {"base_lr": 1.5e-4, "warmup_epochs": 5, "clip_grad": 3.0},
-                "train": {"epochs": 100 if big else 8, "batch_size": 256 if big else 64, "checkpoint_every": 500,
+                "train": {"epochs": 40 if big else 8, "batch_size": 256 if big else 64, "checkpoint_every": 500,
                           "figure_every": 10, "precision": "bf16"}}
     finetune = {"task": "cls", "data": {**data_cfg, "crop_scale": [0.8, 1.0]},
                 "model": {k: v for k, v in model.items() if k != "decoder"}, "head": {"pool": "mean"},
                 "optim": {"lr": 5e-4, "layer_decay": 0.75, "warmup_epochs": 2, "clip_grad": 3.0},
-                "train": {"epochs": 20 if big else 4, "min_steps": 400 if big else 150, "batch_size": 64,
+                "train": {"epochs": 10 if big else 4, "min_steps": 200 if big else 150, "batch_size": 64,
                           "checkpoint_every": 10**6, "precision": "bf16"},
                 "eval": {"bootstrap": 1000}}
-    sweep = {"fractions": [0.05, 0.1, 0.25, 1.0], "seeds": 3 if big else 1, "folds": None}
+    sweep = {"fractions": [0.05, 0.1, 0.25, 1.0], "seeds": 1, "folds": None}
     return {"pretrain": pretrain, "finetune": finetune, "sweep": sweep,
             "reference": "on this 624-image test set: Kermany et al. AUC 0.968 / acc 92.8 % (Inception-v3, ImageNet); "
                          "MedMNIST+ DINO ViT-B/16 linear probe AUC 0.989"}

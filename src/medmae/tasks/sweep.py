@@ -115,6 +115,7 @@ def sweep(
         finetune(config, task=task, init=cell.init, preset=preset, data=data, run_dir=cell_dir,
                  overrides=[*overrides, *cell_overrides(cell, folds)], max_steps=max_steps, resume="auto")
         evaluate(cell_dir)
+        collect(run_dir)  # results.csv is current after every cell
     collect(run_dir)
     if report:
         from medmae.report import write_report
