@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def data_root(arg: str | None) -> Path:
-    root = Path(arg or os.environ.get("MEDMAE_DATA") or REPO.parent / "shared" / "data")
+    root = Path(arg or os.environ.get("MEDMAE_DATA") or REPO.parent / "shared" / "data").resolve()
     if not root.is_dir():
         sys.exit(f"data root {root} not found: give --data-root or set MEDMAE_DATA")
     return root
