@@ -159,6 +159,15 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
+def sweep_data(run_dir: Path, meta: dict[str, Any]) -> str:
+    """The dataset a sweep ran on: given on the command line, else the one its cells' configs name."""
+    if meta.get("data"):
+        return str(meta["data"])
+    for cfg_path in sorted((run_dir / "cells").glob("*/config.yaml")):
+        return str(yaml.safe_load(cfg_path.read_text()).get("data", {}).get("path") or "synthetic")
+    return "synthetic"
+
+
 def write_report(run_dir: str | Path) -> Path:
     """Write ``report.md``, ``report.html``, ``summary.json`` and the figures of a sweep directory."""
     from medmae.tasks.sweep import RESULTS_CSV, SWEEP_FILE, collect
@@ -187,8 +196,9 @@ def write_report(run_dir: str | Path) -> Path:
     head = [a for a in agg if a["metric"] == metric and a["where"] == where]
     (run_dir / "summary.json").write_text(json.dumps({"task": task, "headline": {"metric": metric, "where": where},
                                                      "aggregate": agg, "paired": paired, "inits": details}, indent=1))
+    setup = f"preset `{meta['preset']}`" if meta.get("preset") else f"config `{meta.get('config')}`"
     md = [f"# Label-efficiency sweep: {task}", "",
-          f"Preset `{meta.get('preset')}`, data `{meta.get('data') or 'synthetic'}`, seeds {meta['seeds']}, "
+          f"{setup[0].upper() + setup[1:]}, data `{sweep_data(run_dir, meta)}`, seeds {meta['seeds']}, "
           f"{'%d-fold CV' % meta['folds'] if meta.get('folds') else 'one held-out split'}, fractions "
           f"{', '.join(f'{100 * f:g} %' for f in meta['fractions'])}. Headline: **{label}**. "
           "Mean ± std over seeds/folds; 95 % CI by bootstrap over seeds/folds (over test cases when there is one run).",
