@@ -21,7 +21,6 @@ import csv
 import json
 import os
 import re
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -195,9 +194,14 @@ def run(name: str, profile: str, root: Path, work: Path, max_steps: int | None) 
     }
     out = REPO / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}_{profile}.json").write_text(json.dumps(result, indent=1))
-    shutil.copyfile(sweep_dir / "report.md", out / f"{name}_{profile}_report.md")
+    (out / f"{name}_{profile}.json").write_text(portable(json.dumps(result, indent=1), root, work))
+    (out / f"{name}_{profile}_report.md").write_text(portable((sweep_dir / "report.md").read_text(), root, work))
     return result
+
+
+def portable(text: str, root: Path, work: Path) -> str:
+    """Machine paths replaced by ``$MEDMAE_DATA`` and ``<work>``, so results read the same everywhere."""
+    return text.replace(str(work.resolve()), "<work>").replace(str(work), "<work>").replace(str(root), "$MEDMAE_DATA")
 
 
 def _device() -> str:
