@@ -207,6 +207,9 @@ def finetune(
     cfg = resolve_finetune_config(config, task=task, preset=preset, data=data, overrides=overrides)
     if cfg.data.sources:
         raise ConfigError("fine-tuning takes one labelled dataset (data.path), not a pool (data.sources)")
+    if cfg.data.slice_axis is not None:
+        raise ConfigError("data.slice_axis is for pretraining a 2D encoder on slices of volumes; fine-tune it on "
+                          "2D images (evaluation and prediction work on whole images)")
     run_dir = Path(run_dir)
     dist = init_distributed(cfg.train.device)
     if cfg.train.threads:
