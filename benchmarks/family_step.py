@@ -79,12 +79,13 @@ def run_one(name: str, precision: str, batch: int, steps: int, warmup: int, devi
     sync()
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    times, losses = [], []
+    times, cpu, losses = [], [], []
     for _ in range(steps):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         losses.append(step())
         sync()
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
     med = statistics.median(times)
     return {
         "preset": preset,
@@ -99,6 +100,8 @@ def run_one(name: str, precision: str, batch: int, steps: int, warmup: int, devi
         "warmup": warmup,
         "step_ms_median": round(med * 1e3, 1),
         "step_ms_min": round(min(times) * 1e3, 1),
+        # CPU seconds of all threads: less sensitive than wall time to other work on a shared machine
+        "cpu_ms_median": round(statistics.median(cpu) * 1e3, 1),
         "items_per_s": round(batch / med, 3),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "torch_peak_alloc_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if dev.type == "cuda" else None,

@@ -104,7 +104,8 @@ def presets() -> None:
     for name in preset_names():
         c = load_config(PretrainConfig, preset=name)
         m = c.model
-        t.add_row(name, f"{m.spatial_dims}D", f"{m.arch} {m.size or m.dims} /{m.patch}",
+        size = m.size or (f"{m.dims[0]}x{m.dims[1]}" if m.arch == "vit" else "")
+        t.add_row(name, f"{m.spatial_dims}D", f"{m.arch} {size} /{m.patch}",
                   "x".join(map(str, m.img_size)) + f" x{m.in_channels}ch", f"{c.mask.kind} {c.mask.ratio}", c.paper or "")
     console.print(t)
 

@@ -125,8 +125,11 @@ def test_segmentation_fine_tuning_and_evaluation(request, tmp_path, fixture, pre
     seg = ft.finetune(task="seg", init=run, preset=preset, run_dir=tmp_path / "seg",
                       overrides=(*data, "train.batch_size=2"), max_steps=3)
     task = json.loads((seg / "task.json").read_text())
-    encoder_keys = load_file(str(run / "export" / "encoder.safetensors")).keys()
-    assert sorted(task["load_report"]["loaded"]) == sorted(encoder_keys)
+    expected = set(load_file(str(run / "export" / "encoder.safetensors")).keys())
+    if (run / "export" / "decoder.safetensors").is_file():  # the CNN's pretrained U-Net decoder is loaded too
+        expected |= {f"decoder.{k}" for k in load_file(str(run / "export" / "decoder.safetensors")).keys()}
+        assert fixture == "resenc_run"
+    assert set(task["load_report"]["loaded"]) == expected
     assert ckpt.find_latest_valid(seg / "checkpoints").name == ckpt.step_dir_name(3)
     summary = evaluate(seg)
     assert (seg / "eval" / "summary.json").is_file() and summary["task"] == "seg" and summary["n_cases"] >= 1
@@ -286,3 +289,11 @@ def test_config_rejects_sizes_the_stages_cannot_halve():
         load_config(PretrainConfig, preset="demo-swin-2d", overrides=["model.img_size=[40,40]"])
     with pytest.raises(ConfigError, match="swin is 2D only"):
         load_config(PretrainConfig, preset="demo-swin-2d", overrides=["model.spatial_dims=3", "model.img_size=[64,64,64]"])
+
+
+def test_deep_supervision_trains_through_finetune(resenc_run, tmp_path):
+    """The ResEnc segmenter's multi-scale logits go through the deep-supervision loss of the fine-tuning step."""
+    seg = ft.finetune(task="seg", init=resenc_run, preset="demo-resenc-3d", run_dir=tmp_path / "ds",
+                      overrides=(*RESENC_DATA, "train.batch_size=2", "model.resenc.deep_supervision=true"), max_steps=2)
+    rows = train_rows(seg)
+    assert len(rows) == 2 and all(np.isfinite(r["loss"]) for r in rows)

@@ -12,7 +12,7 @@ back and forth and the whole step was measured slower on CPU (see ``benchmarks/f
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -125,7 +125,8 @@ class ResEncEncoder(nn.Module):
             stages.append(nn.ModuleList(stage))
         self.stages = nn.ModuleList(stages)
 
-    def forward_features(self, x_bcs: torch.Tensor, keep_fn=None) -> list[torch.Tensor]:
+    def forward_features(self, x_bcs: torch.Tensor,
+                         keep_fn: Callable[[torch.Tensor, int], torch.Tensor] | None = None) -> list[torch.Tensor]:
         """Stage outputs, shallow to deep: (B, widths[i], *S / strides[i])."""
         if x_bcs.dim() != self.spatial_dims + 2 or x_bcs.shape[1] != self.in_channels:
             raise ValueError(f"ResEnc encoder built for (B, {self.in_channels}, {self.spatial_dims} spatial dims) input, "

@@ -48,7 +48,7 @@ def relative_position_index(window: int) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=64)
-def _window_mask_cpu(hp: int, wp: int, h: int, w: int, window: int, shift: int) -> torch.Tensor | None:
+def _window_mask(hp: int, wp: int, h: int, w: int, window: int, shift: int, device: str) -> torch.Tensor | None:
     regions = torch.zeros(hp, wp)  # in the rolled frame: the roll wraps between index -shift - 1 and -shift
     if shift:
         cuts = (slice(0, -window), slice(-window, -shift), slice(-shift, None))
@@ -65,7 +65,7 @@ def _window_mask_cpu(hp: int, wp: int, h: int, w: int, window: int, shift: int) 
     pad_w = window_partition(pad[None, :, :, None].float(), window)[..., 0].bool()
     different = reg_w[:, :, None] != reg_w[:, None, :]
     blocked = different | pad_w[:, None, :]
-    return torch.zeros(blocked.shape).masked_fill(blocked, MASKED)
+    return torch.zeros(blocked.shape).masked_fill(blocked, MASKED).to(device)
 
 
 def window_attention_mask(h: int, w: int, window: int, shift: int, device: torch.device) -> torch.Tensor | None:
@@ -76,8 +76,7 @@ def window_attention_mask(h: int, w: int, window: int, shift: int, device: torch
     None when nothing needs masking (no shift, no padding).
     """
     hp, wp = math.ceil(h / window) * window, math.ceil(w / window) * window
-    m = _window_mask_cpu(hp, wp, h, w, window, shift)
-    return None if m is None else m.to(device)
+    return _window_mask(hp, wp, h, w, window, shift, str(device))  # cached per device: no copy per block and step
 
 
 class WindowAttention(nn.Module):

@@ -32,7 +32,8 @@ from medmae.engine.distributed import barrier, init_distributed
 from medmae.engine.loop import Trainer
 from medmae.engine.optim import param_groups
 from medmae.models.convert import LoadReport, check_contract, load_encoder_weights, read_encoder_source
-from medmae.models.registry import build_encoder, build_task_head, family
+from medmae.models.registry import build_encoder, build_task_head, family, load_extra_parts
+from medmae.models.resenc import deep_supervision_loss
 from medmae.tasks.pretrain import PRETRAIN_CASES, Preempted, prepare_run_dir
 
 log = logging.getLogger(__name__)
@@ -86,8 +87,12 @@ def build_task_model(cfg: FinetuneConfig, num_outputs: int, init: str | None) ->
     encoder = build_encoder(cfg.model)
     if src is not None:
         report = load_encoder_weights(encoder, src, stem_key=family(cfg.model.arch).stem_key)
+    model = build_task_head(encoder, num_outputs, cfg)
+    if src is not None and src.contract is not None:
+        load_extra_parts(model, cfg.model.arch, src.path, report)  # e.g. the ResEnc U-Net decoder
+    if report is not None:
         log.info(report.summary())
-    return build_task_head(encoder, num_outputs, cfg), report
+    return model, report
 
 
 # ------------------------------------------------------------------------------------------------ labels
@@ -188,7 +193,14 @@ def loss_fn(cfg: FinetuneConfig, info: dict[str, Any]):
         ce = nn.CrossEntropyLoss(label_smoothing=cfg.loss.label_smoothing)
         return lambda m, b: {"loss": ce(m(b["image"]).float(), b["target"])}
     dice_ce = DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=cfg.loss.dice_weight, lambda_ce=cfg.loss.ce_weight)
-    return lambda m, b: {"loss": dice_ce(m(b["image"]).float(), b["mask"][:, None])}
+
+    def seg_step(m, b):
+        out, target = m(b["image"]), b["mask"][:, None]
+        if isinstance(out, (list, tuple)):  # deep supervision: logits at several scales, full resolution first
+            return {"loss": deep_supervision_loss(lambda y, t: dice_ce(y.float(), t), out, target)}
+        return {"loss": dice_ce(out.float(), target)}
+
+    return seg_step
 
 
 def finetune(

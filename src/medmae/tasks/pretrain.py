@@ -126,6 +126,8 @@ def pretrain(
     dist = init_distributed(cfg.train.device)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
+    torch.manual_seed(cfg.train.seed)
+    model = build_mae(cfg)  # before the data: a config that cannot build fails at once
     prepare_run_dir(run_dir, dump_yaml(cfg), resume, dist)
 
     parts = resolve_parts(cfg.data, cfg.model)
@@ -142,8 +144,6 @@ def pretrain(
     train_set = CaseDataset(prepared, crop, augment=augment, seed=cfg.train.seed, slice_axis=slice_axis)
     view_set = CaseDataset(prepared, crop, augment=None, seed=cfg.train.seed, slice_axis=slice_axis)
 
-    torch.manual_seed(cfg.train.seed)
-    model = build_mae(cfg)
     shown = fixed_cases(prepared, cfg.data.figure_cases)
     figures = ReconstructionFigures(view_set, shown, cfg.train.figure_every, run_dir / "figures",
                                     [prepared[i].case.case_id for i in shown])
