@@ -16,7 +16,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from helpers import TINY_2D, TINY_3D, checkpoint_steps, flat, invoke, latest_checkpoint, loss_reprs, pretrain_args, train_rows
+from helpers import TINY_2D, TINY_3D, set_args, checkpoint_steps, flat, invoke, latest_checkpoint, loss_reprs, pretrain_args, train_rows
 from medmae.cli import app
 from medmae.config import preset_names
 from medmae.engine import checkpoint as ckpt
@@ -254,3 +254,11 @@ def test_resume_auto_skips_a_corrupted_newest_checkpoint_and_finishes_identicall
     again = load_file(str(latest_checkpoint(run) / ckpt.MODEL_FILE))
     assert all(torch.equal(again[k], v) for k, v in final.items())
     ckpt.verify(latest_checkpoint(run))
+
+
+def test_config_errors_are_printed_without_markup_and_mean_over_is_checked_before_training(tmp_path):
+    """Brackets in messages survive (no rich markup), and unknown eval.mean_over names stop the run before training."""
+    result = invoke(["finetune", "--task", "seg", "--preset", "demo-3d", "--run-dir", str(tmp_path / "F"),
+                     *set_args((*TINY_3D, "eval.mean_over=[nope]")), "--max-steps", "1"])
+    assert result.exit_code == 2, result.output
+    assert "['nope']" in flat(result.output) and not (tmp_path / "F" / "checkpoints").exists()

@@ -41,11 +41,17 @@ def _run(fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except (ConfigError, CheckpointError, ExportError, ContractError) as e:
-        console.print(f"[red]error:[/red] {e}", highlight=False)
+        console.print(f"error: {e}", highlight=False, markup=False)
         raise typer.Exit(EXIT_CONFIG) from None
     except (CaseError, ReadError, SourceError, NonFiniteLossError) as e:
-        console.print(f"[red]error:[/red] {e}", highlight=False)
+        console.print(f"error: {e}", highlight=False, markup=False)
         raise typer.Exit(EXIT_DATA) from None
+
+
+def _is_main_process() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
 
 
 def _version(value: bool) -> None:
@@ -124,7 +130,8 @@ def pretrain(
     from medmae.tasks.pretrain import pretrain as run
 
     out = _run(run, config, preset=preset, data=data, run_dir=run_dir, overrides=set_ or [], max_steps=max_steps, resume=resume)
-    console.print(f"run directory: {out}  (encoder: {out / 'export' / 'encoder.safetensors'})")
+    if _is_main_process():
+        console.print(f"run directory: {out}  (encoder: {out / 'export' / 'encoder.safetensors'})")
 
 
 @app.command()
@@ -162,7 +169,8 @@ def finetune(
         raise typer.Exit(EXIT_CONFIG)
     out = _run(run, config, task=task, init=init, preset=preset, data=data, run_dir=run_dir, overrides=set_ or [],
                max_steps=max_steps, resume=resume)
-    console.print(f"run directory: {out}   next: medmae evaluate {out}")
+    if _is_main_process():
+        console.print(f"run directory: {out}   next: medmae evaluate {out}")
 
 
 @app.command()
@@ -264,8 +272,9 @@ def data_check(
         for f in findings[:show]:  # one unwrapped line each: full paths stay whole and grep-able
             where = f.file or f.source or ""
             message = f.message[len(where):].lstrip(": ") if where and f.message.startswith(where) else f.message
-            console.print(f"{level} [{f.code}] {f.case_id or '-'}: {where}: {message}", markup=False, highlight=False,
-                          soft_wrap=True)
+            place = f"{f.case_id}: " if f.case_id else ""
+            place += f"{where}: " if where else ""
+            console.print(f"{level} [{f.code}] {place}{message}", markup=False, highlight=False, soft_wrap=True)
         if len(findings) > show:
             console.print(f"... and {len(findings) - show} more {level}s (see --json)", highlight=False)
     counts = ", ".join(f"{n} {c}" for c, n in Counter(f.code for f in report.errors + report.warnings).most_common())

@@ -7,10 +7,12 @@ import sys
 
 import pytest
 import torch
+
+from medmae.config import ConfigError
 from safetensors.torch import load_file
 
 from helpers import CliProcess, latest_checkpoint, pretrain_args, subprocess_env, train_rows
-from medmae.engine.distributed import DistInfo, all_reduce_max, all_reduce_sum, gather_objects, init_distributed, pick_device
+from medmae.engine.distributed import check_batch, DistInfo, all_reduce_max, all_reduce_sum, gather_objects, init_distributed, pick_device
 
 
 @pytest.mark.dist
@@ -78,7 +80,10 @@ def test_cuda_requested_without_cuda_is_an_error():
     if torch.cuda.is_available():
         assert pick_device("cuda", 0) == torch.device("cuda", 0)
     else:
-        with pytest.raises(RuntimeError, match="CUDA is not available"):
+        with pytest.raises(ConfigError, match="train.device=cuda but CUDA is not available"):
             pick_device("cuda")
         assert pick_device("auto") == torch.device("cpu")
     assert DistInfo(1, 2, 1, torch.device("cpu")).is_main is False
+    with pytest.raises(ConfigError, match="batch_size=6 .* divisible by the 4 processes"):
+        check_batch(6, DistInfo(0, 4, 0, torch.device("cpu")))
+    check_batch(8, DistInfo(0, 4, 0, torch.device("cpu")))

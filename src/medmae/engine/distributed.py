@@ -29,9 +29,20 @@ class DistInfo:
 def pick_device(pref: str, local_rank: int = 0) -> torch.device:
     if pref == "cuda" or (pref == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            raise RuntimeError("device 'cuda' requested but CUDA is not available")
+            from medmae.config import ConfigError
+
+            raise ConfigError("train.device=cuda but CUDA is not available here (use auto or cpu)")
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
+
+
+def check_batch(global_batch: int, info: DistInfo) -> None:
+    """The global batch is split evenly over the processes."""
+    if global_batch % info.world_size:
+        from medmae.config import ConfigError
+
+        raise ConfigError(f"train.batch_size={global_batch} is the global batch and must be divisible by the "
+                          f"{info.world_size} processes")
 
 
 def init_distributed(device_pref: str = "auto") -> DistInfo:

@@ -28,9 +28,10 @@ from medmae.data.pipeline import prepare, resolve_spec
 from medmae.data.preprocess import CaseError, Preprocessing
 from medmae.data.sources import Case, DatasetSpec
 from medmae.data.splits import kfold, label_fraction, require_both_classes, save_json, train_test_split
-from medmae.engine.distributed import barrier, init_distributed
+from medmae.engine.distributed import check_batch, barrier, init_distributed
 from medmae.engine.loop import Trainer
 from medmae.engine.optim import param_groups
+from medmae.metrics import regions_from_labels
 from medmae.models.convert import LoadReport, check_contract, load_encoder_weights, read_encoder_source
 from medmae.models.registry import build_encoder, build_task_head, family, load_extra_parts
 from medmae.models.resenc import deep_supervision_loss
@@ -124,6 +125,15 @@ def check_mask_values(prepared: Sequence[Prepared], info: dict[str, Any]) -> Non
             hint = " (a 0/255 mask image? set data.label_map={255: 1})" if extra == [255] else ""
             raise CaseError(f"case {p.case.case_id} ({p.case.mask}): label values {extra} not declared "
                             f"(declared: {sorted(allowed)}){hint}")
+
+
+def check_regions(cfg: FinetuneConfig, info: dict[str, Any]) -> None:
+    """``eval.mean_over`` must name evaluation regions (checked before training, not after it)."""
+    regions = cfg.eval.regions or regions_from_labels({int(k): v for k, v in info["label_names"].items()})
+    unknown = sorted(set(cfg.eval.mean_over or []) - set(regions))
+    if unknown:
+        raise ConfigError(f"eval.mean_over names {unknown}, which are not evaluation regions of this data "
+                          f"(regions: {sorted(regions)}); set eval.mean_over to some of those, or null for all")
 
 
 def foreground_points(mask: np.ndarray, limit: int = 4096, seed: int = 0) -> np.ndarray:
@@ -224,6 +234,7 @@ def finetune(
                           "2D images (evaluation and prediction work on whole images)")
     run_dir = Path(run_dir)
     dist = init_distributed(cfg.train.device)
+    check_batch(cfg.train.batch_size, dist)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
 
@@ -266,6 +277,7 @@ def finetune(
     crop = tuple(cfg.model.img_size)
     augment = Augment(crop, cfg.data.crop_scale, tuple(cfg.data.flip_axes), cfg.data.flip_prob, cfg.data.foreground_prob)
     if cfg.task == "seg":
+        check_regions(cfg, info)
         check_mask_values(prepared, info)
         held_out = prepare(DatasetSpec(spec.root, [by_id[i] for i in split["test"]]), prep, cfg.data, with_masks=True,
                            show_progress=False)  # bad test masks fail before training (and are cached for evaluate)

@@ -16,7 +16,7 @@ from medmae.data.dataset import Augment, CaseDataset, Prepared
 from medmae.data.pipeline import PreparedPool, prepare_pool, resolve_parts
 from medmae.data.preprocess import Preprocessing
 from medmae.engine import checkpoint as ckpt
-from medmae.engine.distributed import DistInfo, barrier, init_distributed
+from medmae.engine.distributed import check_batch, DistInfo, barrier, init_distributed
 from medmae.engine.loop import FitResult, Trainer
 from medmae.engine.optim import param_groups
 from medmae.engine.signals import EXIT_PREEMPTED
@@ -124,6 +124,7 @@ def pretrain(
     cfg = resolve_pretrain_config(config, preset=preset, data=data, overrides=overrides)
     run_dir = Path(run_dir)
     dist = init_distributed(cfg.train.device)
+    check_batch(cfg.train.batch_size, dist)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.train.seed)
