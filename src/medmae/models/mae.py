@@ -15,7 +15,7 @@ from medmae.models.masking import (
     token_mask_to_image,
     unpatchify,
 )
-from medmae.models.vit import ViT, Block, init_transformer_weights, sincos_pos_embed, _gather_tokens
+from medmae.models.vit import Block, LayerNorm, ViT, _gather_tokens, init_transformer_weights, sincos_pos_embed
 
 
 def normalize_patches(target_blp: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -60,7 +60,7 @@ class MaskedAutoencoderViT(nn.Module):
         self.decoder_blocks = nn.ModuleList(
             Block(decoder_embed_dim, decoder_num_heads, mlp_ratio) for _ in range(decoder_depth)
         )
-        self.decoder_norm = nn.LayerNorm(decoder_embed_dim, eps=1e-6)
+        self.decoder_norm = LayerNorm(decoder_embed_dim, eps=1e-6)
         self.decoder_pred = nn.Linear(decoder_embed_dim, patch_values)
         nn.init.normal_(self.mask_token, std=0.02)
         for m in (self.decoder_embed, self.decoder_blocks, self.decoder_norm, self.decoder_pred):

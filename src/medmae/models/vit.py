@@ -51,6 +51,17 @@ def sincos_pos_embed(grid: Sequence[int], dim: int) -> torch.Tensor:
     return emb.to(torch.float32)
 
 
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm that keeps bf16 activations in bf16 under autocast (the kernel accumulates in fp32): autocast
+    would otherwise run it in fp32 and cast around every norm of every block."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.bfloat16 and torch.is_autocast_enabled(x.device.type):
+            with torch.autocast(x.device.type, enabled=False):
+                return F.layer_norm(x, self.normalized_shape, self.weight.to(x.dtype), self.bias.to(x.dtype), self.eps)
+        return super().forward(x)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention through ``F.scaled_dot_product_attention`` (flash / memory-efficient kernels)."""
 
@@ -98,9 +109,9 @@ class Block(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True, drop_path: float = 0.0):
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm1 = LayerNorm(dim, eps=1e-6)
         self.attn = Attention(dim, num_heads, qkv_bias)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm2 = LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.drop_path = DropPath(drop_path)
 
