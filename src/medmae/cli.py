@@ -259,8 +259,6 @@ def data_check(
     """Read every case (images and masks): counts, shapes, spacings, intensities, labels, problems. Exit 1 on errors."""
     from collections import Counter
 
-    from rich.markup import escape
-
     from medmae.data.check import check_source
 
     report = _run(check_source, sources, full=full, workers=workers)

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from medmae import __version__
 
@@ -68,8 +68,3 @@ def read_contract(path: str | Path) -> dict[str, Any]:
     if meta.get("format") != FORMAT or "medmae_contract" not in meta:
         raise ExportError(f"{path}: not a medmae encoder export (no '{FORMAT}' contract in its metadata)")
     return json.loads(meta["medmae_contract"])
-
-
-def load_encoder_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    contract = read_contract(path)
-    return load_file(str(path)), contract

@@ -185,7 +185,7 @@ def write_report(run_dir: str | Path) -> Path:
     files = run_dir / "report_files"
     files.mkdir(exist_ok=True)
     label = _label(metric, where)
-    plot = plot_label_efficiency(agg, metric, where, files / "label_efficiency.png",
+    plot_label_efficiency(agg, metric, where, files / "label_efficiency.png",
                                  f"{task}: {label} vs labelled fraction (mean and 95 % CI)")
     details = init_details(meta)
     recon = {}

@@ -5,7 +5,7 @@ from monai.losses import DiceCELoss
 
 from medmae.data.synthetic import chest_xray
 from medmae.engine.optim import param_groups
-from medmae.models.heads import UNETR, Classifier, head_parameter_names, unetr_layers, vit_layer_id
+from medmae.models.heads import UNETR, Classifier, unetr_layers, vit_layer_id
 from medmae.models.vit import ViT
 
 
@@ -49,7 +49,7 @@ def test_linear_probe_freezes_the_encoder():
     model(x).square().mean().backward()
     assert all(p.grad is None and not p.requires_grad for p in model.encoder.parameters())
     assert model.head.weight.grad is not None and model.head.weight.grad.abs().sum() > 0
-    assert set(head_parameter_names(model)) == {"head.weight", "head.bias"}
+    assert {n for n, _ in model.named_parameters() if not n.startswith("encoder.")} == {"head.weight", "head.bias"}
 
 
 # ---------------------------------------------------------------------------------------------- LLRD

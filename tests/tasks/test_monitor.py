@@ -1,7 +1,6 @@
 import json
 
 import numpy as np
-import pytest
 
 from medmae.tasks.monitor import knn_scores
 from medmae.tasks.pretrain import pretrain

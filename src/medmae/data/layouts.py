@@ -3,7 +3,7 @@ JSON manifests. Each loader returns a :class:`~medmae.data.sources.DatasetSpec`;
 
 Layout notes
 ------------
-- nnU-Net v2 (``dataset.json`` with ``channel_names`` and ``file_ending``): ``imagesTr/{case}_{XXXX}{ending}``
+- nnU-Net v2 (``dataset.json`` with ``channel_names`` and ``file_ending``): ``imagesTr/{case}_{CCCC}{ending}``
   channel files become one case whose ``image`` lists the channels in index order; ``labelsTr/{case}{ending}``
   is its mask. ``imagesTs`` cases are ``split="unlabelled"`` (``"test"`` when a ``labelsTs`` folder holds their
   labels). ``labels`` maps names to label values; a region entry (a list of values, region-based training)
@@ -161,7 +161,7 @@ def _nnunet_channels(meta: Mapping[str, Any], where: Path) -> list[str]:
 
 def _nnunet_cases(root: Path, images: str, labels: str | None, ending: str, channels: list[str], *,
                   split: str) -> list[Case]:
-    """Group ``{case}_{XXXX}{ending}`` files by case; every channel and (when ``labels``) the label must exist."""
+    """Group ``{case}_{CCCC}{ending}`` files by case; every channel and (when ``labels``) the label must exist."""
     image_dir = root / images
     files = sorted(f for f in image_dir.iterdir() if f.is_file() and not f.name.startswith("."))
     groups: dict[str, dict[int, Path]] = {}
@@ -172,7 +172,7 @@ def _nnunet_cases(root: Path, images: str, labels: str | None, ending: str, chan
             continue
         match = _NNUNET_CHANNEL.match(f.name[: -len(ending)])
         if match is None:
-            raise SourceError(f"{f}: nnU-Net image names are <case>_<XXXX>{ending} (4-digit channel index)")
+            raise SourceError(f"{f}: nnU-Net image names are <case>_<CCCC>{ending} (4-digit channel index)")
         channel = int(match["channel"])
         if channel >= len(channels):
             raise SourceError(f"{f}: channel {channel:04d}, but dataset.json declares {len(channels)} channel(s) {channels}")

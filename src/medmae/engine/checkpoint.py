@@ -10,7 +10,6 @@ primitives (``torch.load(weights_only=True)``).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import torch
 from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock
@@ -104,11 +103,6 @@ class UNETR(nn.Module):
         return self.out(y)
 
 
-def head_parameter_names(model: nn.Module) -> list[str]:
-    """Parameters outside the encoder (newly initialised for the task)."""
-    return [n for n, _ in model.named_parameters() if not n.startswith("encoder.")]
-
-
 def vit_layer_id(name: str, depth: int) -> int:
     """Layer index for layer-wise lr decay: embeddings 0, block i -> i + 1, everything after -> depth + 1."""
     if name.startswith("encoder."):
@@ -118,7 +112,3 @@ def vit_layer_id(name: str, depth: int) -> int:
         if name.startswith("blocks."):
             return int(name.split(".")[1]) + 1
     return depth + 1
-
-
-def count_parameters(model: nn.Module, names: Sequence[str] | None = None) -> int:
-    return sum(p.numel() for n, p in model.named_parameters() if names is None or n in names)
