@@ -8,8 +8,7 @@
 Each experiment (1) writes a manifest for the dataset where its layout needs one (subject ids, 0/255 masks),
 (2) MAE-pretrains on the unlabelled images it is allowed to see (never a held-out test split; in the
 hippocampus cross-validation, as in SelfMedMAE, the images of every fold, which each evaluation's leakage
-check records), (3) runs
-``medmae sweep`` (scratch vs MAE, label fractions, seeds / folds) and (4) writes
+check records), (3) runs ``medmae sweep`` (scratch vs MAE, label fractions, seeds / folds) and (4) writes
 ``benchmarks/results/<experiment>_<profile>.json`` with the exact configs, the headline table and the paired
 comparison, plus the sweep's ``report.md``, ``results.csv`` and figures. Work directories go to ``--work``
 (default ``runs/real-data``).
