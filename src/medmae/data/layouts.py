@@ -118,7 +118,7 @@ def nnunet_regions(root: str | Path) -> dict[str, list[int]]:
 
 
 def load_nnunet(root: Path) -> DatasetSpec:
-    """nnU-Net v2 raw dataset folder (``DatasetXXX_Name``): see the module docstring."""
+    """nnU-Net v2 raw dataset folder (``Dataset004_Hippocampus``-style): see the module docstring."""
     where = root / "dataset.json"
     meta = _read_json(where)
     channels = _nnunet_channels(meta, where)
