@@ -223,9 +223,11 @@ def write_report(run_dir: str | Path) -> Path:
     other = sorted({(a["metric"], a["where"]) for a in agg} - {(metric, where)})
     if other:
         md += ["", "## All metrics (mean over seeds/folds)", "",
-               _table(["init", "labels", "metric", "mean", "± std"],
+               _table(["init", "labels", "metric", "mean", "± std", "95 % CI"],
                       [[a["init"], f"{100 * a['fraction']:g} %", _label(a["metric"], a["where"]),
-                        _fmt(a["mean"]), _fmt(a["std"]) if a["n_runs"] > 1 else "-"] for a in agg if (a["metric"], a["where"]) != (metric, where)])]
+                        _fmt(a["mean"]), _fmt(a["std"]) if a["n_runs"] > 1 else "-",
+                        f"{_fmt(a['ci_low'])} - {_fmt(a['ci_high'])}"]
+                       for a in agg if (a["metric"], a["where"]) != (metric, where)])]
     if recon:
         md += ["", "## Reconstructions of the pretrained models", ""]
         md += [f"**{n}** (mask ratio {details[n]['mask_ratio']}):\n\n![{n}](report_files/{p.name})\n" for n, p in recon.items()]

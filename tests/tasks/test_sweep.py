@@ -3,6 +3,7 @@
 import csv
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -101,6 +102,8 @@ def test_sweep_resumes_only_unfinished_cells_and_reports(tmp_path, pretrained, m
     assert (out / "report_files" / "label_efficiency.png").stat().st_size > 5000
     assert html.count("data:image/png;base64,") >= 2  # plot + reconstruction figure of the MAE
     assert "Paired comparison with scratch" in md and "| mae | 50 % |" in md
+    # every secondary metric carries its CI over the two seeds
+    assert re.search(r"\| mae \| 50 % \| accuracy \| [\d.]+ \| [\d.]+ \| [\d.]+ - [\d.]+ \|", md)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["headline"] == {"metric": "macro_auroc", "where": ""}
     assert {p["init"] for p in summary["paired"]} == {"mae"} and all(p["n_pairs"] == 2 for p in summary["paired"])
