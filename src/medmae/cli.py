@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from medmae import __version__
+from medmae.errors import EXIT_CONFIG, EXIT_DATA, EXIT_ENVIRONMENT, MedmaeError, environment_problem
 
 app = typer.Typer(
     name="medmae",
@@ -23,29 +24,28 @@ app = typer.Typer(
 console = Console()
 log = logging.getLogger("medmae")
 
-EXIT_CONFIG = 2
-EXIT_DATA = 1
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    """One unwrapped ``error: ...`` line on stderr (paths stay whole and grep-able) and the exit to raise."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
 
 
 def _run(fn, *args, **kwargs):
-    """Call a task; known user errors become one clear line and an exit code instead of a traceback."""
-    from medmae.config import ConfigError
-    from medmae.data.preprocess import CaseError
-    from medmae.data.readers import ReadError
-    from medmae.data.sources import SourceError
-    from medmae.engine.checkpoint import CheckpointError
-    from medmae.engine.loop import NonFiniteLossError
-    from medmae.export import ExportError
-    from medmae.models.convert import ContractError
-
+    """Call a task; a user error becomes one clear line and its exit code (:mod:`medmae.errors`), never a traceback."""
     try:
         return fn(*args, **kwargs)
-    except (ConfigError, CheckpointError, ExportError, ContractError) as e:
-        console.print(f"error: {e}", highlight=False, markup=False)
-        raise typer.Exit(EXIT_CONFIG) from None
-    except (CaseError, ReadError, SourceError, NonFiniteLossError) as e:
-        console.print(f"error: {e}", highlight=False, markup=False)
-        raise typer.Exit(EXIT_DATA) from None
+    except MedmaeError as e:
+        raise _fail(str(e), e.exit_code) from None
+    except OSError as e:
+        problem = environment_problem(e)
+        if problem is None:
+            raise
+        raise _fail(str(problem), problem.exit_code) from None
+    except MemoryError as e:
+        raise _fail(f"out of memory{': ' + str(e) if str(e) else ''} (lower train.batch_size or the image size)",
+                    EXIT_ENVIRONMENT) from None
 
 
 def _is_main_process() -> bool:
@@ -165,8 +165,7 @@ def finetune(
     from medmae.tasks.finetune import finetune as run
 
     if task not in (None, "cls", "seg"):
-        console.print(f"[red]error:[/red] --task must be cls or seg, got {task!r}")
-        raise typer.Exit(EXIT_CONFIG)
+        raise _fail(f"--task must be cls or seg, got {task!r}", EXIT_CONFIG)
     out = _run(run, config, task=task, init=init, preset=preset, data=data, run_dir=run_dir, overrides=set_ or [],
                max_steps=max_steps, resume=resume)
     if _is_main_process():
@@ -221,13 +220,11 @@ def sweep(
     from medmae.tasks.sweep import sweep as run
 
     if task not in ("cls", "seg"):
-        console.print(f"[red]error:[/red] --task must be cls or seg, got {task!r}")
-        raise typer.Exit(EXIT_CONFIG)
+        raise _fail(f"--task must be cls or seg, got {task!r}", EXIT_CONFIG)
     try:
         fracs = [float(f) for f in fractions.split(",") if f.strip()]
     except ValueError:
-        console.print(f"[red]error:[/red] --fractions must be comma-separated numbers, got {fractions!r}")
-        raise typer.Exit(EXIT_CONFIG) from None
+        raise _fail(f"--fractions must be comma-separated numbers, got {fractions!r}", EXIT_CONFIG) from None
     out = _run(run, task=task, inits=init, run_dir=run_dir, preset=preset, config=config, data=data, fractions=fracs,
                seeds=seeds, folds=folds, overrides=set_ or [], max_steps=max_steps)
     console.print(f"sweep results: {out / 'results.csv'}  report: {out / 'report.md'}")
@@ -332,8 +329,7 @@ def data_prepare(
     items = paths or []
     configs = [p for p in items if p.lower().endswith((".yaml", ".yml"))]
     if len(configs) > 1:
-        console.print(f"[red]error:[/red] give at most one config YAML, got {configs}")
-        raise typer.Exit(EXIT_CONFIG)
+        raise _fail(f"give at most one config YAML, got {configs}", EXIT_CONFIG)
     sources = [p for p in items if p not in configs]
     result = _run(prepare_source, sources, configs[0] if configs else None, preset=preset, overrides=set_ or [],
                   with_masks=masks, out=out)

@@ -14,11 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from medmae.errors import ConfigError
 from medmae.models.vit import VIT_SIZES
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot be used; the message names the key path."""
 
 
 class Strict(BaseModel):

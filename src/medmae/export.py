@@ -11,13 +11,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from medmae import __version__
+from medmae.errors import ExportError
 
 FORMAT = "medmae-encoder"
 FORMAT_VERSION = 1
-
-
-class ExportError(ValueError):
-    """A file that is not a usable medmae encoder export; the message names the file."""
 
 
 def make_contract(*, arch: str, encoder: dict[str, Any], preprocessing: dict[str, Any],

@@ -19,7 +19,7 @@ from medmae.engine import checkpoint as ckpt
 from medmae.engine.distributed import DistInfo
 from medmae.engine.loop import NonFiniteLossError, Schedule, Trainer
 from medmae.engine.optim import param_groups
-from medmae.engine.signals import EXIT_PREEMPTED
+from medmae.errors import EXIT_PREEMPTED
 
 TOTAL_STEPS = 12  # TINY_2D: 3 steps per epoch, 4 epochs, checkpoints every 4 steps
 

@@ -19,10 +19,7 @@ from medmae.config import ConfigError
 from medmae.data.intensity import apply_intensity, describe
 from medmae.data.readers import ImageMeta, read_image, read_label
 from medmae.data.sources import Case
-
-
-class CaseError(RuntimeError):
-    """A case that cannot be used; the message starts with the case id and its path."""
+from medmae.errors import CaseError
 
 
 @dataclass(frozen=True)

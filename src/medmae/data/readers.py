@@ -48,6 +48,8 @@ import nibabel.orientations as nio
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from medmae.errors import ReadError
+
 if TYPE_CHECKING:
     import SimpleITK as sitk
 
@@ -73,10 +75,6 @@ _NIFTI_ERRORS = (
     nib.filebasedimages.ImageFileError,
     nib.spatialimages.HeaderDataError,
 )
-
-
-class ReadError(ValueError):
-    """Unreadable or invalid medical image; the message always starts with the path."""
 
 
 @dataclass(frozen=True, eq=False)

@@ -15,12 +15,9 @@ from typing import Any
 
 from medmae.data.readers import SUPPORTED_SUFFIXES as IMAGE_SUFFIXES
 from medmae.data.readers import is_image_file
+from medmae.errors import SourceError
 
 SPLIT_NAMES = ("train", "val", "validation", "test")
-
-
-class SourceError(ValueError):
-    """A dataset description that cannot be used; the message names the file."""
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from medmae import __version__
 from medmae.data.cache import atomic_write_bytes, sha256_file
+from medmae.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +35,6 @@ LATEST = "LATEST"
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "train_state.pt"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, incomplete or corrupted; the message names the path."""
 
 
 def _fsync_file(path: Path) -> None:

@@ -29,14 +29,11 @@ from medmae.engine.distributed import DistInfo, all_reduce_max, all_reduce_sum, 
 from medmae.engine.logging import MetricsLog, is_interactive
 from medmae.engine.optim import build_optimizer, scheduled_lr, set_lr
 from medmae.engine.signals import StopRequest
+from medmae.errors import NonFiniteLossError
 
 log = logging.getLogger(__name__)
 
 StepFn = Callable[[nn.Module, dict[str, Any]], dict[str, torch.Tensor]]
-
-
-class NonFiniteLossError(RuntimeError):
-    """Too many consecutive steps with a non-finite loss or gradient."""
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 from types import FrameType
 
-EXIT_PREEMPTED = 143  # 128 + SIGTERM: the run saved a checkpoint and can be resumed with --resume auto
+
 HANDLED = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR1", None)) if s is not None)
 
 

@@ -21,16 +21,13 @@ from safetensors.torch import load_file
 from torch import nn
 
 from medmae.export import ExportError, read_contract
+from medmae.errors import ContractError
 
 log = logging.getLogger(__name__)
 
 CONTRACT_FIELDS = ("spatial_dims", "patch_size", "intensity", "orientation", "spacing")
 _FOREIGN_PREFIXES = ("module.", "model.", "encoder.", "backbone.", "vit.")
 _FOREIGN_DROP = ("decoder", "mask_token", "head.", "fc_norm.", "pre_logits")
-
-
-class ContractError(ValueError):
-    """The pretrained encoder does not fit the fine-tuning data or model; the message names the fields."""
 
 
 @dataclass

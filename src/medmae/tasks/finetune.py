@@ -31,11 +31,12 @@ from medmae.data.splits import kfold, label_fraction, require_both_classes, save
 from medmae.engine.distributed import check_batch, barrier, init_distributed
 from medmae.engine.loop import Trainer
 from medmae.engine.optim import param_groups
+from medmae.errors import Interrupted
 from medmae.metrics import regions_from_labels
 from medmae.models.convert import LoadReport, check_contract, load_encoder_weights, read_encoder_source
 from medmae.models.registry import build_encoder, build_task_head, family, load_extra_parts
 from medmae.models.resenc import deep_supervision_loss
-from medmae.tasks.pretrain import PRETRAIN_CASES, Preempted, prepare_run_dir
+from medmae.tasks.pretrain import PRETRAIN_CASES, prepare_run_dir
 
 log = logging.getLogger(__name__)
 
@@ -300,6 +301,6 @@ def finetune(
     )
     result = trainer.fit(max_steps=max_steps, resume=resume)
     if result.preempted:
-        raise Preempted(result.step)
+        raise Interrupted(result.step)
     barrier(dist)
     return run_dir

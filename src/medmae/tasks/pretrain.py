@@ -19,20 +19,12 @@ from medmae.engine import checkpoint as ckpt
 from medmae.engine.distributed import check_batch, DistInfo, barrier, init_distributed
 from medmae.engine.loop import FitResult, Trainer
 from medmae.engine.optim import param_groups
-from medmae.engine.signals import EXIT_PREEMPTED
+from medmae.errors import Interrupted
 from medmae.export import make_contract, save_encoder
 from medmae.figures import save_reconstruction_figure
 from medmae.models.registry import build_mae, encoder_kwargs, family
 
 log = logging.getLogger(__name__)
-
-
-class Preempted(SystemExit):
-    """Raised after a pre-emption checkpoint; exits with :data:`EXIT_PREEMPTED`."""
-
-    def __init__(self, step: int):
-        super().__init__(EXIT_PREEMPTED)
-        self.step = step
 
 
 def resolve_pretrain_config(config: Any = None, *, preset: str | None = None, data: str | Path | None = None,
@@ -165,7 +157,7 @@ def pretrain(
     )
     result = trainer.fit(max_steps=max_steps, resume=resume)
     if result.preempted:
-        raise Preempted(result.step)
+        raise Interrupted(result.step)
     if dist.is_main:
         path = export_encoder(run_dir, model, cfg, [p.prep for p in parts], result.step)
         write_summary(run_dir, result, view_set, model, shown, dist)
