@@ -301,6 +301,6 @@ def finetune(
     )
     result = trainer.fit(max_steps=max_steps, resume=resume)
     if result.preempted:
-        raise Interrupted(result.step)
+        raise Interrupted(result.step, result.exit_code)
     barrier(dist)
     return run_dir

@@ -157,7 +157,7 @@ def pretrain(
     )
     result = trainer.fit(max_steps=max_steps, resume=resume)
     if result.preempted:
-        raise Interrupted(result.step)
+        raise Interrupted(result.step, result.exit_code)
     if dist.is_main:
         path = export_encoder(run_dir, model, cfg, [p.prep for p in parts], result.step)
         write_summary(run_dir, result, view_set, model, shown, dist)
