@@ -1,5 +1,6 @@
 """Bad run directories, damaged checkpoints and resumes that cannot work, through the real CLI: each one exits
-with its code and one ``error:`` line naming the file or key, never a traceback, and leaves the run as it was."""
+with its code and one ``error:`` line naming the file or key, never a traceback, and leaves the run's checkpoints
+and ``config.yaml`` as they were."""
 
 from __future__ import annotations
 
@@ -171,6 +172,7 @@ def test_bad_engine_input_is_one_clear_line_with_its_exit_code(finished, tmp_pat
     shutil.copytree(finished, run)
     argv, words = case(tmp_path, run)
     before = sorted(str(p.relative_to(run)) for p in (run / "checkpoints").rglob("*"))
+    config = (run / "config.yaml").read_text()
     result = invoke(argv)
     assert result.exit_code == code, result.output[-3000:]
     assert isinstance(result.exception, SystemExit), repr(result.exception)
@@ -181,3 +183,4 @@ def test_bad_engine_input_is_one_clear_line_with_its_exit_code(finished, tmp_pat
     assert not missing, f"the error line does not name {missing}:\n{errors[0]}"
     after = sorted(str(p.relative_to(run)) for p in (run / "checkpoints").rglob("*"))
     assert after == before, "a refused run must leave the checkpoints as they were"
+    assert (run / "config.yaml").read_text() == config, "a refused run must leave the config of its checkpoints"

@@ -62,8 +62,10 @@ def test_pretrain_twice_in_one_process_releases_the_lock_after_success_and_after
         medmae.pretrain(preset="demo-2d", data=tmp_path / "missing", run_dir=run, overrides=TINY_2D)
     assert (run / LOCK_FILE).is_file()
     medmae.pretrain(preset="demo-2d", run_dir=run, overrides=TINY_2D, max_steps=2)
-    medmae.pretrain(preset="demo-2d", run_dir=run, overrides=TINY_2D, max_steps=4, resume="auto")
+    assert "log_every: 1\n" in (run / "config.yaml").read_text()
+    medmae.pretrain(preset="demo-2d", run_dir=run, overrides=(*TINY_2D, "train.log_every=2"), max_steps=4, resume="auto")
     assert [r["step"] for r in train_rows(run)] == [1, 2, 3, 4]
+    assert "log_every: 2\n" in (run / "config.yaml").read_text(), "a resumed run records the config it ran with"
     lock = RunLock(run)
     lock.acquire()  # nobody holds it any more
     lock.release()

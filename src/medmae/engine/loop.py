@@ -99,6 +99,7 @@ class Trainer:
     case_ids: Sequence[str] | None = None
     num_workers: int = 0
     sample_weights: Sequence[float] | None = None
+    run_files: dict[str, str] = field(default_factory=dict)  # written into run_dir once the resume point is restored
     step: int = 0
     epoch: int = 0
 
@@ -171,6 +172,8 @@ class Trainer:
         if self.dist.is_main:
             metrics.truncate_after(self.step)
             drop_newer(self.ckpt_root, self.step)
+            for name, text in self.run_files.items():
+                (self.run_dir / name).write_text(text)
         model = self.model
         if self.dist.enabled:
             model = DistributedDataParallel(self.model, device_ids=[dev.index] if dev.type == "cuda" else None)

@@ -37,7 +37,7 @@ from medmae.models.convert import LoadReport, check_contract, load_encoder_weigh
 from medmae.models.registry import build_encoder, build_task_head, family, load_extra_parts
 from medmae.models.resenc import deep_supervision_loss
 from medmae.tasks.pretrain import PRETRAIN_CASES
-from medmae.tasks.run_dir import prepare_run_dir
+from medmae.tasks.run_dir import CONFIG_FILE, prepare_run_dir
 
 log = logging.getLogger(__name__)
 
@@ -299,6 +299,7 @@ def finetune(
             run_dir=run_dir, dist=dist, step_fn=loss_fn(cfg, info),
             checkpoint_metadata={"stage": "finetune", "task": cfg.task, "arch": cfg.model.arch},
             case_ids=[p.case.case_id for p in prepared], num_workers=cfg.data.num_workers,
+            run_files={CONFIG_FILE: dump_yaml(cfg)},
         )
         result = trainer.fit(max_steps=max_steps, resume=resume)
         if result.preempted:

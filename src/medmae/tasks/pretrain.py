@@ -22,7 +22,7 @@ from medmae.errors import Interrupted
 from medmae.export import make_contract, save_encoder
 from medmae.figures import save_reconstruction_figure
 from medmae.models.registry import build_mae, encoder_kwargs, family
-from medmae.tasks.run_dir import prepare_run_dir
+from medmae.tasks.run_dir import CONFIG_FILE, prepare_run_dir
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +146,7 @@ def _pretrain_locked(cfg: PretrainConfig, model: torch.nn.Module, run_dir: Path,
         case_ids=[p.case.case_id for p in prepared],
         num_workers=cfg.data.num_workers,
         sample_weights=pool.weights,
+        run_files={CONFIG_FILE: dump_yaml(cfg)},
     )
     result = trainer.fit(max_steps=max_steps, resume=resume)
     if result.preempted:

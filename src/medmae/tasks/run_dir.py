@@ -110,14 +110,18 @@ def _set_up(run_dir: Path, cfg_yaml: str, resume: str | None, lock: RunLock) -> 
     if resume is None and ckpt.committed_steps(run_dir / CHECKPOINTS):
         raise RunDirError(f"{run_dir} already holds checkpoints: pass --resume auto to continue it, or use another --run-dir")
     old = run_dir / CONFIG_FILE
-    if resume is not None and old.is_file() and old.read_text() != cfg_yaml:
+    if resume is None or not old.is_file():
+        old.write_text(cfg_yaml)
+    elif old.read_text() != cfg_yaml:  # written by the Trainer once the checkpoint is restored (run_files)
         log.warning("config differs from the one this run started with (%s); the new one is used", old)
-    old.write_text(cfg_yaml)
 
 
 def prepare_run_dir(run_dir: Path, cfg_yaml: str, resume: str | None, dist: DistInfo) -> RunLock:
     """Create and lock the run directory, refuse to overwrite a run that has checkpoints unless resuming, and
-    write ``config.yaml``; returns the lock, held until the run ends (``with prepare_run_dir(...):``)."""
+    write ``config.yaml`` of a new run; returns the lock, held until the run ends (``with prepare_run_dir(...):``).
+
+    A resumed run's ``config.yaml`` is replaced only once its checkpoint is restored (``Trainer.run_files``): a
+    refused resume leaves the config that goes with the checkpoints."""
     lock = RunLock(run_dir)
     try:
         on_main(lambda: _set_up(run_dir, cfg_yaml, resume, lock), dist)
