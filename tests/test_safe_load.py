@@ -39,6 +39,7 @@ def refusal(obj, *, raw_pickle: bool = False) -> Exception:
     return err.value
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 @pytest.mark.parametrize(("obj", "raw", "want"), [
     ({"p": RunsShell()}, False, "unsupported GLOBAL posix.system"),  # "Trying to load unsupported GLOBAL ..." form
     ({"p": RunsExec()}, False, "unsupported GLOBAL exec"),  # "WeightsUnpickler error: Unsupported global: ..." form
