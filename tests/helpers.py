@@ -224,14 +224,15 @@ def _install_test_hooks() -> None:
 
     kill_at = os.environ.get("MEDMAE_TEST_KILL_IN_SAVE")
     if kill_at is not None:
-        save_file = checkpoint.save_file
+        write = checkpoint._write_synced
+        weights_of_step = f"{checkpoint.step_dir_name(int(kill_at))}.tmp-"
 
-        def save_then_die(tensors, filename, metadata=None):
-            save_file(tensors, filename, metadata=metadata)
-            if metadata and metadata.get("step") == kill_at:
+        def write_then_die(path, data):
+            write(path, data)
+            if path.name == checkpoint.MODEL_FILE and path.parent.name.startswith(weights_of_step):
                 os.kill(os.getpid(), signal.SIGKILL)
 
-        checkpoint.save_file = save_then_die
+        checkpoint._write_synced = write_then_die
 
 
 if __name__ == "__main__":

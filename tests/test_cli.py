@@ -249,6 +249,9 @@ def test_resume_auto_skips_a_corrupted_newest_checkpoint_and_finishes_identicall
     text = flat(result.output)
     assert "step_00000012" in text and "fallingback" in text, "the fallback must be reported"
     assert "resumedfrom" in text and "step_00000008" in text
+    kept = run / "checkpoints" / "quarantine" / ckpt.step_dir_name(12)
+    assert (kept / ckpt.MODEL_FILE).read_bytes() == bytes(data), "the unverifiable checkpoint is kept, not deleted"
+    assert flat(str(kept)) in text
 
     assert loss_reprs(run) == losses
     again = load_file(str(latest_checkpoint(run) / ckpt.MODEL_FILE))

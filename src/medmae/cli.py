@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from medmae import __version__
-from medmae.errors import EXIT_CONFIG, EXIT_DATA, EXIT_ENVIRONMENT, MedmaeError, environment_problem
+from medmae.errors import EXIT_CONFIG, EXIT_DATA, EXIT_ENVIRONMENT, EXIT_INTERRUPTED, MedmaeError, environment_problem
 
 app = typer.Typer(
     name="medmae",
@@ -46,6 +46,9 @@ def _run(fn, *args, **kwargs):
     except MemoryError as e:
         raise _fail(f"out of memory{': ' + str(e) if str(e) else ''} (lower train.batch_size or the image size)",
                     EXIT_ENVIRONMENT) from None
+    except KeyboardInterrupt:  # Ctrl-C outside training, or a second one during it
+        raise _fail("interrupted (Ctrl-C) without saving the current step; --resume auto continues from the newest "
+                    "committed checkpoint", EXIT_INTERRUPTED) from None
 
 
 def _is_main_process() -> bool:

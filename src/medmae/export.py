@@ -8,10 +8,11 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 
 from medmae import __version__
-from medmae.errors import ExportError
+from medmae.data.cache import atomic_write_bytes
+from medmae.errors import ExportError, environment_problem
 
 FORMAT = "medmae-encoder"
 FORMAT_VERSION = 1
@@ -46,9 +47,11 @@ def save_encoder(path: str | Path, state: dict[str, torch.Tensor], contract: dic
         "intensity": json.dumps(prep.get("intensity")),
         "medmae_version": __version__,
     }
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp), metadata=metadata)
-    tmp.replace(path)
+    data = safetensors_bytes({k: v.detach().cpu().contiguous() for k, v in state.items()}, metadata=metadata)
+    try:  # plain writes: a full disk is an OSError naming the file (the temporary file is removed)
+        atomic_write_bytes(path, data)
+    except OSError as e:
+        raise (environment_problem(e, str(path)) or e) from None
     return path
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ast
+import errno
 import json
 import logging
+import os
 import shutil
 import struct
 from pathlib import Path
@@ -16,6 +18,7 @@ from safetensors.torch import load_file
 import medmae
 from medmae.data.cache import sha256_file
 from medmae.engine import checkpoint as ckpt
+from medmae.errors import EXIT_ENVIRONMENT, EnvironmentProblem
 
 
 def weights(step: int) -> dict[str, torch.Tensor]:
@@ -76,7 +79,6 @@ def test_truncated_weights_are_detected_and_the_previous_checkpoint_is_used(thre
     with caplog.at_level(logging.WARNING, logger="medmae.engine.checkpoint"):
         assert ckpt.find_latest_valid(three) == three / "step_00000004"
     assert any("step_00000006" in r.getMessage() and "falling back" in r.getMessage() for r in caplog.records)
-    assert ckpt.resolve_resume(three, "auto") == three / "step_00000004"
 
 
 def test_one_flipped_payload_byte_is_detected_although_safetensors_would_load_it(three, caplog):
@@ -120,15 +122,6 @@ def test_a_manifest_that_does_not_cover_the_loaded_files_is_invalid(three):
         ckpt.verify(path)
 
 
-def test_every_checkpoint_corrupt_means_nothing_to_resume(three):
-    for _, path in ckpt.committed_steps(three):
-        (path / ckpt.MANIFEST).unlink()
-    assert ckpt.find_latest_valid(three) is None
-    assert ckpt.resolve_resume(three, "auto") is None
-    with pytest.raises(ckpt.CheckpointError, match="no valid checkpoint"):
-        ckpt.resolve_resume(three.parent, str(three.parent))
-
-
 def test_partial_leftovers_are_cleaned_and_committed_checkpoints_kept(three):
     (three / "step_00000008.tmp-4242").mkdir()
     (three / "step_00000008.tmp-4242" / ckpt.MODEL_FILE).write_bytes(b"half")
@@ -164,18 +157,54 @@ def test_rotation_deletes_old_checkpoints_only_after_the_new_one_is_committed(th
     assert deleted == ["step_00000004", "step_00000002"]
 
 
-def test_a_failed_save_leaves_every_committed_checkpoint_intact(three, monkeypatch):
-    def disk_full(*a, **kw):
-        raise OSError(28, "No space left on device")
+class FullDisk:
+    """``open`` for :mod:`medmae.engine.checkpoint`: writing ``name`` stops half-way with ENOSPC, like a full disk."""
 
-    monkeypatch.setattr(ckpt.torch, "save", disk_full)
-    with pytest.raises(OSError, match="No space"):
+    def __init__(self, name: str):
+        self.name, self.opened = name, []
+
+    def __call__(self, path, mode="r", *a, **kw):
+        f = open(path, mode, *a, **kw)
+        self.opened.append(Path(path).name)
+        if Path(path).name == self.name and "w" in mode:
+            real_write = f.write
+
+            def write(data):
+                real_write(data[: len(data) // 2])
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+            f.write = write
+        return f
+
+
+@pytest.mark.parametrize("name", [ckpt.MODEL_FILE, ckpt.STATE_FILE, ckpt.MANIFEST])
+def test_a_full_disk_fails_with_one_line_and_leaves_every_committed_checkpoint_intact(three, monkeypatch, name):
+    monkeypatch.setattr(ckpt, "open", FullDisk(name), raising=False)
+    with pytest.raises(EnvironmentProblem, match="no space left on device") as err:
         save(three, 8, keep_last=1)
+    assert err.value.exit_code == EXIT_ENVIRONMENT
+    msg = str(err.value)
+    assert str(three / "step_00000008") in msg and name in msg and "step_00000006" in msg
     assert [s for s, _ in ckpt.committed_steps(three)] == [6, 4, 2]
     assert (three / ckpt.LATEST).read_text().strip() == "step_00000006"
     assert ckpt.find_latest_valid(three) == three / "step_00000006"
-    ckpt.clean_partial(three)
-    assert not [p for p in three.iterdir() if ".tmp-" in p.name]
+    assert not [p for p in three.iterdir() if ".tmp-" in p.name], "the partial directory must be removed at once"
+
+
+def test_checkpoint_files_are_written_with_plain_writes_not_by_torch(tmp_path, monkeypatch):
+    """torch's file writer reports a full disk as ``enforce fail ... unexpected pos``: it must write no file itself."""
+    spy = FullDisk("none")
+    monkeypatch.setattr(ckpt, "open", spy, raising=False)
+    torch_save = torch.save
+
+    def to_buffers_only(obj, f, *a, **kw):
+        assert not isinstance(f, (str, Path)), f"torch.save wrote straight to {f}"
+        return torch_save(obj, f, *a, **kw)
+
+    monkeypatch.setattr(ckpt.torch, "save", to_buffers_only)
+    path = save(tmp_path / "checkpoints", 3)
+    assert spy.opened == [ckpt.MODEL_FILE, ckpt.STATE_FILE, ckpt.MANIFEST]
+    ckpt.load_checkpoint(path)
 
 
 def test_saving_the_same_step_again_replaces_it(three):
@@ -192,20 +221,6 @@ def test_non_finite_weights_are_refused(tmp_path, bad):
     with pytest.raises(ckpt.CheckpointError, match=r"step 3.*enc\.weight"):
         save(tmp_path / "checkpoints", 3, model_state=w)
     assert ckpt.committed_steps(tmp_path / "checkpoints") == []
-
-
-def test_resolve_resume_accepts_none_auto_a_run_dir_and_a_checkpoint(three, tmp_path):
-    assert ckpt.resolve_resume(three, None) is None
-    assert ckpt.resolve_resume(tmp_path / "empty" / "checkpoints", "auto") is None
-    assert ckpt.resolve_resume(three, str(three.parent)) == three / "step_00000006"
-    assert ckpt.resolve_resume(three, str(three / "step_00000002")) == three / "step_00000002"
-
-
-def test_resolve_resume_names_a_missing_path(three, tmp_path):
-    missing = tmp_path / "nowhere" / "step_00000009"
-    with pytest.raises(ckpt.CheckpointError, match="does not exist") as err:
-        ckpt.resolve_resume(three, str(missing))
-    assert str(missing) in str(err.value)
 
 
 # ------------------------------------------------------------------------------------------ safe loading
@@ -231,7 +246,8 @@ def test_a_train_state_that_would_run_code_is_refused_and_runs_nothing(three, tm
     with pytest.raises(ckpt.CheckpointError) as err:
         ckpt.load_checkpoint(path)
     assert str(path / ckpt.STATE_FILE) in str(err.value)
-    assert "exec" in str(err.value)
+    assert "unsupported GLOBAL exec" in str(err.value)
+    assert "weights_only" not in str(err.value) and "will likely succeed" not in str(err.value)
     assert not marker.exists()
 
     torch.load(path / ckpt.STATE_FILE, weights_only=False)  # the payload is real: an unsafe load runs it
@@ -259,3 +275,90 @@ def test_every_torch_load_in_the_package_passes_weights_only_true():
                 assert "load" not in {a.name for a in node.names}, f"{py}: import torch.load by name hides it from this check"
     assert calls >= 1, "no torch.load found at all: this check would be vacuous"
     assert not unsafe, f"torch.load without weights_only=True at {unsafe}"
+
+
+# ------------------------------------------------------------------------------- damaged files, clear errors
+
+
+def corrupt_header(path: Path) -> None:
+    """Overwrite the safetensors JSON header with junk of the same length; the manifest is rewritten to match."""
+    f = path / ckpt.MODEL_FILE
+    data = bytearray(f.read_bytes())
+    n = struct.unpack("<Q", data[:8])[0]
+    data[8 : 8 + n] = b"{" + b"x" * (n - 1)
+    f.write_bytes(bytes(data))
+    rewrite_manifest(path)
+
+
+def manifest_as(value):
+    return lambda path: (path / ckpt.MANIFEST).write_text(json.dumps(value))
+
+
+def manifest_without(key: str):
+    def edit(path: Path) -> None:
+        m = json.loads((path / ckpt.MANIFEST).read_text())
+        del m["files"][ckpt.MODEL_FILE][key]
+        (path / ckpt.MANIFEST).write_text(json.dumps(m))
+    return edit
+
+
+def train_state_as(obj):
+    def edit(path: Path) -> None:
+        torch.save(obj, path / ckpt.STATE_FILE)
+        rewrite_manifest(path)
+    return edit
+
+
+def truncated_train_state(path: Path) -> None:
+    f = path / ckpt.STATE_FILE
+    f.write_bytes(f.read_bytes()[:100])
+    rewrite_manifest(path)
+
+
+class RunsShell:
+    def __reduce__(self):
+        return os.system, ("echo pwned",)
+
+
+@pytest.mark.parametrize(("damage", "names", "says"), [
+    (manifest_as([1, 2]), ckpt.MANIFEST, "not a checkpoint manifest"),
+    (manifest_as({"files": {ckpt.MODEL_FILE: "abc", ckpt.STATE_FILE: {}}}), ckpt.MANIFEST, "needs 'sha256'"),
+    (manifest_without("size"), ckpt.MANIFEST, "needs 'sha256' (text) and 'size' (integer)"),
+    (manifest_without("sha256"), ckpt.MANIFEST, "needs 'sha256'"),
+    (lambda p: (p / ckpt.MANIFEST).write_bytes(b"\xff\xfe{"), ckpt.MANIFEST, "unreadable manifest"),
+    (corrupt_header, ckpt.MODEL_FILE, "not a readable safetensors file"),
+    (truncated_train_state, ckpt.STATE_FILE, "unreadable train state"),
+    (train_state_as([1, 2]), ckpt.STATE_FILE, "not a train state"),
+    (train_state_as({"step": 6, "rng": []}), ckpt.STATE_FILE, "'optimizer' is missing"),
+    (train_state_as({"step": 6, "optimizer": {}, "rng": [], "x": RunsShell()}), ckpt.STATE_FILE,
+     "unsupported GLOBAL posix.system"),
+])
+def test_a_damaged_checkpoint_is_a_checkpoint_error_naming_the_file(three, damage, names, says):
+    newest = three / "step_00000006"
+    damage(newest)
+    with pytest.raises(ckpt.CheckpointError) as err:
+        ckpt.load_checkpoint(newest)
+    msg = str(err.value)
+    assert str(newest / names) in msg and says in msg, msg
+    assert "\n" not in msg and "weights_only" not in msg
+
+
+def test_a_bad_weights_header_with_a_matching_manifest_fails_verification(three):
+    corrupt_header(three / "step_00000006")
+    with pytest.raises(ckpt.CheckpointError, match="not a readable safetensors file"):
+        ckpt.verify(three / "step_00000006")
+    assert ckpt.find_latest_valid(three) == three / "step_00000004"
+
+
+def test_load_model_state_names_the_mismatched_keys_and_shapes(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    other = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.Linear(5, 2)).state_dict()
+    src = tmp_path / "step_00000001" / ckpt.MODEL_FILE
+    with pytest.raises(ckpt.CheckpointError) as err:
+        ckpt.load_model_state(model, other, src)
+    msg = str(err.value)
+    assert str(src) in msg and "0.weight: [5, 3] in the checkpoint, [4, 3] in the model" in msg
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), "nothing is loaded on refusal"
+    with pytest.raises(ckpt.CheckpointError, match=r"missing \['1.bias'\]"):
+        ckpt.load_model_state(model, {k: v for k, v in model.state_dict().items() if k != "1.bias"}, src)

@@ -4,7 +4,9 @@ guard and the schedule (in-process :class:`Trainer` on a toy model)."""
 from __future__ import annotations
 
 import math
+import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +21,7 @@ from medmae.engine import checkpoint as ckpt
 from medmae.engine.distributed import DistInfo
 from medmae.engine.loop import NonFiniteLossError, Schedule, Trainer
 from medmae.engine.optim import param_groups
-from medmae.errors import EXIT_PREEMPTED
+from medmae.errors import EXIT_DATA, EXIT_INTERRUPTED, EXIT_PREEMPTED
 
 TOTAL_STEPS = 12  # TINY_2D: 3 steps per epoch, 4 epochs, checkpoints every 4 steps
 
@@ -107,6 +109,46 @@ def test_sigterm_checkpoints_the_current_step_exits_143_and_resumes_exactly(tmp_
     assert_same_run(run, reference)
 
 
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, EXIT_PREEMPTED), (signal.SIGINT, EXIT_INTERRUPTED)],
+                         ids=["SIGTERM", "SIGINT"])
+def test_a_stop_signal_to_the_whole_process_group_with_loader_workers_checkpoints_and_resumes_exactly(
+        tmp_path, reference, sig, code):
+    """SLURM, Kubernetes, ``docker stop`` and Ctrl-C signal every process of the group, DataLoader workers
+    included: the workers must survive it so that the main process saves at the step boundary and exits."""
+    run = tmp_path / "run"
+    args = pretrain_args(run, "demo-2d", (*TINY_2D, "data.num_workers=2"))
+    p = CliProcess(args, tmp_path / "stop.log", pause_at=6)  # CliProcess starts a new session: its own group
+    p.wait_for_step(run, 6)
+    os.killpg(p.proc.pid, sig)
+    time.sleep(0.5)  # let a worker that would die of it die (and the main process notice) before going on
+    p.resume_after_pause()
+    assert p.wait() == code, p.output()[-3000:]
+    assert "killed by signal" not in p.output() and "Traceback" not in p.output(), p.output()[-3000:]
+    assert latest_checkpoint(run).name == ckpt.step_dir_name(6)
+    ckpt.verify(latest_checkpoint(run))
+    assert not [q for q in (run / "checkpoints").iterdir() if ".tmp-" in q.name]
+    assert not (run / "export").exists()
+
+    run_cli([*args, "--resume", "auto"], tmp_path / "resume.log")
+    assert_same_run(run, reference)
+
+
+@pytest.mark.timeout(120)
+def test_a_second_ctrl_c_aborts_at_once_without_saving_and_exits_130(tmp_path):
+    run = tmp_path / "run"
+    p = CliProcess(pretrain_args(run, "demo-2d", (*TINY_2D, "data.num_workers=2")), tmp_path / "int.log", pause_at=6)
+    p.wait_for_step(run, 6)
+    os.killpg(p.proc.pid, signal.SIGINT)
+    time.sleep(0.5)
+    os.killpg(p.proc.pid, signal.SIGINT)  # the run is still paused inside step 6: nothing saved yet
+    assert p.wait() == EXIT_INTERRUPTED, p.output()[-3000:]
+    out = p.output()
+    assert "error: interrupted" in out and "--resume auto" in out and "Traceback" not in out, out[-3000:]
+    assert checkpoint_steps(run) == [4] and latest_checkpoint(run).name == ckpt.step_dir_name(4)
+    assert not [q for q in (run / "checkpoints").iterdir() if ".tmp-" in q.name]
+
+
 # ------------------------------------------------------------------------------- in-process Trainer
 
 
@@ -174,7 +216,7 @@ def test_isolated_nan_steps_are_skipped_counted_and_leave_weights_unchanged(tmp_
     assert not torch.equal(w[1], w[0]) and not torch.equal(w[3], w[2]), "finite steps must update the weights"
     rows = train_rows(tmp_path)
     assert [r["skipped"] for r in rows] == [0, 1, 1, 1, 2, 2, 2, 2]
-    assert [math.isnan(r["loss"]) for r in rows] == [s in (2, 5) for s in range(1, 9)]
+    assert [r["loss"] is None for r in rows] == [s in (2, 5) for s in range(1, 9)], "non-finite losses are JSON null"
     for step, state in committed_weights(tmp_path).items():
         assert all(torch.isfinite(v).all() for v in state.values()), f"checkpoint {step} holds non-finite weights"
 
@@ -196,10 +238,27 @@ def test_consecutive_nan_steps_raise_naming_the_step_and_cases(tmp_path):
 
 def test_non_finite_weights_are_never_committed(tmp_path):
     fn = NaNAt(poison_weights_at=3)
-    with pytest.raises(ckpt.CheckpointError, match="step 3"):
+    with pytest.raises(NonFiniteLossError, match="at step 3") as err:
         make_trainer(tmp_path, fn).fit()
+    assert str(tmp_path / "checkpoints" / ckpt.step_dir_name(2)) in str(err.value)
     assert sorted(committed_weights(tmp_path)) == [1, 2]
     assert latest_checkpoint(tmp_path).name == ckpt.step_dir_name(2)
+
+
+def test_weights_made_non_finite_by_finite_steps_stop_with_exit_1_naming_the_steps_and_the_last_good_checkpoint(tmp_path):
+    """An infinite learning rate: loss and gradient stay finite, the update makes the weights infinite. The run
+    stops with the NaN policy's error (exit 1), not a checkpoint error, and commits nothing non-finite."""
+    make_trainer(tmp_path, NaNAt(), checkpoint_every=2).fit(max_steps=2)
+    trainer = make_trainer(tmp_path, NaNAt(), checkpoint_every=1)
+    trainer.optim_cfg = trainer.optim_cfg.model_copy(update={"lr": math.inf})  # whatever the config accepts
+    with pytest.raises(NonFiniteLossError) as err:
+        trainer.fit(resume="auto")
+    assert err.value.exit_code == EXIT_DATA
+    msg = str(err.value)
+    assert "at step 3" in msg and "optim.lr" in msg
+    assert str(tmp_path / "checkpoints" / ckpt.step_dir_name(2)) in msg
+    assert not any(r["loss"] is None for r in train_rows(tmp_path)), "the losses were finite"
+    assert sorted(committed_weights(tmp_path)) == [2], "the non-finite weights of step 3 must not be committed"
 
 
 def test_schedule_counts_steps_warmup_and_the_batch_scaled_lr():

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from medmae.data.pipeline import synthetic_dataset
 from medmae.data.preprocess import CaseError
 from medmae.engine import checkpoint as ckpt
+from medmae.errors import RunDirError
 from medmae.export import ExportError
 from medmae.models.convert import ContractError
 from medmae.tasks import finetune as ft
@@ -105,7 +106,7 @@ def test_splits_are_patient_disjoint_and_the_label_fraction_is_used(cls_run):
 
 def test_a_run_directory_is_not_overwritten(cls_run, pretrained):
     run, _ = cls_run
-    with pytest.raises(ft.ConfigError, match="already holds checkpoints"):
+    with pytest.raises(RunDirError, match="already holds checkpoints"):
         ft.finetune(task="cls", preset="demo-2d", init=pretrained, run_dir=run, overrides=CXR, max_steps=1)
 
 

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import datetime
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
+
+from medmae.errors import MedmaeError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -82,3 +88,20 @@ def gather_objects(obj, info: DistInfo) -> list:
     out = [None] * info.world_size
     dist.all_gather_object(out, obj)
     return out
+
+
+def on_main(fn: Callable[[], T], info: DistInfo) -> T:
+    """Run ``fn`` on rank 0 only and hand its result to every rank; a user error there is raised on every rank
+    (instead of rank 0 exiting while the others wait in the next collective)."""
+    if not info.enabled:
+        return fn()
+    result, error = None, None
+    if info.is_main:
+        try:
+            result = fn()
+        except (MedmaeError, OSError) as e:
+            error = e
+    result, error = gather_objects((result, error), info)[0]
+    if error is not None:
+        raise error
+    return result

@@ -1,15 +1,24 @@
-"""Run logs: ``metrics.jsonl`` (every key) and ``metrics.csv`` (fixed columns), resumable."""
+"""Run logs: ``metrics.jsonl`` (every key, strict JSON) and ``metrics.csv`` (fixed columns), resumable."""
 
 from __future__ import annotations
 
 import csv
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import Any
 
+from medmae.errors import environment_problem
+
 CSV_COLUMNS = ("step", "epoch", "loss", "lr", "grad_norm", "skipped", "items_per_s", "time_s")
+
+
+def json_line(row: dict[str, Any]) -> str:
+    """One strict-JSON line: NaN and Inf become ``null`` (bare ``NaN`` / ``Infinity`` are not JSON)."""
+    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
+    return json.dumps(clean, allow_nan=False) + "\n"
 
 
 class MetricsLog:
@@ -36,7 +45,7 @@ class MetricsLog:
         if not self.enabled:
             return
         keep = [r for r in self.rows() if r.get("step", 0) <= step]
-        self.jsonl.write_text("".join(json.dumps(r) + "\n" for r in keep))
+        self.jsonl.write_text("".join(json_line(r) for r in keep))
         with self.csv.open("w", newline="") as f:
             w = csv.DictWriter(f, CSV_COLUMNS, extrasaction="ignore")
             w.writeheader()
@@ -45,16 +54,19 @@ class MetricsLog:
     def write(self, row: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        with self.jsonl.open("a") as f:
-            f.write(json.dumps(row) + "\n")
-        if row.get("kind", "train") != "train":
-            return
-        new = not self.csv.is_file()
-        with self.csv.open("a", newline="") as f:
-            w = csv.DictWriter(f, CSV_COLUMNS, extrasaction="ignore")
-            if new:
-                w.writeheader()
-            w.writerow(row)
+        try:
+            with self.jsonl.open("a") as f:
+                f.write(json_line(row))
+            if row.get("kind", "train") != "train":
+                return
+            new = not self.csv.is_file()
+            with self.csv.open("a", newline="") as f:
+                w = csv.DictWriter(f, CSV_COLUMNS, extrasaction="ignore")
+                if new:
+                    w.writeheader()
+                w.writerow(row)
+        except OSError as e:  # a full disk: name the file (write() does not)
+            raise (environment_problem(e, str(self.jsonl.parent / "metrics.*")) or e) from None
 
 
 def is_interactive() -> bool:

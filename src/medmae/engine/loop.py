@@ -1,7 +1,7 @@
 """The one training loop, shared by pretraining and fine-tuning.
 
 AdamW with warmup + cosine, gradient clipping, optional bf16 autocast, a NaN/Inf guard, per-step
-metrics, atomic checkpoints, exact resume and pre-emption by SIGTERM/SIGUSR1, single process or torchrun DDP.
+metrics, atomic checkpoints, exact resume, pre-emption by SIGTERM/SIGUSR1 and Ctrl-C, single process or torchrun DDP.
 What a step computes is the caller's ``step_fn(model, batch) -> {"loss": ..., ...}``.
 """
 
@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import logging
 import math
-import random
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -25,11 +22,13 @@ from torch.utils.data import DataLoader
 
 from medmae.data.dataset import EpochBatchSampler
 from medmae.engine import checkpoint as ckpt
-from medmae.engine.distributed import DistInfo, all_reduce_max, all_reduce_sum, barrier, gather_objects
+from medmae.engine.distributed import DistInfo, all_reduce_max, all_reduce_sum, barrier, gather_objects, on_main
 from medmae.engine.logging import MetricsLog, is_interactive
 from medmae.engine.optim import build_optimizer, scheduled_lr, set_lr
-from medmae.engine.signals import StopRequest
-from medmae.errors import NonFiniteLossError
+from medmae.engine.resume import choose as choose_resume
+from medmae.engine.resume import drop_newer, restore, rng_state
+from medmae.engine.signals import StopRequest, ignore_stop_signals
+from medmae.errors import EXIT_INTERRUPTED, NonFiniteLossError
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +81,7 @@ class FitResult:
     last_loss: float | None
     checkpoint: Path | None
     skipped_steps: int = 0
+    exit_code: int = 0  # of a stopped run: 130 after SIGINT, 143 after SIGTERM / SIGUSR1
 
 
 @dataclass
@@ -99,6 +99,7 @@ class Trainer:
     case_ids: Sequence[str] | None = None
     num_workers: int = 0
     sample_weights: Sequence[float] | None = None
+    run_files: dict[str, str] = field(default_factory=dict)  # written into run_dir once the resume point is restored
     step: int = 0
     epoch: int = 0
 
@@ -106,29 +107,17 @@ class Trainer:
     def ckpt_root(self) -> Path:
         return self.run_dir / "checkpoints"
 
-    def _rng_state(self) -> dict[str, Any]:
-        np_state = np.random.get_state()
-        state = {
-            "torch": torch.get_rng_state(),
-            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
-            "python": random.getstate(),
-        }
-        if torch.cuda.is_available():
-            state["cuda"] = torch.cuda.get_rng_state_all()
-        return state
-
-    @staticmethod
-    def _set_rng_state(state: dict[str, Any]) -> None:
-        torch.set_rng_state(state["torch"])
-        n = state["numpy"]
-        np.random.set_state((n[0], n[1].numpy().astype(np.uint32), *n[2:]))
-        py = state["python"]
-        random.setstate((py[0], tuple(py[1]), py[2]))
-        if "cuda" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda"])
-
-    def save(self, optimizer: torch.optim.Optimizer, schedule: Schedule, skipped: int) -> Path | None:
-        rngs = gather_objects(self._rng_state(), self.dist)
+    def save(self, optimizer: torch.optim.Optimizer, schedule: Schedule, skipped: int, good_since: int) -> Path | None:
+        """Checkpoint the current step; weights gone non-finite since step ``good_since`` stop the run instead."""
+        bad = ckpt.non_finite_keys(self.model.state_dict())
+        if bad:  # every rank holds the same weights, so every rank stops here
+            when = f"at step {self.step}" if good_since + 1 == self.step else \
+                f"between step {good_since + 1} and step {self.step}"
+            raise NonFiniteLossError(
+                f"the weights became non-finite ({', '.join(bad[:3])}) {when}, so they were not saved "
+                f"(a learning rate too large? optim.lr); "
+                f"last good checkpoint: {ckpt.find_latest_valid(self.ckpt_root)}")
+        rngs = gather_objects(rng_state(), self.dist)
         path = None
         if self.dist.is_main:
             train_state = {
@@ -151,6 +140,19 @@ class Trainer:
         barrier(self.dist)
         return path
 
+    def _resume_point(self, how: str | None) -> ckpt.Loaded | None:
+        """Rank 0 chooses (and quarantines); the other ranks load the checkpoint it chose."""
+        chosen: dict[str, ckpt.Loaded | None] = {}
+
+        def choose() -> Path | None:
+            chosen["loaded"] = choose_resume(self.ckpt_root, how)
+            return chosen["loaded"].path if chosen["loaded"] is not None else None
+
+        path = on_main(choose, self.dist)
+        if path is None:
+            return None
+        return chosen.get("loaded") or ckpt.load_checkpoint(path)
+
     def fit(self, *, max_steps: int | None = None, resume: str | None = None) -> FitResult:
         cfg, dev = self.train_cfg, self.dist.device
         schedule = Schedule.build(len(self.dataset), cfg, self.optim_cfg, max_steps, self.dist.world_size)
@@ -160,26 +162,18 @@ class Trainer:
         if self.dist.is_main:
             ckpt.clean_partial(self.ckpt_root)
         skipped = 0
-        start = ckpt.resolve_resume(self.ckpt_root, resume)
-        if start is not None:
-            loaded = ckpt.load_checkpoint(start)
-            self.model.load_state_dict(loaded.model_state)
-            st = loaded.train_state
-            optimizer.load_state_dict(st["optimizer"])
-            self.step, skipped = int(st["step"]), int(st.get("skipped_steps", 0))
-            rngs = st["rng"]
-            if len(rngs) != self.dist.world_size:
-                log.warning("resuming a %d-process run with %d processes: not bit-exact", len(rngs), self.dist.world_size)
-            self._set_rng_state(rngs[min(self.dist.rank, len(rngs) - 1)])
-            if st.get("total_steps") != schedule.total_steps:
-                log.warning("schedule length changed on resume (%s -> %s steps)", st.get("total_steps"), schedule.total_steps)
-            log.info("resumed from %s (step %d)", start, self.step)
+        loaded = self._resume_point(resume)
+        if loaded is not None:
+            self.step, skipped = restore(loaded, self.model, optimizer, self.dist.rank, self.dist.world_size)
+            if loaded.train_state.get("total_steps") != schedule.total_steps:
+                log.warning("schedule length changed on resume (%s -> %s steps)",
+                            loaded.train_state.get("total_steps"), schedule.total_steps)
+            log.info("resumed from %s (step %d)", loaded.path, self.step)
         if self.dist.is_main:
             metrics.truncate_after(self.step)
-            for step, path in ckpt.committed_steps(self.ckpt_root):
-                if step > self.step:  # from the abandoned continuation of the run we resumed before
-                    log.warning("removing %s: newer than the checkpoint this run resumes from", path)
-                    shutil.rmtree(path, ignore_errors=True)
+            drop_newer(self.ckpt_root, self.step)
+            for name, text in self.run_files.items():
+                (self.run_dir / name).write_text(text)
         model = self.model
         if self.dist.enabled:
             model = DistributedDataParallel(self.model, device_ids=[dev.index] if dev.type == "cuda" else None)
@@ -188,7 +182,7 @@ class Trainer:
         params = [p for g in self.param_groups for p in g["params"]]
         clip = self.optim_cfg.clip_grad if self.optim_cfg.clip_grad else math.inf
         amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
-        consecutive, last_loss, last_saved = 0, None, None
+        consecutive, last_loss, last_saved, good_since = 0, None, None, self.step
         progress = _Progress(schedule.total_steps, self.step, enabled=self.dist.is_main, log_every=cfg.log_every)
         self.model.train()
         with StopRequest() as stop, progress:
@@ -198,7 +192,8 @@ class Trainer:
                                         rank=self.dist.rank, world_size=self.dist.world_size, skip_batches=skip,
                                         weights=self.sample_weights, epochs=-(-schedule.total_steps // spe) - first_epoch)
             loader = DataLoader(self.dataset, batch_sampler=sampler, num_workers=self.num_workers,
-                                generator=torch.Generator().manual_seed(cfg.seed), pin_memory=dev.type == "cuda")
+                                generator=torch.Generator().manual_seed(cfg.seed), pin_memory=dev.type == "cuda",
+                                worker_init_fn=ignore_stop_signals)
             t0 = time.perf_counter()
             for batch in loader:
                 if self.step >= schedule.total_steps:
@@ -227,9 +222,11 @@ class Trainer:
                     log.warning("step %d: non-finite loss/gradient (loss=%s), step skipped; cases %s",
                                 self.step + 1, mean_loss, ids)
                     if consecutive >= cfg.nan_max_consecutive:
+                        weights = " (the weights are non-finite: lower optim.lr?)" \
+                            if ckpt.non_finite_keys(self.model.state_dict()) else ""
                         raise NonFiniteLossError(
-                            f"{consecutive} consecutive non-finite steps (last at step {self.step + 1}, cases {ids}); "
-                            f"last good checkpoint: {ckpt.find_latest_valid(self.ckpt_root)}")
+                            f"{consecutive} consecutive non-finite steps (last at step {self.step + 1}, cases {ids})"
+                            f"{weights}; last good checkpoint: {ckpt.find_latest_valid(self.ckpt_root)}")
                 optimizer.zero_grad(set_to_none=True)
                 self.step += 1
                 now = time.perf_counter()
@@ -241,12 +238,14 @@ class Trainer:
                 progress.update(self.step, row)
                 t0 = now
                 last_loss = mean_loss if finite else last_loss
-                stop_now = all_reduce_max(torch.tensor([float(stop.requested)], device=dev), self.dist).item() > 0
-                if stop_now or self.step % cfg.checkpoint_every == 0 or self.step == schedule.total_steps:
-                    last_saved = self.save(optimizer, schedule, skipped) or last_saved
-                if stop_now:
-                    log.warning("pre-emption signal: checkpoint at step %d saved, exiting", self.step)
-                    return FitResult(self.step, schedule.total_steps, True, last_loss, last_saved, skipped)
+                stop_code = int(all_reduce_max(torch.tensor([float(stop.exit_code)], device=dev), self.dist).item())
+                if stop_code or self.step % cfg.checkpoint_every == 0 or self.step == schedule.total_steps:
+                    last_saved = self.save(optimizer, schedule, skipped, good_since) or last_saved
+                    good_since = self.step
+                if stop_code:
+                    log.warning("%s: checkpoint at step %d saved, exiting (--resume auto continues)",
+                                "interrupted" if stop_code == EXIT_INTERRUPTED else "pre-emption signal", self.step)
+                    return FitResult(self.step, schedule.total_steps, True, last_loss, last_saved, skipped, stop_code)
                 if self.step % spe == 0:
                     for hook in self.hooks:
                         hook.on_epoch_end(self, self.step // spe - 1)

@@ -22,6 +22,7 @@ from torch import nn
 
 from medmae.export import ExportError, read_contract
 from medmae.errors import ContractError
+from medmae.safe_load import refusal_reason
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ def read_encoder_source(init: str | Path) -> EncoderSource:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - pickle errors come in many types
             raise ExportError(
-                f"{path}: cannot be loaded as plain weights ({type(e).__name__}: {_load_error_reason(e)}). medmae only "
+                f"{path}: cannot be loaded as plain weights ({type(e).__name__}: {refusal_reason(e)}). medmae only "
                 "loads tensors (weights_only=True); re-save the state dict: torch.save(ckpt['model'], 'weights.pth')"
             ) from None
         state = _unwrap_state(obj, path)
@@ -95,13 +96,6 @@ def read_encoder_source(init: str | Path) -> EncoderSource:
         raise ExportError(f"{path}: not a medmae encoder export, nor a timm / MAE ViT checkpoint "
                           "(no patch_embed.proj.weight / blocks.* keys)")
     return EncoderSource(str(path), state, None, "foreign")
-
-
-def _load_error_reason(err: Exception) -> str:
-    """The line of torch's long ``weights_only`` refusal that names what was refused (else the first line)."""
-    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()] or [type(err).__name__]
-    found = next((ln for ln in lines if "WeightsUnpickler error:" in ln), lines[0])
-    return found.split("WeightsUnpickler error:")[-1].split(". Please use")[0].strip()
 
 
 def _unwrap_state(obj: Any, path: Path) -> dict[str, torch.Tensor]:

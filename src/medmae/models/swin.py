@@ -17,7 +17,7 @@ from torch import nn
 
 from medmae.models.mae import masked_patch_loss, normalize_patches
 from medmae.models.masking import patchify, token_mask_to_image, unpatchify, window_mask
-from medmae.models.vit import DropPath, Mlp, init_transformer_weights
+from medmae.models.vit import DropPath, Mlp, init_transformer_weights, qkv_projection
 
 MASKED = -1e4  # additive mask value: exp underflows to exactly 0 (fp32, bf16) even next to large logits, and a
 # row with every key masked (possible only for padding queries) stays finite, unlike -inf
@@ -102,7 +102,7 @@ class WindowAttention(nn.Module):
     def forward(self, x_wnc: torch.Tensor, mask_wnn: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B * nW, N, C) windows; mask: (nW, N, N) additive or None. Returns (B * nW, N, C)."""
         bw, n, c = x_wnc.shape
-        qkv = self.qkv(x_wnc).reshape(bw, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        qkv = qkv_projection(self.qkv, x_wnc).reshape(bw, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]  # (B * nW, heads, N, d)
         bias = self.bias().to(q.dtype)
         if mask_wnn is None:

@@ -62,6 +62,21 @@ class LayerNorm(nn.LayerNorm):
         return super().forward(x)
 
 
+def qkv_projection(qkv: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """``qkv(x)`` with the key part of the bias detached, so that its gradient is exactly zero.
+
+    Softmax over the keys ignores ``q . b_k``, which is the same for every key of a query: the key bias cannot
+    change the output and its true gradient is zero. The computed one is rounding noise that Adam rescales into
+    steps of about the learning rate, different for every summation order (1 vs N processes). Detached, Adam
+    sees exact zeros; the parameter stays, so state dicts keep the timm / MAE layout.
+    """
+    if qkv.bias is None:
+        return qkv(x)
+    d = qkv.bias.shape[0] // 3
+    bias = torch.cat([qkv.bias[:d], qkv.bias[d : 2 * d].detach(), qkv.bias[2 * d :]])
+    return F.linear(x, qkv.weight, bias)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention through ``F.scaled_dot_product_attention`` (flash / memory-efficient kernels)."""
 
@@ -75,7 +90,7 @@ class Attention(nn.Module):
 
     def forward(self, x_bnd: torch.Tensor) -> torch.Tensor:
         b, n, d = x_bnd.shape
-        qkv = self.qkv(x_bnd).reshape(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
+        qkv = qkv_projection(self.qkv, x_bnd).reshape(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
         return self.proj(out.transpose(1, 2).reshape(b, n, d))
 

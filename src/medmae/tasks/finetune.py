@@ -36,7 +36,8 @@ from medmae.metrics import regions_from_labels
 from medmae.models.convert import LoadReport, check_contract, load_encoder_weights, read_encoder_source
 from medmae.models.registry import build_encoder, build_task_head, family, load_extra_parts
 from medmae.models.resenc import deep_supervision_loss
-from medmae.tasks.pretrain import PRETRAIN_CASES, prepare_run_dir
+from medmae.tasks.pretrain import PRETRAIN_CASES
+from medmae.tasks.run_dir import CONFIG_FILE, prepare_run_dir
 
 log = logging.getLogger(__name__)
 
@@ -255,52 +256,53 @@ def finetune(
 
     torch.manual_seed(cfg.train.seed)
     model, report = build_task_model(cfg, info["num_outputs"], None if init is None else str(init))
-    prepare_run_dir(run_dir, dump_yaml(cfg), resume, dist)
-    record = pretraining_record(init)
-    if dist.is_main:
-        (run_dir / TASK_FILE).write_text(json.dumps({**info, "init": str(init), "mode": cfg.mode,
-                                                     "pretraining_cases": str(record) if record else None,
-                                                     "load_report": report.as_dict() if report else None}, indent=1))
-        save_json(run_dir / SPLITS_FILE, split)
-
-    prep = Preprocessing.from_config(cfg.data, cfg.model)
-    skipped: list[dict[str, str]] | None = [] if cfg.data.on_bad_case == "skip" else None
-    prepared = prepare(DatasetSpec(spec.root, train_cases), prep, cfg.data, with_masks=cfg.task == "seg",
-                       show_progress=dist.is_main, skipped=skipped)
-    if skipped:
-        if len(skipped) > cfg.data.max_bad_fraction * len(train_cases):
-            raise CaseError(f"{len(skipped)} of {len(train_cases)} training cases could not be read; first: {skipped[0]['error']}")
+    with prepare_run_dir(run_dir, dump_yaml(cfg), resume, dist):  # locked until the run ends
+        record = pretraining_record(init)
         if dist.is_main:
-            (run_dir / "bad_cases.jsonl").write_text("".join(json.dumps(b) + "\n" for b in skipped))
-        if cfg.task == "cls":
-            kept = {p.case.case_id for p in prepared}
-            targets = targets[[i for i, c in enumerate(train_cases) if c.case_id in kept]]
-    crop = tuple(cfg.model.img_size)
-    augment = Augment(crop, cfg.data.crop_scale, tuple(cfg.data.flip_axes), cfg.data.flip_prob, cfg.data.foreground_prob)
-    if cfg.task == "seg":
-        check_regions(cfg, info)
-        check_mask_values(prepared, info)
-        held_out = prepare(DatasetSpec(spec.root, [by_id[i] for i in split["test"]]), prep, cfg.data, with_masks=True,
-                           show_progress=False)  # bad test masks fail before training (and are cached for evaluate)
-        check_mask_values(held_out, info)
-        fg = [foreground_points(p.mask, seed=i) for i, p in enumerate(prepared)] if cfg.data.foreground_prob > 0 else None
-        dataset = CaseDataset(prepared, crop, augment=augment, seed=cfg.train.seed, foreground=fg)
-    else:
-        dataset = CaseDataset(prepared, crop, augment=augment, seed=cfg.train.seed, targets=targets)
-    log.info("%s fine-tuning on %d of %d training cases (%s), init %s", cfg.task, len(train_cases),
-             len(split["train"]), f"{cfg.data.label_fraction:.0%} of labels", init)
+            (run_dir / TASK_FILE).write_text(json.dumps({**info, "init": str(init), "mode": cfg.mode,
+                                                         "pretraining_cases": str(record) if record else None,
+                                                         "load_report": report.as_dict() if report else None}, indent=1))
+            save_json(run_dir / SPLITS_FILE, split)
 
-    fam = family(cfg.model.arch)
-    groups = param_groups(model, cfg.optim.weight_decay, layer_id=lambda n: fam.layer_id(n, model),
-                          num_layers=fam.num_layers(model), layer_decay=cfg.optim.layer_decay)
-    trainer = Trainer(
-        model=model, dataset=dataset, param_groups=groups, train_cfg=cfg.train, optim_cfg=cfg.optim,
-        run_dir=run_dir, dist=dist, step_fn=loss_fn(cfg, info),
-        checkpoint_metadata={"stage": "finetune", "task": cfg.task, "arch": cfg.model.arch},
-        case_ids=[p.case.case_id for p in prepared], num_workers=cfg.data.num_workers,
-    )
-    result = trainer.fit(max_steps=max_steps, resume=resume)
-    if result.preempted:
-        raise Interrupted(result.step)
-    barrier(dist)
-    return run_dir
+        prep = Preprocessing.from_config(cfg.data, cfg.model)
+        skipped: list[dict[str, str]] | None = [] if cfg.data.on_bad_case == "skip" else None
+        prepared = prepare(DatasetSpec(spec.root, train_cases), prep, cfg.data, with_masks=cfg.task == "seg",
+                           show_progress=dist.is_main, skipped=skipped)
+        if skipped:
+            if len(skipped) > cfg.data.max_bad_fraction * len(train_cases):
+                raise CaseError(f"{len(skipped)} of {len(train_cases)} training cases could not be read; first: {skipped[0]['error']}")
+            if dist.is_main:
+                (run_dir / "bad_cases.jsonl").write_text("".join(json.dumps(b) + "\n" for b in skipped))
+            if cfg.task == "cls":
+                kept = {p.case.case_id for p in prepared}
+                targets = targets[[i for i, c in enumerate(train_cases) if c.case_id in kept]]
+        crop = tuple(cfg.model.img_size)
+        augment = Augment(crop, cfg.data.crop_scale, tuple(cfg.data.flip_axes), cfg.data.flip_prob, cfg.data.foreground_prob)
+        if cfg.task == "seg":
+            check_regions(cfg, info)
+            check_mask_values(prepared, info)
+            held_out = prepare(DatasetSpec(spec.root, [by_id[i] for i in split["test"]]), prep, cfg.data, with_masks=True,
+                               show_progress=False)  # bad test masks fail before training (and are cached for evaluate)
+            check_mask_values(held_out, info)
+            fg = [foreground_points(p.mask, seed=i) for i, p in enumerate(prepared)] if cfg.data.foreground_prob > 0 else None
+            dataset = CaseDataset(prepared, crop, augment=augment, seed=cfg.train.seed, foreground=fg)
+        else:
+            dataset = CaseDataset(prepared, crop, augment=augment, seed=cfg.train.seed, targets=targets)
+        log.info("%s fine-tuning on %d of %d training cases (%s), init %s", cfg.task, len(train_cases),
+                 len(split["train"]), f"{cfg.data.label_fraction:.0%} of labels", init)
+
+        fam = family(cfg.model.arch)
+        groups = param_groups(model, cfg.optim.weight_decay, layer_id=lambda n: fam.layer_id(n, model),
+                              num_layers=fam.num_layers(model), layer_decay=cfg.optim.layer_decay)
+        trainer = Trainer(
+            model=model, dataset=dataset, param_groups=groups, train_cfg=cfg.train, optim_cfg=cfg.optim,
+            run_dir=run_dir, dist=dist, step_fn=loss_fn(cfg, info),
+            checkpoint_metadata={"stage": "finetune", "task": cfg.task, "arch": cfg.model.arch},
+            case_ids=[p.case.case_id for p in prepared], num_workers=cfg.data.num_workers,
+            run_files={CONFIG_FILE: dump_yaml(cfg)},
+        )
+        result = trainer.fit(max_steps=max_steps, resume=resume)
+        if result.preempted:
+            raise Interrupted(result.step, result.exit_code)
+        barrier(dist)
+        return run_dir

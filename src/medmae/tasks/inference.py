@@ -32,7 +32,7 @@ def load_task_run(run_dir: str | Path, device: str | torch.device = "auto") -> t
     if path is None:
         raise ckpt.CheckpointError(f"{run_dir}: no valid checkpoint in {run_dir / 'checkpoints'}")
     model = build_task_head(build_encoder(cfg.model), info["num_outputs"], cfg)
-    model.load_state_dict(ckpt.load_checkpoint(path).model_state)
+    ckpt.load_model_state(model, ckpt.load_checkpoint(path).model_state, path / ckpt.MODEL_FILE)
     if not isinstance(device, torch.device):
         device = pick_device(device)
     return cfg, info, model.to(device).eval(), path

@@ -15,7 +15,6 @@ from medmae.data.cache import ArrayCache
 from medmae.data.dataset import Augment, CaseDataset, Prepared
 from medmae.data.pipeline import PreparedPool, prepare_pool, resolve_parts
 from medmae.data.preprocess import Preprocessing
-from medmae.engine import checkpoint as ckpt
 from medmae.engine.distributed import check_batch, DistInfo, barrier, init_distributed
 from medmae.engine.loop import FitResult, Trainer
 from medmae.engine.optim import param_groups
@@ -23,6 +22,7 @@ from medmae.errors import Interrupted
 from medmae.export import make_contract, save_encoder
 from medmae.figures import save_reconstruction_figure
 from medmae.models.registry import build_mae, encoder_kwargs, family
+from medmae.tasks.run_dir import CONFIG_FILE, prepare_run_dir
 
 log = logging.getLogger(__name__)
 
@@ -33,19 +33,6 @@ def resolve_pretrain_config(config: Any = None, *, preset: str | None = None, da
     if data is not None:
         cfg.data.path = str(data)
     return cfg
-
-
-def prepare_run_dir(run_dir: Path, cfg_yaml: str, resume: str | None, dist: DistInfo) -> None:
-    """Create the run directory; refuse to overwrite a run that has checkpoints unless resuming."""
-    if dist.is_main:
-        if resume is None and ckpt.committed_steps(run_dir / "checkpoints"):
-            raise ConfigError(f"{run_dir} already holds checkpoints: pass --resume auto to continue it, or use another --run-dir")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        old = run_dir / "config.yaml"
-        if resume is not None and old.is_file() and old.read_text() != cfg_yaml:
-            log.warning("config differs from the one this run started with (%s); the new one is used", old)
-        (run_dir / "config.yaml").write_text(cfg_yaml)
-    barrier(dist)
 
 
 def fixed_cases(prepared: Sequence[Prepared], k: int) -> list[int]:
@@ -121,8 +108,13 @@ def pretrain(
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.train.seed)
     model = build_mae(cfg)  # before the data: a config that cannot build fails at once
-    prepare_run_dir(run_dir, dump_yaml(cfg), resume, dist)
+    with prepare_run_dir(run_dir, dump_yaml(cfg), resume, dist):
+        return _pretrain_locked(cfg, model, run_dir, dist, max_steps, resume)
 
+
+def _pretrain_locked(cfg: PretrainConfig, model: torch.nn.Module, run_dir: Path, dist: DistInfo,
+                     max_steps: int | None, resume: str | None) -> Path:
+    """Data, training, export and summary of :func:`pretrain`, in its locked run directory."""
     parts = resolve_parts(cfg.data, cfg.model)
     if not any(p.spec.cases for p in parts):
         raise ConfigError(f"no cases in {cfg.data.path or [s.path for s in cfg.data.sources or []]} for splits {cfg.data.splits}")
@@ -154,10 +146,11 @@ def pretrain(
         case_ids=[p.case.case_id for p in prepared],
         num_workers=cfg.data.num_workers,
         sample_weights=pool.weights,
+        run_files={CONFIG_FILE: dump_yaml(cfg)},
     )
     result = trainer.fit(max_steps=max_steps, resume=resume)
     if result.preempted:
-        raise Interrupted(result.step)
+        raise Interrupted(result.step, result.exit_code)
     if dist.is_main:
         path = export_encoder(run_dir, model, cfg, [p.prep for p in parts], result.step)
         write_summary(run_dir, result, view_set, model, shown, dist)

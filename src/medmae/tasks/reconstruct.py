@@ -28,7 +28,7 @@ def load_pretrain_run(run_dir: str | Path) -> tuple[PretrainConfig, torch.nn.Mod
     if path is None:
         raise ckpt.CheckpointError(f"{run_dir}: no valid checkpoint in {run_dir / 'checkpoints'}")
     model = build_mae(cfg)
-    model.load_state_dict(ckpt.load_checkpoint(path).model_state)
+    ckpt.load_model_state(model, ckpt.load_checkpoint(path).model_state, path / ckpt.MODEL_FILE)
     return cfg, model.eval(), path
 
 
