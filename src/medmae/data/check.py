@@ -580,14 +580,17 @@ def _prepared_intensity(images: list[np.ndarray]) -> list[dict[str, float]]:
     budget = max(4096, STATS_VOXELS // len(images))
     out = []
     for c in range(min(x.shape[0] for x in images)):
-        sample = np.concatenate([
-            np.asarray(x[c]).reshape(-1)[:: max(1, math.ceil(x[c].size / budget))] for x in images
-        ]).astype(np.float64)
+        parts, lo, hi = [], math.inf, -math.inf
+        for x in images:  # one read of each case's channel, one at a time
+            ch = np.asarray(x[c]).reshape(-1)
+            parts.append(ch[:: max(1, math.ceil(ch.size / budget))].astype(np.float64))
+            lo, hi = min(lo, float(ch.min())), max(hi, float(ch.max()))
+        sample = np.concatenate(parts)
         p1, p50, p99 = np.percentile(sample, [1, 50, 99])
         out.append({
             "channel": c,
-            "min": float(min(np.min(x[c]) for x in images)),
-            "max": float(max(np.max(x[c]) for x in images)),
+            "min": lo,
+            "max": hi,
             "mean": float(sample.mean()),
             "std": float(sample.std()),
             "p1": float(p1),
