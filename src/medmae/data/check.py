@@ -26,6 +26,7 @@ import numpy as np
 from medmae import __version__
 from medmae.data.readers import ImageMeta, ReadError, nonfinite_count, read_image, read_label, split_virtual
 from medmae.data.sources import Case, DatasetSpec, SourceError, load_source
+from medmae.data.validity import image_problems, is_colour
 
 logger = logging.getLogger(__name__)
 
@@ -152,7 +153,7 @@ def _inspect_case(source: str, spec: DatasetSpec, case: Case) -> _CaseResult:
     try:
         x, meta = read_image(case.image if len(case.image) > 1 else case.image[0])
     except Exception as e:  # noqa: BLE001 - a check reports every failure instead of stopping
-        add("error", "unreadable", str(e), _file_in(e, case.image))
+        add("error", "unreadable", str(e) or type(e).__name__, _file_in(e, case.image))
         return _CaseResult(stats, findings)
     stats.update(_image_stats(x, meta, case, spec))
     _image_findings(stats, meta, add)
@@ -192,11 +193,9 @@ def _image_stats(x_cs: np.ndarray, meta: ImageMeta, case: Case, spec: DatasetSpe
 
 def _image_findings(stats: dict[str, Any], meta: ImageMeta, add: _Add) -> None:
     where = meta.path
-    if stats["nonfinite"]:
-        add("error", "nonfinite", f"{stats['nonfinite']} NaN/Inf voxels in the image", where)
-    for c, ch in enumerate(stats["intensity"]):
-        if ch["min"] is not None and ch["min"] == ch["max"]:
-            add("error", "constant_image", f"channel {c} is constant ({ch['min']:g})", where)
+    ranges = [(ch["min"], ch["max"]) for ch in stats["intensity"]]  # the rule training applies (medmae.data.validity):
+    for problem in image_problems(stats["shape"], stats["nonfinite"], ranges, colour=is_colour(meta.channel_names)):
+        add("error", problem.code, problem.message, where)
     top = max((ch["max"] for ch in stats["intensity"] if ch["max"] is not None), default=0.0)
     if "uint16" in stats["dtype"] and top > INT16_MAX:
         if str(stats["modality"] or "").upper() == "CT":
