@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from medmae import __version__
+from medmae.data.check_options import CheckOptions, saved_image_masks
 from medmae.data.readers import ImageMeta, ReadError, nonfinite_count, read_image, read_label, split_virtual
 from medmae.data.sources import Case, DatasetSpec, SourceError, load_source
 from medmae.data.validity import image_problems, is_colour
@@ -96,12 +97,15 @@ def check_source(
     full: bool = True,
     sample: int = QUICK_SAMPLE,
     workers: int | None = None,
+    options: CheckOptions | None = None,
 ) -> CheckReport:
     """Read the cases of one source, or of several forming a pretraining pool, and report on them.
 
     ``full`` reads every case; otherwise ``sample`` cases per source (evenly spread) are read and only the
-    existence of the other files is checked. ``workers`` threads read cases (default: up to 4).
+    existence of the other files is checked. ``workers`` threads read cases (default: up to 4). ``options``:
+    a config's series filters, labels, label map and intensity preset (default: the default series filters).
     """
+    opts = options or CheckOptions()
     start = time.perf_counter()
     paths = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
     errors: list[Finding] = []
@@ -110,9 +114,12 @@ def check_source(
     for path in paths:
         name = str(path)
         try:
-            loaded.append((name, load_source(path)))
+            spec, notes = opts.source(name, load_source(path))
         except (SourceError, ReadError) as e:
             errors.append(Finding("source", str(e), source=name))
+            continue
+        loaded.append((name, spec))
+        warnings += [Finding(code, message, source=name) for code, message in notes]
     jobs = []
     for name, spec in loaded:
         chosen = set(range(len(spec.cases))) if full else _sample_indices(len(spec.cases), sample)
@@ -123,7 +130,7 @@ def check_source(
                 errors += _missing_files(name, case)
     n_workers = workers or min(4, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=max(1, n_workers)) as pool:
-        results = list(pool.map(lambda job: _inspect_case(*job), jobs))
+        results = list(pool.map(lambda job: _inspect_case(*job, opts), jobs))
     for r in results:
         for severity, finding in r.findings:
             (errors if severity == "error" else warnings).append(finding)
@@ -138,7 +145,7 @@ def check_source(
     return CheckReport([str(p) for p in paths], summary, errors, warnings, stats)
 
 
-def _inspect_case(source: str, spec: DatasetSpec, case: Case) -> _CaseResult:
+def _inspect_case(source: str, spec: DatasetSpec, case: Case, opts: CheckOptions) -> _CaseResult:
     """Read one case's image (and mask) and collect its statistics and problems; never raises for bad data."""
     findings: list[tuple[str, Finding]] = []
 
@@ -158,7 +165,7 @@ def _inspect_case(source: str, spec: DatasetSpec, case: Case) -> _CaseResult:
     stats.update(_image_stats(x, meta, case, spec))
     _image_findings(stats, meta, add)
     if case.mask:
-        _mask_findings(case, spec, x, meta, stats, add)
+        _mask_findings(case, spec, x, meta, stats, add, opts)
     if case.label is not None and spec.classes:
         unknown = [n for n in case.class_names() if n not in spec.classes]
         if unknown:
@@ -213,13 +220,13 @@ def _image_findings(stats: dict[str, Any], meta: ImageMeta, add: _Add) -> None:
 
 
 def _mask_findings(case: Case, spec: DatasetSpec, x_cs: np.ndarray, meta: ImageMeta, stats: dict[str, Any],
-                   add: _Add) -> None:
+                   add: _Add, opts: CheckOptions) -> None:
     try:
         y, label_meta = read_label(case.mask)
     except Exception as e:  # noqa: BLE001 - as in _inspect_case
         add("error", "unreadable", str(e), case.mask)
         return
-    values = _value_counts(y)
+    values = opts.mask_values(_value_counts(y))  # after data.label_map
     stats["label_values"] = {str(v): n for v, n in values.items()}
     image_shape = tuple(x_cs.shape[1:])
     if tuple(y.shape) != image_shape or tuple(label_meta.original_shape) != tuple(meta.original_shape):
@@ -236,8 +243,9 @@ def _mask_findings(case: Case, spec: DatasetSpec, x_cs: np.ndarray, meta: ImageM
     if spec.label_names:
         outside = sorted(set(values) - set(spec.label_names))
         if outside:
+            hint = "a 0/255 mask image? --set 'data.label_map={255: 1}'" if outside == [255] else "or declare them in data.labels"
             add("error", "undeclared_label", f"label values {outside} not declared (declared: "
-                f"{sorted(spec.label_names)})", case.mask)
+                f"{sorted(spec.label_names)}) ({hint})", case.mask)
     if set(values) <= {0}:
         add("warning", "empty_label", "label map holds only background (0)", case.mask)
 
@@ -266,6 +274,7 @@ def _dataset_findings(loaded: list[tuple[str, DatasetSpec]], stats: list[dict[st
             if unused:
                 names = ", ".join(f"{v} ({spec.label_names[v]})" for v in unused)
                 warnings.append(Finding("label_unused", f"{name}: declared label(s) {names} found in no mask", source=name))
+        warnings += [Finding(code, message, source=name) for code, message in saved_image_masks(name, spec.label_names, mine)]
         warnings += _leak_findings(name, spec)
         warnings += _duplicate_findings(name, spec)
     pool_dims = {s["spatial_dims"] for s in read}
