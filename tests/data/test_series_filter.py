@@ -64,7 +64,8 @@ def test_a_default_can_be_switched_off_and_include_keeps_only_matches(tree):
 
 
 def test_filters_that_leave_nothing_are_a_config_error_naming_the_keys(tree):
-    with pytest.raises(ConfigError, match=r"data.include / data.exclude leave none of the 3 cases of .*tree \(e.g. P1_1: data.include.Modality does not match .CT.\)"):
+    expected = r"data.include / data.exclude leave none of the 3 cases of .*tree \(e.g. P1_1: data.include.Modality"
+    with pytest.raises(ConfigError, match=expected):
         parts_of(tree, "data.include.Modality=MR")
 
 

@@ -25,6 +25,7 @@ import numpy as np
 
 from medmae import __version__
 from medmae.data.check_options import CheckOptions, saved_image_masks
+from medmae.data.prepared_stats import prepared_intensity
 from medmae.data.readers import ImageMeta, ReadError, nonfinite_count, read_image, read_label, split_virtual
 from medmae.data.sources import Case, DatasetSpec, SourceError, load_source
 from medmae.data.validity import image_problems, is_colour
@@ -243,7 +244,8 @@ def _mask_findings(case: Case, spec: DatasetSpec, x_cs: np.ndarray, meta: ImageM
     if spec.label_names:
         outside = sorted(set(values) - set(spec.label_names))
         if outside:
-            hint = "a 0/255 mask image? --set 'data.label_map={255: 1}'" if outside == [255] else "or declare them in data.labels"
+            hint = ("a 0/255 mask image? --set 'data.label_map={255: 1}'" if outside == [255]
+                    else "or declare them in data.labels")
             add("error", "undeclared_label", f"label values {outside} not declared (declared: "
                 f"{sorted(spec.label_names)}) ({hint})", case.mask)
     if set(values) <= {0}:
@@ -536,7 +538,7 @@ def prepare_source(
             "prepared": len(prepared),
             "recipe": part.prep.contract(),
             "recipe_sha256": hashlib.sha256(part.prep.recipe().encode()).hexdigest(),
-            "intensity": _prepared_intensity([p.image for p in prepared]),
+            "intensity": prepared_intensity([p.image for p in prepared], STATS_VOXELS),
         })
     digest = _content_digest(parts_out, cases_out, masks)
     fingerprint = {
@@ -578,31 +580,3 @@ def _content_digest(parts: list[dict[str, Any]], cases: list[dict[str, Any]], ma
     for c in sorted(cases, key=lambda c: (c["source"], c["case_id"])):
         h.update(f"{c['case_id']}:{','.join(c['sha256'])}\n".encode())
     return h.hexdigest()
-
-
-def _prepared_intensity(images: list[np.ndarray]) -> list[dict[str, float]]:
-    """Per channel of the preprocessed arrays ``(C, *S)``: min/max over all voxels, mean/std/percentiles over
-    a regular subsample (about ``STATS_VOXELS`` voxels per channel in all)."""
-    if not images:
-        return []
-    budget = max(4096, STATS_VOXELS // len(images))
-    out = []
-    for c in range(min(x.shape[0] for x in images)):
-        parts, lo, hi = [], math.inf, -math.inf
-        for x in images:  # one read of each case's channel, one at a time
-            ch = np.asarray(x[c]).reshape(-1)
-            parts.append(ch[:: max(1, math.ceil(ch.size / budget))].astype(np.float64))
-            lo, hi = min(lo, float(ch.min())), max(hi, float(ch.max()))
-        sample = np.concatenate(parts)
-        p1, p50, p99 = np.percentile(sample, [1, 50, 99])
-        out.append({
-            "channel": c,
-            "min": lo,
-            "max": hi,
-            "mean": float(sample.mean()),
-            "std": float(sample.std()),
-            "p1": float(p1),
-            "p50": float(p50),
-            "p99": float(p99),
-        })
-    return out

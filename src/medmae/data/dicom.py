@@ -32,11 +32,12 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut
 
-from medmae.data.dicom_scan import DicomScan, DicomSeries, find_series, require_whole, scan_dicom_tree
+from medmae.data.dicom_scan import (DicomScan, DicomSeries, find_series, log_scan_warnings, require_whole,
+                                    scan_dicom_tree)
 from medmae.data.readers import ImageMeta, ReadError, StoredImage, stored_to_output
 
-__all__ = ["DicomScan", "DicomSeries", "find_series", "load_dicom", "load_series", "read_series", "scan_dicom_tree",
-           "series_path"]
+__all__ = ["DicomScan", "DicomSeries", "find_series", "load_dicom", "load_series", "log_scan_warnings", "read_series",
+           "scan_dicom_tree", "series_path"]
 
 logger = logging.getLogger(__name__)
 

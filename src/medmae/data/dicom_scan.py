@@ -172,6 +172,12 @@ def scan_warnings(scan: DicomScan) -> list[str]:
     return out
 
 
+def log_scan_warnings(scan: DicomScan, root: str | Path) -> None:
+    """Log :func:`scan_warnings` once, for the tree a dataset is read from."""
+    for warning in scan_warnings(scan):
+        logger.warning("%s: %s", root, warning)
+
+
 def _group_key(ds: Dataset, dirpath: str) -> tuple:
     uid = str(ds.get("SeriesInstanceUID", "") or f"(no SeriesInstanceUID in {dirpath})")
     iop = ds.get("ImageOrientationPatient")

@@ -43,8 +43,7 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from medmae.data.dicom import scan_dicom_tree, series_path
-from medmae.data.dicom_scan import scan_warnings
+from medmae.data.dicom import log_scan_warnings, scan_dicom_tree, series_path
 from medmae.data.readers import (
     DICOM_SUFFIXES,
     ReadError,
@@ -349,8 +348,7 @@ def load_dicom_tree(root: Path) -> DatasetSpec:
     except ReadError as e:
         raise SourceError(str(e)) from None
     series = [s for s in scan.series if not s.is_localizer]
-    for warning in scan_warnings(scan):
-        logger.warning("%s: %s", root, warning)
+    log_scan_warnings(scan, root)
     if not series:
         raise SourceError(f"{root}: no DICOM image series ({len(scan.series)} localizer(s), {len(scan.non_dicom)} "
                           f"non-DICOM files, {len(scan.no_pixels)} DICOM files without pixels)")

@@ -145,7 +145,7 @@ def load_image(case: Case, prep: Preprocessing) -> LoadedImage:
         if meta.spatial_dims != prep.spatial_dims and not (meta.spatial_dims == 3 and prep.slice_axis is not None):
             hint = " (set data.slice_axis to train a 2D model on slices)" if meta.spatial_dims == 3 else ""
             raise ValueError(f"{meta.spatial_dims}D image, but the model is {prep.spatial_dims}D{hint}")
-        require_valid(x, meta.channel_names)  # the rule of `data check`: no NaN/Inf, no constant whole image (slices may be)
+        require_valid(x, meta.channel_names)  # data check's rule: no NaN/Inf, no constant image (slices may be)
         shape_in = x.shape[1:]
         x = apply_intensity(_geometry(x, meta, prep, label=False), prep.intensity)
         spacing = tuple(float(sp) * a / b for sp, a, b in zip(meta.spacing, shape_in, x.shape[1:]))

@@ -17,6 +17,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -81,6 +82,12 @@ def require_valid(x_cs: np.ndarray, channel_names: Sequence[str] | None = None) 
     problems = array_problems(x_cs, channel_names)
     if problems:
         raise ValueError("; ".join(p.message for p in problems) + " (data.on_bad_case=skip leaves such cases out)")
+
+
+def check_nifti_size(path: Path, img: Any) -> None:
+    """:func:`check_declared_size` of a loaded (not yet read) nibabel image; the file size too when uncompressed."""
+    offset = None if path.name.lower().endswith(".gz") else int(img.dataobj.offset)
+    check_declared_size(path, img.shape, img.get_data_dtype(), offset)
 
 
 def check_declared_size(path: Path, shape: Sequence[int], dtype: np.dtype, data_offset: int | None) -> None:
