@@ -90,10 +90,13 @@ class DataConfig(Strict):
         description="drop cases whose DICOM attribute matches any regex; merged over the defaults (non-image Modality "
                     "SEG/RTSTRUCT/RTDOSE/..., SeriesDescription naming a mask/label/seg/ROI); null switches one off")
 
-    @field_validator("include", "exclude")
+    @field_validator("include", "exclude", mode="before")
     @classmethod
-    def _known_keywords(cls, value: dict[str, Any]) -> dict[str, Any]:
-        check_filter(value)
+    def _regex_text(cls, value: Any) -> Any:
+        """Regexes as text (``SeriesNumber: 3`` is '3'); an unknown keyword or a bad regex names the keyword."""
+        if isinstance(value, dict):
+            value = {k: v if v is None else str(v) for k, v in value.items()}
+            check_filter(value)
         return value
 
     @field_validator("exclude")

@@ -63,6 +63,12 @@ def test_a_default_can_be_switched_off_and_include_keeps_only_matches(tree):
     assert [c.case_id for c in kept] == ["P1_1"]
 
 
+def test_a_number_is_a_regex_too(tree):
+    kept = parts_of(tree, "data.include.SeriesNumber=^2$", "data.exclude.SeriesDescription=null")[0].spec.cases
+    assert [c.case_id for c in kept] == ["P1_2"]
+    assert load_config(PretrainConfig, {}, overrides=["data.include.SeriesNumber=3"]).data.include == {"SeriesNumber": "3"}
+
+
 def test_filters_that_leave_nothing_are_a_config_error_naming_the_keys(tree):
     expected = r"data.include / data.exclude leave none of the 3 cases of .*tree \(e.g. P1_1: data.include.Modality"
     with pytest.raises(ConfigError, match=expected):
