@@ -255,13 +255,22 @@ def data_check(
     full: Annotated[bool, typer.Option("--full/--quick", help="Read every case, or 32 per source (every file is still checked to exist).")] = True,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Threads reading cases.")] = 4,
     show: Annotated[int, typer.Option("--show", min=0, help="Errors and warnings listed here (all are in --json).")] = 20,
+    preset: Annotated[Optional[str], typer.Option("--preset", help="Check with a preset's data settings (intensity preset vs modality, series filters, labels).")] = None,
+    set_: SetOpt = None,
 ) -> None:
     """Read every case (images and masks): counts, shapes, spacings, intensities, labels, problems. Exit 1 on errors."""
     from collections import Counter
 
     from medmae.data.check import check_source
+    from medmae.data.check_options import CheckOptions
 
-    report = _run(check_source, sources, full=full, workers=workers)
+    options = CheckOptions()
+    if preset or set_:  # the config pulls in torch: only when asked for
+        from medmae.config import PretrainConfig, load_config
+
+        cfg = _run(load_config, PretrainConfig, None if preset else {}, preset=preset, overrides=set_ or [])
+        options = CheckOptions.from_config(cfg.data)
+    report = _run(check_source, sources, full=full, workers=workers, options=options)
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(report.to_json())

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from medmae.data.series_filter import DEFAULT_EXCLUDE, check_filter, with_default_exclude
 from medmae.errors import ConfigError
 from medmae.models.vit import VIT_SIZES
 
@@ -78,6 +79,30 @@ class DataConfig(Strict):
     label_seed: int | None = Field(None, ge=0, description="seed of the label subset (default: eval.split_seed)")
     label_map: dict[int, int] | None = Field(None, description="mask values to replace, e.g. {255: 1} for 0/255 masks")
     foreground_prob: float = Field(0.0, ge=0.0, le=1.0, description="segmentation: share of crops centred on foreground")
+    labels: dict[int, str] | None = Field(
+        None, description="segmentation label names by mask value, e.g. {1: lesion}; replaces the labels a dataset.json "
+                          "declares (0 is background when not named)")
+    include: dict[str, str] = Field(
+        default_factory=dict, description="keep only cases whose DICOM attributes match every regex, e.g. {Modality: MR, "
+                                          "SeriesDescription: '(?i)t1'} (medmae.data.series_filter.FILTER_KEYWORDS)")
+    exclude: dict[str, str | None] = Field(
+        default_factory=lambda: dict(DEFAULT_EXCLUDE),
+        description="drop cases whose DICOM attribute matches any regex; merged over the defaults (non-image Modality "
+                    "SEG/RTSTRUCT/RTDOSE/..., SeriesDescription naming a mask/label/seg/ROI); null switches one off")
+
+    @field_validator("include", "exclude", mode="before")
+    @classmethod
+    def _regex_text(cls, value: Any) -> Any:
+        """Regexes as text (``SeriesNumber: 3`` is '3'); an unknown keyword or a bad regex names the keyword."""
+        if isinstance(value, dict):
+            value = {k: v if v is None else str(v) for k, v in value.items()}
+            check_filter(value)
+        return value
+
+    @field_validator("exclude")
+    @classmethod
+    def _over_defaults(cls, value: dict[str, str | None]) -> dict[str, str | None]:
+        return with_default_exclude(value)
 
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:

@@ -254,7 +254,7 @@ def test_mixed_orientation_in_one_uid_is_split(tmp_path):
         read_image(tmp_path / "ct")
 
 
-def test_non_dicom_files_are_ignored_and_counted(tmp_path):
+def test_non_dicom_files_are_ignored_and_counted_and_a_broken_dcm_is_named(tmp_path):
     stored = _stored_values()
     _write_series(tmp_path / "ct", stored)
     (tmp_path / "ct" / "README.txt").write_text("not a dicom file\n")
@@ -262,7 +262,10 @@ def test_non_dicom_files_are_ignored_and_counted(tmp_path):
     (tmp_path / "ct" / "sub" / "junk.dcm").write_bytes(b"\x00" * 50)
     scan = scan_dicom_tree(tmp_path / "ct")
     assert len(scan.series) == 1 and len(scan.series[0].files) == N_SLICES
-    assert sorted(Path(p).name for p in scan.non_dicom) == ["README.txt", "junk.dcm"]
+    assert [Path(p).name for p in scan.non_dicom] == ["README.txt"]
+    assert [Path(b.path).name for b in scan.broken] == ["junk.dcm"], "a .dcm file that does not parse is broken"
+    x, _ = read_image(tmp_path / "ct", reorient=False)  # a broken file in another folder is not its slice
+    np.testing.assert_array_equal(x, _expected_stored_volume(stored))
 
 
 def test_empty_folder_raises(tmp_path):

@@ -1,19 +1,24 @@
-"""Disk cache of preprocessed arrays: ``.npy`` files keyed by content hash, read back memory-mapped.
+"""Disk cache of preprocessed arrays: ``.npy`` files keyed by content hash, held by path, mapped on demand.
 
 Decoding a NIfTI/DICOM and resampling it happens once; every later epoch (and every later run with the
-same preprocessing) memory-maps the result. Writes go to a temporary file and are renamed into place, so
-two processes preparing the same case at once both end with a complete file.
+same preprocessing) memory-maps the result. A cached case is a :class:`CachedArray` (path, shape, dtype):
+each access maps the file, reads what it needs and drops the mapping, so a run holds no open file or memory
+map per case (``ulimit -n`` and ``vm.max_map_count`` do not bound the dataset size). Writes go to a temporary
+file and are renamed into place, so two processes preparing the same case at once both end with a complete file.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -46,6 +51,53 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@dataclass(frozen=True)
+class CachedArray:
+    """A cached ``.npy`` array held by its path; every access maps the file and drops the mapping after it."""
+
+    path: Path
+    shape: tuple[int, ...]
+    dtype: str
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    def open(self) -> np.ndarray:
+        """The array memory-mapped, read-only; the mapping (and its file descriptor) lives as long as the result."""
+        return np.load(self.path, mmap_mode="r")
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        """The whole array, read into memory (no mapping is kept)."""
+        return np.array(self.open(), dtype=dtype)
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        """A part of the array, read into memory (no mapping is kept)."""
+        return np.array(self.open()[index])
+
+
+def mapped(array: np.ndarray | CachedArray) -> np.ndarray:
+    """A cached array memory-mapped for one access (drop the result to unmap it); an in-memory array as it is."""
+    return array.open() if isinstance(array, CachedArray) else array
+
+
+def npy_layout(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, bytes needed) of a ``.npy`` file from its header; ValueError when the file is too short."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(f)
+        needed = f.tell() + math.prod(shape) * dtype.itemsize
+    size = os.stat(path).st_size
+    if dtype.hasobject or size < needed:
+        raise ValueError(f"{path}: {size} bytes, its header {shape} {dtype} needs {needed}")
+    return tuple(int(s) for s in shape), dtype, needed
 
 
 class ArrayCache:
@@ -92,18 +144,22 @@ class ArrayCache:
     def path(self, key: str) -> Path:
         return self.arrays / key[:2] / f"{key}.npy"
 
-    def load(self, key: str) -> np.ndarray | None:
-        """Memory-mapped array for ``key``, or None when absent or unreadable (then it is recomputed)."""
+    def load(self, key: str, shape: Sequence[int] | None = None, dtype: str | None = None) -> CachedArray | None:
+        """The array stored under ``key``, or None when absent, unreadable, or not of the recorded ``shape`` /
+        ``dtype`` (then it is recomputed). Only the header is read; no file stays open."""
         p = self.path(key)
         if not p.is_file():
             return None
         try:
-            return np.load(p, mmap_mode="r")
+            found, found_dtype, _ = npy_layout(p)
         except (ValueError, OSError, EOFError):
             p.unlink(missing_ok=True)
             return None
+        if (shape is not None and tuple(shape) != found) or (dtype is not None and dtype != found_dtype.name):
+            return None
+        return CachedArray(p, found, found_dtype.name)
 
-    def store(self, key: str, array: np.ndarray) -> np.ndarray:
+    def store(self, key: str, array: np.ndarray) -> CachedArray:
         p = self.path(key)
         p.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=p.name + ".tmp-", suffix=".npy")
@@ -114,9 +170,9 @@ class ArrayCache:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        return np.load(p, mmap_mode="r")
+        return CachedArray(p, tuple(int(s) for s in array.shape), np.asarray(array).dtype.name)
 
-    def get_or_create(self, key: str, make: Callable[[], np.ndarray]) -> np.ndarray:
+    def get_or_create(self, key: str, make: Callable[[], np.ndarray]) -> CachedArray:
         cached = self.load(key)
         return cached if cached is not None else self.store(key, make())
 

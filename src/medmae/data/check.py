@@ -24,8 +24,11 @@ from typing import Any
 import numpy as np
 
 from medmae import __version__
+from medmae.data.check_options import CheckOptions, saved_image_masks
+from medmae.data.prepared_stats import prepared_intensity
 from medmae.data.readers import ImageMeta, ReadError, nonfinite_count, read_image, read_label, split_virtual
 from medmae.data.sources import Case, DatasetSpec, SourceError, load_source
+from medmae.data.validity import image_problems, is_colour
 
 logger = logging.getLogger(__name__)
 
@@ -95,12 +98,15 @@ def check_source(
     full: bool = True,
     sample: int = QUICK_SAMPLE,
     workers: int | None = None,
+    options: CheckOptions | None = None,
 ) -> CheckReport:
     """Read the cases of one source, or of several forming a pretraining pool, and report on them.
 
     ``full`` reads every case; otherwise ``sample`` cases per source (evenly spread) are read and only the
-    existence of the other files is checked. ``workers`` threads read cases (default: up to 4).
+    existence of the other files is checked. ``workers`` threads read cases (default: up to 4). ``options``:
+    a config's series filters, labels, label map and intensity preset (default: the default series filters).
     """
+    opts = options or CheckOptions()
     start = time.perf_counter()
     paths = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
     errors: list[Finding] = []
@@ -109,9 +115,12 @@ def check_source(
     for path in paths:
         name = str(path)
         try:
-            loaded.append((name, load_source(path)))
+            spec, notes = opts.source(name, load_source(path))
         except (SourceError, ReadError) as e:
             errors.append(Finding("source", str(e), source=name))
+            continue
+        loaded.append((name, spec))
+        warnings += [Finding(code, message, source=name) for code, message in notes]
     jobs = []
     for name, spec in loaded:
         chosen = set(range(len(spec.cases))) if full else _sample_indices(len(spec.cases), sample)
@@ -122,7 +131,7 @@ def check_source(
                 errors += _missing_files(name, case)
     n_workers = workers or min(4, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=max(1, n_workers)) as pool:
-        results = list(pool.map(lambda job: _inspect_case(*job), jobs))
+        results = list(pool.map(lambda job: _inspect_case(*job, opts), jobs))
     for r in results:
         for severity, finding in r.findings:
             (errors if severity == "error" else warnings).append(finding)
@@ -137,7 +146,7 @@ def check_source(
     return CheckReport([str(p) for p in paths], summary, errors, warnings, stats)
 
 
-def _inspect_case(source: str, spec: DatasetSpec, case: Case) -> _CaseResult:
+def _inspect_case(source: str, spec: DatasetSpec, case: Case, opts: CheckOptions) -> _CaseResult:
     """Read one case's image (and mask) and collect its statistics and problems; never raises for bad data."""
     findings: list[tuple[str, Finding]] = []
 
@@ -152,12 +161,12 @@ def _inspect_case(source: str, spec: DatasetSpec, case: Case) -> _CaseResult:
     try:
         x, meta = read_image(case.image if len(case.image) > 1 else case.image[0])
     except Exception as e:  # noqa: BLE001 - a check reports every failure instead of stopping
-        add("error", "unreadable", str(e), _file_in(e, case.image))
+        add("error", "unreadable", str(e) or type(e).__name__, _file_in(e, case.image))
         return _CaseResult(stats, findings)
     stats.update(_image_stats(x, meta, case, spec))
     _image_findings(stats, meta, add)
     if case.mask:
-        _mask_findings(case, spec, x, meta, stats, add)
+        _mask_findings(case, spec, x, meta, stats, add, opts)
     if case.label is not None and spec.classes:
         unknown = [n for n in case.class_names() if n not in spec.classes]
         if unknown:
@@ -192,11 +201,9 @@ def _image_stats(x_cs: np.ndarray, meta: ImageMeta, case: Case, spec: DatasetSpe
 
 def _image_findings(stats: dict[str, Any], meta: ImageMeta, add: _Add) -> None:
     where = meta.path
-    if stats["nonfinite"]:
-        add("error", "nonfinite", f"{stats['nonfinite']} NaN/Inf voxels in the image", where)
-    for c, ch in enumerate(stats["intensity"]):
-        if ch["min"] is not None and ch["min"] == ch["max"]:
-            add("error", "constant_image", f"channel {c} is constant ({ch['min']:g})", where)
+    ranges = [(ch["min"], ch["max"]) for ch in stats["intensity"]]  # the rule training applies (medmae.data.validity):
+    for problem in image_problems(stats["shape"], stats["nonfinite"], ranges, colour=is_colour(meta.channel_names)):
+        add("error", problem.code, problem.message, where)
     top = max((ch["max"] for ch in stats["intensity"] if ch["max"] is not None), default=0.0)
     if "uint16" in stats["dtype"] and top > INT16_MAX:
         if str(stats["modality"] or "").upper() == "CT":
@@ -214,13 +221,13 @@ def _image_findings(stats: dict[str, Any], meta: ImageMeta, add: _Add) -> None:
 
 
 def _mask_findings(case: Case, spec: DatasetSpec, x_cs: np.ndarray, meta: ImageMeta, stats: dict[str, Any],
-                   add: _Add) -> None:
+                   add: _Add, opts: CheckOptions) -> None:
     try:
         y, label_meta = read_label(case.mask)
     except Exception as e:  # noqa: BLE001 - as in _inspect_case
         add("error", "unreadable", str(e), case.mask)
         return
-    values = _value_counts(y)
+    values = opts.mask_values(_value_counts(y))  # after data.label_map
     stats["label_values"] = {str(v): n for v, n in values.items()}
     image_shape = tuple(x_cs.shape[1:])
     if tuple(y.shape) != image_shape or tuple(label_meta.original_shape) != tuple(meta.original_shape):
@@ -237,8 +244,10 @@ def _mask_findings(case: Case, spec: DatasetSpec, x_cs: np.ndarray, meta: ImageM
     if spec.label_names:
         outside = sorted(set(values) - set(spec.label_names))
         if outside:
+            hint = ("a 0/255 mask image? --set 'data.label_map={255: 1}'" if outside == [255]
+                    else "or declare them in data.labels")
             add("error", "undeclared_label", f"label values {outside} not declared (declared: "
-                f"{sorted(spec.label_names)})", case.mask)
+                f"{sorted(spec.label_names)}) ({hint})", case.mask)
     if set(values) <= {0}:
         add("warning", "empty_label", "label map holds only background (0)", case.mask)
 
@@ -267,6 +276,7 @@ def _dataset_findings(loaded: list[tuple[str, DatasetSpec]], stats: list[dict[st
             if unused:
                 names = ", ".join(f"{v} ({spec.label_names[v]})" for v in unused)
                 warnings.append(Finding("label_unused", f"{name}: declared label(s) {names} found in no mask", source=name))
+        warnings += [Finding(code, message, source=name) for code, message in saved_image_masks(name, spec.label_names, mine)]
         warnings += _leak_findings(name, spec)
         warnings += _duplicate_findings(name, spec)
     pool_dims = {s["spatial_dims"] for s in read}
@@ -528,7 +538,7 @@ def prepare_source(
             "prepared": len(prepared),
             "recipe": part.prep.contract(),
             "recipe_sha256": hashlib.sha256(part.prep.recipe().encode()).hexdigest(),
-            "intensity": _prepared_intensity([p.image for p in prepared]),
+            "intensity": prepared_intensity([p.image for p in prepared], STATS_VOXELS),
         })
     digest = _content_digest(parts_out, cases_out, masks)
     fingerprint = {
@@ -570,28 +580,3 @@ def _content_digest(parts: list[dict[str, Any]], cases: list[dict[str, Any]], ma
     for c in sorted(cases, key=lambda c: (c["source"], c["case_id"])):
         h.update(f"{c['case_id']}:{','.join(c['sha256'])}\n".encode())
     return h.hexdigest()
-
-
-def _prepared_intensity(images: list[np.ndarray]) -> list[dict[str, float]]:
-    """Per channel of the preprocessed arrays ``(C, *S)``: min/max over all voxels, mean/std/percentiles over
-    a regular subsample (about ``STATS_VOXELS`` voxels per channel in all)."""
-    if not images:
-        return []
-    budget = max(4096, STATS_VOXELS // len(images))
-    out = []
-    for c in range(min(x.shape[0] for x in images)):
-        sample = np.concatenate([
-            np.asarray(x[c]).reshape(-1)[:: max(1, math.ceil(x[c].size / budget))] for x in images
-        ]).astype(np.float64)
-        p1, p50, p99 = np.percentile(sample, [1, 50, 99])
-        out.append({
-            "channel": c,
-            "min": float(min(np.min(x[c]) for x in images)),
-            "max": float(max(np.max(x[c]) for x in images)),
-            "mean": float(sample.mean()),
-            "std": float(sample.std()),
-            "p1": float(p1),
-            "p50": float(p50),
-            "p99": float(p99),
-        })
-    return out

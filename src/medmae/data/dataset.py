@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 
-from medmae.data.cache import ArrayCache
+from medmae.data.cache import ArrayCache, CachedArray, mapped
 from medmae.data.preprocess import CaseError, Preprocessing, load_image, load_mask
 from medmae.data.sources import Case
 
@@ -46,11 +46,12 @@ class Augment:
 
 @dataclass
 class Prepared:
-    """A case after preprocessing: memory-mapped arrays from the cache plus what evaluation needs."""
+    """A case after preprocessing: its cached arrays (held by path, mapped per access; ``np.asarray`` reads one)
+    plus what evaluation needs. Tests may hold in-memory arrays instead."""
 
     case: Case
-    image: np.ndarray
-    mask: np.ndarray | None
+    image: CachedArray | np.ndarray
+    mask: CachedArray | np.ndarray | None
     spacing: tuple[float, ...]
 
 
@@ -88,15 +89,18 @@ def _prepare_one(case: Case, prep: Preprocessing, cache: ArrayCache, with_masks:
         key = cache.key(files, prep.recipe() + ("|mask" if with_masks and case.mask else ""))
     except OSError as e:
         raise CaseError(f"case {case.case_id} ({e.filename or case.path}): {e.strerror or e}") from e
-    image = cache.load(key + "-img")
-    mask = cache.load(key + "-msk") if with_masks and case.mask else None
-    info = cache.load_json(key + "-img")
-    if image is None or info is None or (with_masks and case.mask and mask is None):
+    want_mask = bool(with_masks and case.mask)
+    info = cache.load_json(key + "-img") or {}
+    image = cache.load(key + "-img", info.get("shape"), info.get("dtype"))
+    mask = cache.load(key + "-msk", info.get("mask_shape"), info.get("mask_dtype")) if want_mask else None
+    if image is None or "spacing" not in info or (want_mask and mask is None):
         x, meta, spacing, _ = load_image(case, prep)
-        if with_masks and case.mask:
+        if want_mask:
             mask = cache.store(key + "-msk", load_mask(case, prep, meta, x.shape[1:]))
         image = cache.store(key + "-img", x)
-        info = {"spacing": list(spacing)}
+        info = {"spacing": list(spacing), "shape": list(image.shape), "dtype": image.dtype}
+        if mask is not None:
+            info.update(mask_shape=list(mask.shape), mask_dtype=mask.dtype)
         cache.store_json(key + "-img", info)
     return Prepared(case, image, mask, tuple(info["spacing"]))
 
@@ -241,7 +245,8 @@ class CaseDataset(Dataset):
         try:
             rng = np.random.default_rng(case_seed(self.seed, epoch, index, STREAM_AUGMENT))
             fg = self.foreground[index] if self.foreground is not None else None
-            image, mask = p.image, p.mask
+            image = mapped(p.image)  # mapped for this access only: held cases keep no file open
+            mask = mapped(p.mask) if p.mask is not None else None
             if self.slice_axis is not None and image.ndim == len(self.crop_size) + 2:
                 image, mask = pick_slice(image, mask, self.slice_axis, rng if self.augment else None)
                 fg = None

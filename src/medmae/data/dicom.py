@@ -2,10 +2,8 @@
 
 Rules
 -----
-- Files are grouped by SeriesInstanceUID; within one UID, localizers (ImageType contains LOCALIZER) and
-  slices of different orientation or size become separate :class:`DicomSeries` (``part`` "i/n").
-  Files without the ``DICM`` Part-10 header are counted as non-DICOM, DICOM objects without pixels
-  (RTSTRUCT, SR, DICOMDIR...) as ``no_pixels``.
+- Which files make which series (grouping, localizers, copies in several folders, broken and non-DICOM
+  files) is decided by the header scan in :mod:`medmae.data.dicom_scan`; its names are importable from here.
 - Slices are ordered by ImagePositionPatient projected on the slice normal (row x column cosines), never
   by file name or InstanceNumber. Duplicate positions and irregular gaps (missing slices) raise
   :class:`~medmae.data.readers.ReadError`; gantry tilt is kept as a sheared affine.
@@ -25,8 +23,6 @@ Rules
 from __future__ import annotations
 
 import logging
-import os
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +32,12 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut
 
+from medmae.data.dicom_scan import (DicomScan, DicomSeries, find_series, log_scan_warnings, require_whole,
+                                    scan_dicom_tree)
 from medmae.data.readers import ImageMeta, ReadError, StoredImage, stored_to_output
+
+__all__ = ["DicomScan", "DicomSeries", "find_series", "load_dicom", "load_series", "log_scan_warnings", "read_series",
+           "scan_dicom_tree", "series_path"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,85 +45,8 @@ CODECS_HINT = "pip install 'medmae[dicom-codecs]'"
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 _DUPLICATE_MM = 0.01  # slices closer than this along the normal are the same position
 _ORIENTATION_ATOL = 1e-4  # direction-cosine tolerance for "same orientation"
-_ORIENTATION_DECIMALS = 3  # rounding of ImageOrientationPatient when grouping files
 _HEADER_ERRORS = (InvalidDicomError, OSError, EOFError, ValueError, TypeError, AttributeError, KeyError)
 _DECODE_ERRORS = (RuntimeError, NotImplementedError, ValueError, AttributeError, OSError, EOFError, TypeError)
-
-
-@dataclass(frozen=True)
-class DicomSeries:
-    """The files of one image series (or one part of a SeriesInstanceUID, see ``part``)."""
-
-    uid: str
-    files: tuple[str, ...]
-    modality: str | None
-    description: str | None
-    rows: int
-    columns: int
-    orientation: tuple[float, ...] | None  # ImageOrientationPatient, rounded to 1e-3
-    is_localizer: bool
-    part: str | None = None  # "i/n" when the UID was split by orientation, size or localizer flag
-
-    @property
-    def folder(self) -> str:
-        """Deepest folder holding all files."""
-        return os.path.dirname(self.files[0]) if len(self.files) == 1 else os.path.commonpath(self.files)
-
-    @property
-    def label(self) -> str:
-        """Human-readable identity for messages: UID, part, localizer flag, file count, modality."""
-        extras = [f"part {self.part}"] if self.part else []
-        extras += ["localizer"] if self.is_localizer else []
-        extras += [f"{len(self.files)} files", self.modality or "?", f"{self.rows}x{self.columns}"]
-        if self.description:
-            extras.append(repr(self.description))
-        return f"{self.uid} ({', '.join(extras)})"
-
-
-@dataclass(frozen=True)
-class DicomScan:
-    """Result of walking a folder tree: the series found and the files that were skipped."""
-
-    series: list[DicomSeries]
-    non_dicom: tuple[str, ...]
-    no_pixels: tuple[str, ...]
-
-
-def scan_dicom_tree(root: str | Path) -> DicomScan:
-    """Walk ``root`` (sorted, deterministic) and group DICOM image files into series."""
-    root = Path(root)
-    if not root.is_dir():
-        raise ReadError(f"{root}: not a folder")
-    groups: dict[tuple, list[tuple[str, Dataset]]] = defaultdict(list)
-    non_dicom: list[str] = []
-    no_pixels: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in sorted(filenames):
-            path = os.path.join(dirpath, name)
-            try:
-                ds = pydicom.dcmread(path, stop_before_pixels=True)
-            except _HEADER_ERRORS:
-                non_dicom.append(path)
-                continue
-            if "Rows" not in ds or "Columns" not in ds:
-                no_pixels.append(path)
-                continue
-            groups[_group_key(ds, dirpath)].append((path, ds))
-    series = _make_series(groups)
-    logger.debug(
-        "%s: %d series, %d non-DICOM files, %d DICOM files without pixels",
-        root,
-        len(series),
-        len(non_dicom),
-        len(no_pixels),
-    )
-    return DicomScan(series, tuple(non_dicom), tuple(no_pixels))
-
-
-def find_series(root: str | Path) -> list[DicomSeries]:
-    """DICOM image series under ``root`` (see :func:`scan_dicom_tree` for the skipped-file counts)."""
-    return scan_dicom_tree(root).series
 
 
 def read_series(
@@ -169,7 +93,8 @@ def load_series_path(folder: Path, member: tuple[str, ...]) -> StoredImage:
     if not member or len(member) > 2 or (len(member) == 2 and not member[1].isdigit()):
         raise ReadError(f"{where}: expected <folder>::<SeriesInstanceUID>[::<part>]")
     uid = member[0]
-    same_uid = [s for s in scan_dicom_tree(folder).series if s.uid == uid]
+    scan = scan_dicom_tree(folder)
+    same_uid = [s for s in scan.series if s.uid == uid]
     if len(member) == 2:
         chosen = [s for s in same_uid if s.part and s.part.split("/")[0] == member[1]]
     else:
@@ -177,6 +102,7 @@ def load_series_path(folder: Path, member: tuple[str, ...]) -> StoredImage:
     if len(chosen) != 1:
         found = "; ".join(s.label for s in same_uid) or "none"
         raise ReadError(f"{where}: expected one DICOM series, found {len(chosen)} (series with this UID: {found})")
+    require_whole(scan, chosen[0])
     return load_series(chosen[0])
 
 
@@ -223,46 +149,6 @@ class _Slice:
     modality: str | None
 
 
-def _group_key(ds: Dataset, dirpath: str) -> tuple:
-    uid = str(ds.get("SeriesInstanceUID", "") or f"(no SeriesInstanceUID in {dirpath})")
-    iop = ds.get("ImageOrientationPatient")
-    iop_key = tuple(round(float(v), _ORIENTATION_DECIMALS) for v in iop) if iop else None
-    return (uid, _is_localizer(ds), iop_key, int(ds.Rows), int(ds.Columns))
-
-
-def _is_localizer(ds: Dataset) -> bool:
-    image_type = ds.get("ImageType") or []
-    values = [image_type] if isinstance(image_type, str) else list(image_type)
-    return any(str(v).upper() == "LOCALIZER" for v in values)
-
-
-def _make_series(groups: dict[tuple, list[tuple[str, Dataset]]]) -> list[DicomSeries]:
-    per_uid: dict[str, list[tuple]] = defaultdict(list)
-    for key in groups:
-        per_uid[key[0]].append(key)
-    series = []
-    for uid, keys in per_uid.items():
-        keys.sort(key=lambda k: (k[1], str(k[2]), k[3], k[4]))
-        for i, key in enumerate(keys, start=1):
-            members = groups[key]
-            first = members[0][1]
-            series.append(
-                DicomSeries(
-                    uid=uid,
-                    files=tuple(path for path, _ in members),
-                    modality=first.get("Modality") or None,
-                    description=str(first.get("SeriesDescription", "")) or None,
-                    rows=key[3],
-                    columns=key[4],
-                    orientation=key[2],
-                    is_localizer=key[1],
-                    part=f"{i}/{len(keys)}" if len(keys) > 1 else None,
-                )
-            )
-    series.sort(key=lambda s: (s.folder, s.uid, s.part or ""))
-    return series
-
-
 def _single_series(folder: Path) -> DicomSeries:
     """The one non-localizer series under ``folder`` (a lone localizer is accepted)."""
     scan = scan_dicom_tree(folder)
@@ -275,6 +161,7 @@ def _single_series(folder: Path) -> DicomSeries:
     if len(candidates) > 1:
         listing = "; ".join(s.label for s in candidates)
         raise ReadError(f"{folder}: holds {len(candidates)} DICOM series, pick one with find_series: {listing}")
+    require_whole(scan, candidates[0])
     return candidates[0]
 
 

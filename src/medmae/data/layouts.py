@@ -43,7 +43,7 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from medmae.data.dicom import scan_dicom_tree, series_path
+from medmae.data.dicom import log_scan_warnings, scan_dicom_tree, series_path
 from medmae.data.readers import (
     DICOM_SUFFIXES,
     ReadError,
@@ -348,6 +348,7 @@ def load_dicom_tree(root: Path) -> DatasetSpec:
     except ReadError as e:
         raise SourceError(str(e)) from None
     series = [s for s in scan.series if not s.is_localizer]
+    log_scan_warnings(scan, root)
     if not series:
         raise SourceError(f"{root}: no DICOM image series ({len(scan.series)} localizer(s), {len(scan.non_dicom)} "
                           f"non-DICOM files, {len(scan.no_pixels)} DICOM files without pixels)")
@@ -364,7 +365,7 @@ def load_dicom_tree(root: Path) -> DatasetSpec:
             case_id = f"{patient or 'series'}_{s.uid}" + (f"_p{s.part.split('/')[0]}" if s.part else "")
         rel = Path(s.folder).relative_to(root) if Path(s.folder) != root else Path(root.name)
         cases.append(Case(case_id, (series_path(s),), patient or rel.as_posix(), split=_folder_split(rel.parts),
-                          modality=s.modality, source=str(root)))
+                          modality=s.modality, source=str(root), attributes=s.attributes))
     modalities = {c.modality for c in cases}
     dims = {3 if len(s.files) > 1 else 2 for s in series}
     return DatasetSpec(root=root, cases=cases, spatial_dims=dims.pop() if len(dims) == 1 else None,

@@ -18,7 +18,9 @@ import numpy as np
 from medmae.config import ConfigError
 from medmae.data.cache import ArrayCache, default_cache_dir
 from medmae.data.dataset import Prepared, prepare_cases
+from medmae.data.modality_fit import intensity_misfit
 from medmae.data.preprocess import CaseError, Preprocessing
+from medmae.data.series_filter import SeriesFilter, select_series
 from medmae.data.sources import DatasetSpec, load_source
 from medmae.data.synthetic import write_dataset
 
@@ -50,11 +52,12 @@ def synthetic_dataset(syn: Any, cache_root: Path | None = None) -> Path:
 
 
 def resolve_spec(data_cfg: Any) -> DatasetSpec:
-    """The dataset named by ``data.path``, or the built-in synthetic one when it is None."""
+    """The dataset named by ``data.path``, or the built-in synthetic one when it is None, with the cases that
+    ``data.include`` / ``data.exclude`` keep."""
     if data_cfg.path is None:
         cache_root = Path(data_cfg.cache_dir).expanduser() if data_cfg.cache_dir else None
         return load_source(synthetic_dataset(data_cfg.synthetic, cache_root))
-    return load_source(data_cfg.path)
+    return select_series(load_source(data_cfg.path), SeriesFilter.from_config(data_cfg), data_cfg.path)
 
 
 @dataclass
@@ -68,18 +71,28 @@ class PoolPart:
 
 
 def resolve_parts(data_cfg: Any, model_cfg: Any) -> list[PoolPart]:
-    """The sources to train on: ``data.sources`` (a pool) or the single ``data.path`` / synthetic dataset."""
+    """The sources to train on: ``data.sources`` (a pool) or the single ``data.path`` / synthetic dataset.
+
+    A source whose cases' modality does not fit its intensity preset gets one warning line."""
     if not data_cfg.sources:
         spec = resolve_spec(data_cfg).select(data_cfg.splits)
         spec = replace(spec, cases=[replace(c, modality=c.modality or spec.modality) for c in spec.cases])
-        return [PoolPart(data_cfg.path or f"synthetic:{data_cfg.synthetic.kind}", spec,
-                         Preprocessing.from_config(data_cfg, model_cfg))]
-    parts = []
-    for entry in data_cfg.sources:
-        spec = load_source(entry.path).select(entry.splits or data_cfg.splits)
-        cases = [replace(c, modality=entry.modality or c.modality or spec.modality, source=entry.path) for c in spec.cases]
-        spec = replace(spec, cases=cases)
-        parts.append(PoolPart(entry.path, spec, Preprocessing.from_config(data_cfg, model_cfg, entry.intensity), entry.weight))
+        parts = [PoolPart(data_cfg.path or f"synthetic:{data_cfg.synthetic.kind}", spec,
+                          Preprocessing.from_config(data_cfg, model_cfg))]
+        keys = ["data.intensity.name"]
+    else:
+        parts, keys = [], []
+        for i, entry in enumerate(data_cfg.sources):
+            spec = select_series(load_source(entry.path), SeriesFilter.from_config(data_cfg), entry.path)
+            spec = spec.select(entry.splits or data_cfg.splits)
+            cases = [replace(c, modality=entry.modality or c.modality or spec.modality, source=entry.path) for c in spec.cases]
+            parts.append(PoolPart(entry.path, replace(spec, cases=cases),
+                                  Preprocessing.from_config(data_cfg, model_cfg, entry.intensity), entry.weight))
+            keys.append(f"data.sources[{i}].intensity.name" if entry.intensity else "data.intensity.name")
+    for part, key in zip(parts, keys):
+        warning = intensity_misfit(part.spec.cases, part.prep.intensity["name"], part.name, key)
+        if warning:
+            log.warning("%s", warning)
     return parts
 
 

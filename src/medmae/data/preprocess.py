@@ -19,6 +19,7 @@ from medmae.config import ConfigError
 from medmae.data.intensity import apply_intensity, describe
 from medmae.data.readers import ImageMeta, read_image, read_label
 from medmae.data.sources import Case
+from medmae.data.validity import require_valid
 from medmae.errors import CaseError
 
 
@@ -144,6 +145,7 @@ def load_image(case: Case, prep: Preprocessing) -> LoadedImage:
         if meta.spatial_dims != prep.spatial_dims and not (meta.spatial_dims == 3 and prep.slice_axis is not None):
             hint = " (set data.slice_axis to train a 2D model on slices)" if meta.spatial_dims == 3 else ""
             raise ValueError(f"{meta.spatial_dims}D image, but the model is {prep.spatial_dims}D{hint}")
+        require_valid(x, meta.channel_names)  # data check's rule: no NaN/Inf, no constant image (slices may be)
         shape_in = x.shape[1:]
         x = apply_intensity(_geometry(x, meta, prep, label=False), prep.intensity)
         spacing = tuple(float(sp) * a / b for sp, a, b in zip(meta.spacing, shape_in, x.shape[1:]))

@@ -48,6 +48,7 @@ import nibabel.orientations as nio
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from medmae.data.validity import check_nifti_size
 from medmae.errors import ReadError
 
 if TYPE_CHECKING:
@@ -425,6 +426,7 @@ def _read_nifti(path: Path, *, as_label: bool) -> StoredImage:
         raise ReadError(f"{path}: unreadable NIfTI ({type(exc).__name__}: {exc})") from exc
     if not isinstance(img, nib.Nifti1Image):  # Nifti2Image is a subclass
         raise ReadError(f"{path}: not a NIfTI image (nibabel read it as {type(img).__name__})")
+    check_nifti_size(path, img)
     try:
         data = np.asanyarray(img.dataobj) if as_label else img.get_fdata(dtype=np.float32)
     except _NIFTI_ERRORS as exc:

@@ -32,6 +32,7 @@ class Case:
     split: str | None = None
     modality: str | None = None
     source: str | None = None
+    attributes: tuple[tuple[str, str], ...] = ()  # DICOM attributes for data.include / data.exclude
 
     @property
     def path(self) -> str:

@@ -109,9 +109,10 @@ def task_labels(cfg: FinetuneConfig, spec: DatasetSpec) -> dict[str, Any]:
         multilabel = spec.multilabel
         return {"task": "cls", "classes": list(spec.classes), "multilabel": multilabel,
                 "num_outputs": len(spec.classes)}
-    names = dict(spec.label_names)
+    names = dict(cfg.data.labels or spec.label_names)  # data.labels replaces what the dataset declares
     if not names:
-        raise ConfigError(f"{spec.root}: segmentation needs declared labels (dataset.json 'labels')")
+        raise ConfigError(f"{spec.root}: segmentation needs declared labels: data.labels (e.g. --set "
+                          "'data.labels={1: lesion}') or a dataset.json 'labels'")
     if 0 not in names:
         names[0] = "background"
     return {"task": "seg", "label_names": {str(k): v for k, v in sorted(names.items())},

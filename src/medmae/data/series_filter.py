@@ -1,0 +1,128 @@
+"""Series filters: ``data.include`` / ``data.exclude``, regexes on DICOM attributes of each case.
+
+A DICOM tree records, per series, the attributes of :data:`FILTER_KEYWORDS` (from its first file) in
+``Case.attributes``; any other case has at most ``Modality`` (its modality tag). ``include`` keeps a case
+when every named attribute matches its regex (``re.search``; a missing attribute does not match);
+``exclude`` drops a case when any named attribute matches. ``exclude`` is merged over
+:data:`DEFAULT_EXCLUDE`: DICOM objects that are not images (SEG, RTSTRUCT, RTDOSE, ...) and label masks
+stored as ordinary image series (a SeriesDescription naming a mask, label, segmentation or ROI) are left
+out unless a key is set to null (``--set data.exclude.SeriesDescription=null``).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from medmae.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+FILTER_KEYWORDS: tuple[str, ...] = (
+    "Modality", "SeriesDescription", "ProtocolName", "SeriesNumber", "ImageType", "BodyPartExamined",
+    "StudyDescription", "SequenceName", "ScanningSequence", "ContrastBolusAgent", "ImageComments",
+    "Manufacturer", "ManufacturerModelName", "ViewPosition", "Laterality", "SOPClassUID", "PatientID",
+)
+NON_IMAGE_MODALITIES = r"^(SEG|RTSTRUCT|RTDOSE|RTPLAN|RTRECORD|PR|SR|KO|REG|FID|RWV|AU|ECG|HD|DOC|PLAN)$"
+MASK_DESCRIPTION = r"(?i)(?<![a-z])(masks?|labels?|seg|segmentations?|rois?)(?![a-z])"
+DEFAULT_EXCLUDE: dict[str, str] = {"Modality": NON_IMAGE_MODALITIES, "SeriesDescription": MASK_DESCRIPTION}
+SHOWN = 10  # excluded cases named in a warning
+
+
+def check_filter(mapping: Mapping[str, Any] | None) -> None:
+    """ValueError naming the keyword, for an unknown keyword or a regex that does not compile."""
+    for keyword, pattern in (mapping or {}).items():
+        if keyword not in FILTER_KEYWORDS:
+            raise ValueError(f"{keyword!r} is not a filterable DICOM attribute; use one of {', '.join(FILTER_KEYWORDS)}")
+        if pattern is not None:
+            try:
+                re.compile(str(pattern))
+            except re.error as e:
+                raise ValueError(f"{keyword}: bad regex {pattern!r}: {e}") from None
+
+
+def with_default_exclude(exclude: Mapping[str, str | None] | None) -> dict[str, str | None]:
+    """``exclude`` merged over :data:`DEFAULT_EXCLUDE` (a null value switches a default off, and stays recorded)."""
+    return {**DEFAULT_EXCLUDE, **(exclude or {})}
+
+
+@dataclass(frozen=True)
+class SeriesFilter:
+    """The ``data.include`` / ``data.exclude`` of a config (``exclude`` already merged with the defaults)."""
+
+    include: Mapping[str, str] = field(default_factory=dict)
+    exclude: Mapping[str, str | None] = field(default_factory=lambda: dict(DEFAULT_EXCLUDE))
+
+    @classmethod
+    def from_config(cls, data_cfg: Any) -> SeriesFilter:
+        return cls(dict(data_cfg.include or {}), with_default_exclude(data_cfg.exclude))
+
+    def reason_to_drop(self, attributes: Mapping[str, str]) -> str | None:
+        """Why a case with these attributes is left out (the key and value that decided), or None to keep it."""
+        for keyword, pattern in self.include.items():
+            value = attributes.get(keyword)
+            if value is None or not re.search(pattern, value):
+                return f"data.include.{keyword} does not match {value!r}"
+        for keyword, pattern in self.exclude.items():
+            value = attributes.get(keyword)
+            if pattern is not None and value is not None and re.search(pattern, value):
+                return f"data.exclude.{keyword} matches {value!r}"
+        return None
+
+
+def series_attributes(ds: Any) -> tuple[tuple[str, str], ...]:
+    """The filterable attributes a DICOM header holds, as text (multiple values joined by ``\\``)."""
+    out = []
+    for keyword in FILTER_KEYWORDS:
+        value = ds.get(keyword)
+        if value is None or value == "":
+            continue
+        text = "\\".join(str(v) for v in value) if isinstance(value, Sequence) and not isinstance(value, str) else str(value)
+        out.append((keyword, text))
+    return tuple(out)
+
+
+def case_attributes(case: Any) -> dict[str, str]:
+    """A case's DICOM attributes, with its modality tag as ``Modality`` when the header gave none."""
+    attributes = dict(case.attributes)
+    if "Modality" not in attributes and case.modality:
+        attributes["Modality"] = str(case.modality)
+    return attributes
+
+
+def split_cases(cases: Sequence[Any], series_filter: SeriesFilter) -> tuple[list[Any], list[tuple[Any, str]]]:
+    """(kept cases, [(dropped case, reason)])."""
+    kept, dropped = [], []
+    for case in cases:
+        reason = series_filter.reason_to_drop(case_attributes(case))
+        if reason is None:
+            kept.append(case)
+        else:
+            dropped.append((case, reason))
+    return kept, dropped
+
+
+def describe_dropped(source: str, dropped: Sequence[tuple[Any, str]], total: int) -> str:
+    """One line: how many cases of ``source`` the filters left out, why, and which (the first ones)."""
+    reasons = Counter(reason.split(" ")[0] for _, reason in dropped)
+    why = ", ".join(f"{n} by {key}" for key, n in reasons.most_common())
+    shown = "; ".join(f"{case.case_id} ({reason})" for case, reason in dropped[:SHOWN])
+    more = f"; ... and {len(dropped) - SHOWN} more" if len(dropped) > SHOWN else ""
+    return (f"{source}: {len(dropped)} of {total} series left out ({why}): {shown}{more}; to keep them, set the key "
+            "to null (e.g. --set data.exclude.SeriesDescription=null) or change data.include")
+
+
+def select_series(spec: Any, series_filter: SeriesFilter, source: str) -> Any:
+    """``spec`` with the cases the filters keep; a warning names the others; ConfigError when none is left."""
+    kept, dropped = split_cases(spec.cases, series_filter)
+    if dropped and not kept:
+        case, reason = dropped[0]
+        raise ConfigError(f"data.include / data.exclude leave none of the {len(dropped)} cases of {source} "
+                          f"(e.g. {case.case_id}: {reason})")
+    if dropped:
+        log.warning("%s", describe_dropped(source, dropped, len(spec.cases)))
+    return replace(spec, cases=kept)
