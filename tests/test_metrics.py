@@ -376,8 +376,7 @@ def test_empty_mask_policy_values():
 
     missed = segmentation_case_metrics(empty, present, regions=regions, spacing=spacing)["lesion"]
     assert missed["status"] == "missed" and missed["pred_empty"] and not missed["ref_empty"]
-    assert (missed["dice"], missed["recall"]) == (0.0, 0.0)
-    assert math.isnan(missed["precision"])
+    assert (missed["dice"], missed["precision"], missed["recall"]) == (0.0, 0.0, 0.0)
     assert missed["hd95_mm"] == pytest.approx(diagonal)
     assert (missed["tp"], missed["fp"], missed["fn"]) == (0, 0, 27)
 
@@ -438,7 +437,7 @@ def test_summary_excludes_exactly_the_undefined_cases_and_counts_them():
     rows = _rows_by_key(summary["rows"])
     # one region, so the across-regions mean row equals the region row
     assert rows[("mean", "dice")]["value"] == pytest.approx(rows[("lesion", "dice")]["value"])
-    assert rows[("mean", "precision")]["n_excluded"] == 2
+    assert rows[("mean", "precision")]["n_excluded"] == 1
 
     dice = rows[("lesion", "dice")]
     assert dice["value"] == pytest.approx((2 / 3 + 1.0 + 0.0) / 3)
@@ -446,9 +445,9 @@ def test_summary_excludes_exactly_the_undefined_cases_and_counts_them():
     assert dice["ci_low"] <= dice["value"] <= dice["ci_high"]
 
     precision = rows[("lesion", "precision")]
-    assert precision["value"] == pytest.approx(1.0)
-    assert (precision["n"], precision["n_excluded"]) == (2, 2)
-    assert precision["excluded_reasons"] == "both_empty=1;missed=1"
+    assert precision["value"] == pytest.approx((1.0 + 1.0 + 0.0) / 3), "a missed region counts as precision 0"
+    assert (precision["n"], precision["n_excluded"]) == (3, 1)
+    assert precision["excluded_reasons"] == "both_empty=1"
 
     recall = rows[("lesion", "recall")]
     assert recall["value"] == pytest.approx((0.5 + 1.0 + 0.0) / 3)

@@ -42,7 +42,7 @@ def seg3d_run(tmp_path_factory) -> Path:
 def test_classification_summary(cls_run):
     summary = evaluate(cls_run)
     split = json.loads((cls_run / "splits.json").read_text())
-    assert json.loads((cls_run / "eval" / "summary.json").read_text()) == json.loads(json.dumps(summary))
+    assert json.loads((cls_run / "eval" / "test" / "summary.json").read_text()) == json.loads(json.dumps(summary))
     assert summary["task"] == "cls" and summary["split"] == "test" and summary["n_cases"] == len(split["test"])
     rows = {(r["metric"], r.get("class")): r for r in summary["rows"]}
     per_class = [(m, c) for c in ("nodule", "opacity", "effusion") for m in ("auroc", "auprc")]
@@ -50,7 +50,7 @@ def test_classification_summary(cls_run):
     for r in rows.values():
         assert r["ci_low"] <= r["value"] <= r["ci_high"], r
         assert 0.0 <= r["value"] <= 1.0 and r["ci_high"] > r["ci_low"] and r["n"] == len(split["test"])
-    with (cls_run / "eval" / "per_case.csv").open() as f:
+    with (cls_run / "eval" / "test" / "per_case.csv").open() as f:
         per_case = list(csv.DictReader(f))
     assert sorted(r["case"] for r in per_case) == split["test"]
     assert all(r[f"target_{c}"] in ("0", "1") and 0 <= float(r[f"prob_{c}"]) <= 1
@@ -75,7 +75,7 @@ def test_segmentation_summary(seg3d_run):
         dice = rows[("dice", region)]
         assert dice["n"] + dice["n_excluded"] == n and 0.0 <= dice["value"] <= 1.0
         assert rows[("hd95_mm", region)]["value"] > 0
-    with (seg3d_run / "eval" / "per_case.csv").open() as f:
+    with (seg3d_run / "eval" / "test" / "per_case.csv").open() as f:
         per_case = list(csv.DictReader(f))
     assert len(per_case) == n * len(ABDOMEN)
     assert {r["case"] for r in per_case} == set(split["test"]) and {r["region"] for r in per_case} == set(ABDOMEN)
@@ -144,7 +144,7 @@ def test_predict_png_has_the_input_size(tmp_path_factory, tmp_path):
 
 def test_predict_classification_csv_matches_evaluation(cls_run, tmp_path):
     evaluate(cls_run)
-    with (cls_run / "eval" / "per_case.csv").open() as f:
+    with (cls_run / "eval" / "test" / "per_case.csv").open() as f:
         per_case = {r["case"]: r for r in csv.DictReader(f)}
     spec = resolve_spec(resolve_finetune_config(cls_run / "config.yaml").data)
     cases = [c for c in spec.cases if c.case_id in per_case][:3]

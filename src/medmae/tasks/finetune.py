@@ -166,7 +166,8 @@ def make_splits(cfg: FinetuneConfig, cases: Sequence[Case]) -> dict[str, Any]:
 
     With ``eval.folds`` the held-out part is fold ``eval.fold`` of a patient-level stratified k-fold over the
     data's training cases (``folds`` is saved too, in nnU-Net's ``splits_final.json`` shape); otherwise the
-    data's own test split when it has one, else a seeded patient-level stratified split.
+    data's own test split when it has one, else a seeded patient-level stratified split, or none at all with
+    ``eval.test_fraction=0`` (every case trains; evaluate on other data).
     """
     given = {c.split for c in cases}
     if cfg.eval.folds:
@@ -182,6 +183,9 @@ def make_splits(cfg: FinetuneConfig, cases: Sequence[Case]) -> dict[str, Any]:
                  "val": sorted(c.case_id for c in cases if c.split in ("val", "validation")),
                  "test": sorted(c.case_id for c in cases if c.split == "test"),
                  "origin": "dataset"}
+    elif cfg.eval.test_fraction == 0:
+        split = {"train": sorted(c.case_id for c in cases), "val": [], "test": [],
+                 "origin": "none held out (eval.test_fraction=0)"}
     else:
         split = {**train_test_split(cases, test_fraction=cfg.eval.test_fraction, val_fraction=cfg.eval.val_fraction,
                                     seed=cfg.eval.split_seed), "origin": f"seeded ({cfg.eval.split_seed})"}
@@ -264,7 +268,8 @@ def finetune(
         targets = class_targets(train_cases, info)
         test_cases = [by_id[i] for i in split["test"]]
         class_targets(test_cases, info)  # bad labels in the held-out split fail now, not after training
-        require_both_classes(test_cases, info["classes"], f"held-out split ({split['origin']})")
+        if test_cases:
+            require_both_classes(test_cases, info["classes"], f"held-out split ({split['origin']})")
 
     torch.manual_seed(cfg.train.seed)
     model, report = build_task_model(cfg, info["num_outputs"], None if init is None else str(init))
@@ -293,9 +298,10 @@ def finetune(
     if cfg.task == "seg":
         check_regions(cfg, info)
         check_mask_values(prepared, info)
-        held_out = prepare(DatasetSpec(spec.root, [by_id[i] for i in split["test"]]), prep, cfg.data, with_masks=True,
-                           show_progress=False)  # bad test masks fail before training (and are cached for evaluate)
-        check_mask_values(held_out, info)
+        if split["test"]:
+            held_out = prepare(DatasetSpec(spec.root, [by_id[i] for i in split["test"]]), prep, cfg.data,
+                               with_masks=True, show_progress=False)  # bad test masks fail now (and are cached)
+            check_mask_values(held_out, info)
         fg = [foreground_points(p.mask, seed=i) for i, p in enumerate(prepared)] if cfg.data.foreground_prob > 0 else None
         dataset = CaseDataset(prepared, crop, augment=augment, seed=cfg.train.seed, foreground=fg)
     else:
