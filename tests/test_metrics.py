@@ -505,3 +505,29 @@ def test_summary_rejects_inconsistent_cases():
     broken = {"lesion": dict(cases[0]["lesion"], dice=float("nan"))}
     with pytest.raises(ValueError, match="dice is NaN but status is 'ok'"):
         summarize_segmentation([broken])
+
+
+def test_hd95_is_named_by_the_unit_of_the_spacing():
+    """Images without physical spacing (PNG, .npz) get ``hd95_px``; the summary rows follow the per-case key."""
+    ref = np.zeros((8, 8), dtype=np.int64)
+    ref[2:6, 2:6] = 1
+    pred = np.roll(ref, 1, axis=0)
+    px = segmentation_case_metrics(pred, ref, regions={"lesion": [1]}, spacing=(1.0, 1.0), unit="px")["lesion"]
+    mm = segmentation_case_metrics(pred, ref, regions={"lesion": [1]}, spacing=(1.0, 1.0))["lesion"]
+    assert "hd95_mm" not in px and px["hd95_px"] == mm["hd95_mm"] == pytest.approx(1.0)
+    summary = summarize_segmentation([{"lesion": px}, {"lesion": px}], n_resamples=50)
+    assert {r["metric"] for r in summary["rows"]} == {"dice", "precision", "recall", "hd95_px"}
+    with pytest.raises(ValueError, match="unit"):
+        segmentation_case_metrics(pred, ref, regions={"lesion": [1]}, spacing=(1.0, 1.0), unit="cm")
+
+
+def test_predicting_nothing_cannot_raise_the_mean_precision():
+    """A model that predicts nothing on the hard case scores precision 0 there (not a NaN left out of the mean)."""
+    ref = np.zeros((8, 8), dtype=np.int64)
+    ref[2:6, 2:6] = 1
+    empty = np.zeros_like(ref)
+    cases = [segmentation_case_metrics(p, ref, regions={"lesion": [1]}, spacing=(1.0, 1.0)) for p in (ref, empty)]
+    row = next(r for r in summarize_segmentation(cases, n_resamples=50)["rows"]
+               if r["metric"] == "precision" and r["region"] == "lesion")
+    assert (row["value"], row["n"], row["n_excluded"]) == (pytest.approx(0.5), 2, 0)
+    assert EMPTY_MASK_POLICY.version == "medmae-empty-mask-v2" and "precision 0" in EMPTY_MASK_POLICY.missed

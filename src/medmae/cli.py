@@ -95,13 +95,16 @@ def demo(
     c = Table("task", "init", "metric", "value", "95 % CI", "trivial baseline", "test cases",
               title=f"fine-tuned on {s['label_fraction']:.0%} of the training labels, same held-out split")
     for r in s["comparison"]:
-        base = "-" if r.get("baseline") is None else f"{r['baseline']:.3f}" + ("" if r["beats_baseline"] else " (not beaten)")
+        base = "-" if r.get("baseline") is None else f"{r['baseline']:.3f}"
         c.add_row(r["task"], r["init"], r["metric"], f"{r['value']:.3f}", f"{r['ci_low']:.3f} - {r['ci_high']:.3f}", base,
                   str(r["n_test"]))
     console.print(c)
-    rules = sorted({r["baseline_rule"] for r in s["comparison"] if r.get("baseline") is not None})
-    if rules:
-        console.print(f"trivial baseline: the accuracy of predicting without looking ({'; '.join(rules)})")
+    with_base = [r for r in s["comparison"] if r.get("baseline") is not None]
+    if with_base:
+        console.print(f"trivial baseline: accuracy of predicting without looking ({with_base[0]['baseline_rule']})")
+        unbeaten = [f"{r['task']} {r['init']}" for r in with_base if not r["beats_baseline"]]
+        if unbeaten:
+            console.print(f"accuracy does not beat the trivial baseline: {', '.join(unbeaten)}")
     console.print(f"encoder: {s['encoder']}\nreconstructions: {s['figure']}\nruns: {Path(s['pretrain_dir']).parent}"
                   f"\ntime: {s['seconds']:.0f} s (pretraining {s['pretrain_seconds']:.0f} s)")
 
@@ -190,12 +193,12 @@ def evaluate(
 
     summary = _run(run, run_dir, data=data, split=split, threads=threads)
     t = Table("metric", "value", "95 % CI", "n", title=f"{summary['task']} on {summary['n_cases']} cases ({summary['split']})")
+    base = summary.get("accuracy_baseline")
     for r in sorted(summary["rows"], key=lambda r: (str(r.get("class") or r.get("region") or ""), r["metric"])):
         name = r["metric"] + (f" ({r.get('class') or r.get('region')})" if r.get("class") or r.get("region") else "")
         t.add_row(name, f"{r['value']:.4f}", f"{r['ci_low']:.4f} - {r['ci_high']:.4f}", str(r["n"]))
-    base = summary.get("accuracy_baseline")
-    if base:
-        t.add_row(f"accuracy of a trivial baseline ({base['rule']})", f"{base['value']:.4f}", "-", str(summary["n_cases"]))
+        if base and r["metric"] == "accuracy":
+            t.add_row(f"  trivial baseline ({base['rule']})", f"{base['value']:.4f}", "-", str(summary["n_cases"]))
     console.print(t)
     if "threshold" in summary:
         console.print(f"decisions: {summary['decision_rule']}", highlight=False)
