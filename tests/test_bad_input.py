@@ -61,6 +61,13 @@ def not_utf8_config(tmp: Path, runs: dict) -> tuple[list, str]:
     return ["pretrain", path, "--run-dir", tmp / "run"], str(path)
 
 
+def a_file(tmp: Path) -> str:
+    """A plain file where a folder is expected."""
+    path = tmp / "a_file"
+    path.write_text("not a folder")
+    return str(path)
+
+
 def out_is_a_file(tmp: Path, runs: dict) -> tuple[list, str]:
     out = tmp / "predictions"
     out.write_text("a file where the output folder should go")
@@ -118,6 +125,13 @@ CASES = [
     Case("sweep-no-fractions", lambda tmp, runs: (["sweep", "--task", "cls", "--init", "scratch", "--fractions", ",",
                                                    "--run-dir", tmp / "W"], ""), 2, "--fractions:nolabelfraction"),
     Case("report-not-a-sweep", lambda tmp, runs: (["report", tmp], str(tmp)), 2, "notasweepdirectory"),
+    Case("sweep-init-missing", lambda tmp, runs: (["sweep", "--task", "cls", "--init", tmp / "nope", "--fractions", "1",
+                                                   "--run-dir", tmp / "W"], str(tmp / "nope")), 2,
+         "nosuchencoderfileorrundirectory"),
+    Case("sweep-run-dir-is-a-file", lambda tmp, runs: (["sweep", "--task", "cls", "--init", "scratch", "--fractions", "1",
+                                                        "--run-dir", a_file(tmp)], a_file(tmp)), 2, "existsandisnotafolder"),
+    Case("demo-run-dir-is-a-file", lambda tmp, runs: (["demo", "--run-dir", a_file(tmp)], a_file(tmp)), 2,
+         "--run-dir"),
 ]
 
 

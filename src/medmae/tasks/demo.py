@@ -18,6 +18,7 @@ from typing import Any
 from medmae.data.synthetic import write_dataset
 from medmae.tasks.evaluate import evaluate
 from medmae.tasks.finetune import finetune
+from medmae.tasks.inference import output_dir
 from medmae.tasks.pretrain import pretrain
 
 HEADLINE = {"cls": ("macro_auroc", None), "seg": ("dice", "mean")}
@@ -46,7 +47,7 @@ def comparison_rows(summary: dict[str, Any], task: str, arm: str, run_dir: Path)
 def demo(run_dir: str | Path = "medmae-demo", *, max_steps: int | None = None, n_images: int = 160,
          label_fraction: float = 0.25) -> dict[str, Any]:
     """Run the demo; returns paths, the pretraining losses and the MAE-vs-scratch comparison."""
-    run_dir = Path(run_dir)
+    run_dir = output_dir(run_dir, "--run-dir")
     t0 = time.time()
     manifest = write_dataset(run_dir / "data", "cxr", n_images, seed=0, size=64)
     pre_dir = pretrain(preset="demo-2d", data=manifest, run_dir=run_dir / "pretrain", max_steps=max_steps, resume="auto")

@@ -26,7 +26,7 @@ def load_task_run(run_dir: str | Path, device: str | torch.device = "auto") -> t
     ('auto': CUDA when available)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise RunDirError(f"{run_dir}: no such run directory")
+        raise RunDirError(f"{run_dir}: {'not a directory' if run_dir.exists() else 'no such run directory'}")
     if not (run_dir / TASK_FILE).is_file():
         hint = (" but a pretraining run: fine-tune it first (medmae finetune --init " + str(run_dir) + ")"
                 if (run_dir / "export").is_dir() or (run_dir / "pretrain_cases.json").is_file() else "")
@@ -52,11 +52,11 @@ def set_threads(threads: int | None) -> None:
     torch.set_num_threads(threads)
 
 
-def output_dir(out: str | Path) -> Path:
-    """``--out`` as a folder, created; a file in its place is an error naming it."""
+def output_dir(out: str | Path, option: str = "--out") -> Path:
+    """``--out`` (or another folder option) as a folder, created; a file in its place is an error naming it."""
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out}: exists and is not a folder")
+        raise ConfigError(f"{option} {out}: exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     return out
 

@@ -27,7 +27,7 @@ def load_pretrain_run(run_dir: str | Path) -> tuple[PretrainConfig, torch.nn.Mod
     """Config and MAE weights of a pretraining run (newest valid checkpoint)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise RunDirError(f"{run_dir}: no such run directory")
+        raise RunDirError(f"{run_dir}: {'not a directory' if run_dir.exists() else 'no such run directory'}")
     if (run_dir / TASK_FILE).is_file():
         raise RunDirError(f"{run_dir}: a fine-tuning run; reconstruct needs the run directory of `medmae pretrain`")
     if not (run_dir / "config.yaml").is_file():

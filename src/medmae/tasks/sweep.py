@@ -21,6 +21,7 @@ from medmae.config import ConfigError
 from medmae.tasks.eval_outputs import find_summary
 from medmae.tasks.evaluate import evaluate
 from medmae.tasks.finetune import finetune
+from medmae.tasks.inference import output_dir
 
 log = logging.getLogger(__name__)
 
@@ -98,10 +99,12 @@ def sweep(
     report: bool = True,
 ) -> Path:
     """Run (or continue) the grid; writes ``results.csv`` and ``sweep.json`` and, with ``report``, the report."""
-    run_dir = Path(run_dir)
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
     cells = grid(task, [str(i) for i in inits], fractions, seed_list, folds)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    missing = [str(i) for i in inits if str(i) != "scratch" and not Path(i).exists()]
+    if missing:
+        raise ConfigError(f"--init {missing[0]}: no such encoder file or run directory")
+    run_dir = output_dir(run_dir, "--run-dir")
     meta = {"task": task, "preset": preset, "config": str(config) if config else None, "data": str(data) if data else None,
             "inits": dict(init_names([str(i) for i in inits])), "fractions": list(fractions), "seeds": seed_list,
             "folds": folds, "overrides": list(overrides), "max_steps": max_steps, "cells": [c.name for c in cells]}
