@@ -55,6 +55,12 @@ def pretrain_with(*overrides: str, preset: str = "demo-2d") -> Callable[[Path, d
     return lambda tmp, runs: (pretrain_args(tmp / "run", preset, (*TINY_2D, *overrides)), "")
 
 
+def pool_config_with_data(tmp: Path, runs: dict) -> tuple[list, str]:
+    path = tmp / "pool.yaml"
+    path.write_text("data:\n  sources:\n    - path: a\n    - path: b\n")
+    return ["pretrain", path, "--data", tmp / "x", "--run-dir", tmp / "run"], str(tmp / "x")
+
+
 def not_utf8_config(tmp: Path, runs: dict) -> tuple[list, str]:
     path = tmp / "résumé.yaml"
     path.write_bytes(b"name: r\xe9sum\xe9\nmodel:\n  arch: vit\n")
@@ -99,6 +105,7 @@ CASES = [
     Case("crop-scale-in-3d", pretrain_with("data.crop_scale=[0.5,1.0]", "model.img_size=[32,32,32]", preset="demo-3d"),
          2, "data.crop_scale:"),
     Case("config-not-utf8", not_utf8_config, 2, "notUTF-8text"),
+    Case("data-option-with-a-pool-config", pool_config_with_data, 2, "--data"),
     Case("contract-bad-json", lambda tmp, runs: bad_contract(tmp, "badjson", "{not json"), 2, "notvalidJSON"),
     Case("contract-a-list", lambda tmp, runs: bad_contract(tmp, "alist", [1, 2]), 2, "expectedaJSONobject,gotlist"),
     Case("contract-encoder-not-a-mapping", lambda tmp, runs: bad_contract(tmp, "enc", {**GOOD_CONTRACT, "encoder": [3]}),

@@ -528,6 +528,13 @@ def load_config(
     return validate(model_cls, apply_overrides(raw, overrides), source)
 
 
+def set_data_path(cfg: Any, data: str | Path) -> None:
+    """``--data`` sets ``data.path``; a config whose data is a pool (``data.sources``) cannot take it."""
+    if cfg.data.sources:
+        raise ConfigError(f"--data {data}: the config already names a pool in data.sources; give one or the other")
+    cfg.data.path = str(data)
+
+
 def dump_yaml(cfg: BaseModel) -> str:
     """The resolved config as YAML; ``model`` keeps only the keys its ``arch`` reads (the MAE decoder only when
     pretraining), so the file loads back to an equivalent config."""

@@ -20,6 +20,7 @@ from medmae.config import (
     dump_yaml,
     finetune_raw_from_preset,
     load_raw,
+    set_data_path,
     validate,
 )
 from medmae.data.dataset import Augment, CaseDataset, Prepared
@@ -61,7 +62,7 @@ def resolve_finetune_config(config: Any = None, *, task: str | None = None, pres
         raw["task"] = task
     cfg = validate(FinetuneConfig, apply_overrides(raw, overrides), f"fine-tuning config ({preset or config or 'defaults'})")
     if data is not None:
-        cfg.data.path = str(data)
+        set_data_path(cfg, data)
     return cfg
 
 
