@@ -70,13 +70,7 @@ def evaluate(run_dir: str | Path, *, data: str | Path | None = None, split: str 
         rows, per_case = summarize_classification(probs, targets, multilabel=info["multilabel"],
                                                   class_names=info["classes"], threshold=cfg.eval.threshold,
                                                   n_resamples=cfg.eval.bootstrap, seed=0)
-        accuracy = next(r["value"] for r in rows if r["metric"] == "accuracy")
-        baseline = trivial_accuracy(targets, multilabel=info["multilabel"], class_names=info["classes"])
-        extra: dict[str, Any] = {
-            "threshold": cfg.eval.threshold,
-            "decision_rule": decision_rule(multilabel=info["multilabel"], n_classes=len(info["classes"]),
-                                           threshold=cfg.eval.threshold),
-            "accuracy_baseline": accuracy_vs_baseline(accuracy, baseline)}
+        extra: dict[str, Any] = decisions_and_baseline(rows, targets, info, cfg.eval.threshold)
     else:
         check_mask_values(prepared, info)
         label_names = {int(k): v for k, v in info["label_names"].items()}
@@ -106,6 +100,14 @@ def evaluate(run_dir: str | Path, *, data: str | Path | None = None, split: str 
     write_csv(out / PER_CASE_FILE, per_case)
     log.info("evaluation of %d cases written to %s", len(prepared), out)
     return summary
+
+
+def decisions_and_baseline(rows: list, targets: np.ndarray, info: dict[str, Any], threshold: float) -> dict[str, Any]:
+    """The threshold and rule behind accuracy, and the trivial accuracy it must beat (summary keys)."""
+    accuracy = next(r["value"] for r in rows if r["metric"] == "accuracy")
+    baseline = trivial_accuracy(targets, multilabel=info["multilabel"], class_names=info["classes"])
+    rule = decision_rule(multilabel=info["multilabel"], n_classes=len(info["classes"]), threshold=threshold)
+    return {"threshold": threshold, "decision_rule": rule, "accuracy_baseline": accuracy_vs_baseline(accuracy, baseline)}
 
 
 def leakage_check(info: dict[str, Any], prepared: list, cfg: Any) -> dict[str, Any]:
