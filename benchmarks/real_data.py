@@ -187,7 +187,7 @@ def run(name: str, profile: str, root: Path, work: Path, max_steps: int | None) 
                              seeds=sw["seeds"], folds=sw["folds"], max_steps=max_steps)
     rows = read_results(sweep_dir / "results.csv")
     metric, where = headline_key(rows, spec["finetune"]["task"])
-    agg = [a for a in aggregate(rows) if a["metric"] in (metric, "dice", "auroc", "auprc", "accuracy", "hd95_mm")]
+    agg = [a for a in aggregate(rows) if a["metric"] in (metric, "dice", "auroc", "auprc", "accuracy", "hd95_mm", "hd95_px")]
     result = {
         "experiment": name, "profile": profile, "when": time.strftime("%Y-%m-%d %H:%M"),
         "command": f"python benchmarks/real_data.py {name} --profile {profile}" + (f" --max-steps {max_steps}" if max_steps else ""),

@@ -376,8 +376,7 @@ def test_empty_mask_policy_values():
 
     missed = segmentation_case_metrics(empty, present, regions=regions, spacing=spacing)["lesion"]
     assert missed["status"] == "missed" and missed["pred_empty"] and not missed["ref_empty"]
-    assert (missed["dice"], missed["recall"]) == (0.0, 0.0)
-    assert math.isnan(missed["precision"])
+    assert (missed["dice"], missed["precision"], missed["recall"]) == (0.0, 0.0, 0.0)
     assert missed["hd95_mm"] == pytest.approx(diagonal)
     assert (missed["tp"], missed["fp"], missed["fn"]) == (0, 0, 27)
 
@@ -438,7 +437,7 @@ def test_summary_excludes_exactly_the_undefined_cases_and_counts_them():
     rows = _rows_by_key(summary["rows"])
     # one region, so the across-regions mean row equals the region row
     assert rows[("mean", "dice")]["value"] == pytest.approx(rows[("lesion", "dice")]["value"])
-    assert rows[("mean", "precision")]["n_excluded"] == 2
+    assert rows[("mean", "precision")]["n_excluded"] == 1
 
     dice = rows[("lesion", "dice")]
     assert dice["value"] == pytest.approx((2 / 3 + 1.0 + 0.0) / 3)
@@ -446,9 +445,9 @@ def test_summary_excludes_exactly_the_undefined_cases_and_counts_them():
     assert dice["ci_low"] <= dice["value"] <= dice["ci_high"]
 
     precision = rows[("lesion", "precision")]
-    assert precision["value"] == pytest.approx(1.0)
-    assert (precision["n"], precision["n_excluded"]) == (2, 2)
-    assert precision["excluded_reasons"] == "both_empty=1;missed=1"
+    assert precision["value"] == pytest.approx((1.0 + 1.0 + 0.0) / 3), "a missed region counts as precision 0"
+    assert (precision["n"], precision["n_excluded"]) == (3, 1)
+    assert precision["excluded_reasons"] == "both_empty=1"
 
     recall = rows[("lesion", "recall")]
     assert recall["value"] == pytest.approx((0.5 + 1.0 + 0.0) / 3)
@@ -506,3 +505,29 @@ def test_summary_rejects_inconsistent_cases():
     broken = {"lesion": dict(cases[0]["lesion"], dice=float("nan"))}
     with pytest.raises(ValueError, match="dice is NaN but status is 'ok'"):
         summarize_segmentation([broken])
+
+
+def test_hd95_is_named_by_the_unit_of_the_spacing():
+    """Images without physical spacing (PNG, .npz) get ``hd95_px``; the summary rows follow the per-case key."""
+    ref = np.zeros((8, 8), dtype=np.int64)
+    ref[2:6, 2:6] = 1
+    pred = np.roll(ref, 1, axis=0)
+    px = segmentation_case_metrics(pred, ref, regions={"lesion": [1]}, spacing=(1.0, 1.0), unit="px")["lesion"]
+    mm = segmentation_case_metrics(pred, ref, regions={"lesion": [1]}, spacing=(1.0, 1.0))["lesion"]
+    assert "hd95_mm" not in px and px["hd95_px"] == mm["hd95_mm"] == pytest.approx(1.0)
+    summary = summarize_segmentation([{"lesion": px}, {"lesion": px}], n_resamples=50)
+    assert {r["metric"] for r in summary["rows"]} == {"dice", "precision", "recall", "hd95_px"}
+    with pytest.raises(ValueError, match="unit"):
+        segmentation_case_metrics(pred, ref, regions={"lesion": [1]}, spacing=(1.0, 1.0), unit="cm")
+
+
+def test_predicting_nothing_cannot_raise_the_mean_precision():
+    """A model that predicts nothing on the hard case scores precision 0 there (not a NaN left out of the mean)."""
+    ref = np.zeros((8, 8), dtype=np.int64)
+    ref[2:6, 2:6] = 1
+    empty = np.zeros_like(ref)
+    cases = [segmentation_case_metrics(p, ref, regions={"lesion": [1]}, spacing=(1.0, 1.0)) for p in (ref, empty)]
+    row = next(r for r in summarize_segmentation(cases, n_resamples=50)["rows"]
+               if r["metric"] == "precision" and r["region"] == "lesion")
+    assert (row["value"], row["n"], row["n_excluded"]) == (pytest.approx(0.5), 2, 0)
+    assert EMPTY_MASK_POLICY.version == "medmae-empty-mask-v2" and "precision 0" in EMPTY_MASK_POLICY.missed

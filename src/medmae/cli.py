@@ -78,6 +78,7 @@ def main_callback(
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a config value: key.path=value (repeatable).")]
 MaxSteps = Annotated[Optional[int], typer.Option("--max-steps", min=1, help="Stop after N optimizer steps (the schedule is fitted to N).")]
 Resume = Annotated[Optional[str], typer.Option("--resume", help="'auto' continues the newest valid checkpoint in the run dir; or a checkpoint path.")]
+Threads = Annotated[Optional[int], typer.Option("--threads", min=1, help="torch CPU threads (like train.threads); default: torch's.")]
 
 
 @app.command()
@@ -94,11 +95,19 @@ def demo(
     t.add_row("masked-patch loss, fixed cases and masks", f"{s['masked_patch_loss']:.4f}")
     t.add_row("loss of predicting each patch's own mean", f"{s['patch_mean_baseline_loss']:.4f}")
     console.print(t)
-    c = Table("task", "init", "metric", "value", "95 % CI", "test cases",
+    c = Table("task", "init", "metric", "value", "95 % CI", "trivial baseline", "test cases",
               title=f"fine-tuned on {s['label_fraction']:.0%} of the training labels, same held-out split")
     for r in s["comparison"]:
-        c.add_row(r["task"], r["init"], r["metric"], f"{r['value']:.3f}", f"{r['ci_low']:.3f} - {r['ci_high']:.3f}", str(r["n_test"]))
+        base = "-" if r.get("baseline") is None else f"{r['baseline']:.3f}"
+        c.add_row(r["task"], r["init"], r["metric"], f"{r['value']:.3f}", f"{r['ci_low']:.3f} - {r['ci_high']:.3f}", base,
+                  str(r["n_test"]))
     console.print(c)
+    with_base = [r for r in s["comparison"] if r.get("baseline") is not None]
+    if with_base:
+        console.print(f"trivial baseline: accuracy of predicting without looking ({with_base[0]['baseline_rule']})")
+        unbeaten = [f"{r['task']} {r['init']}" for r in with_base if not r["beats_baseline"]]
+        if unbeaten:
+            console.print(f"accuracy does not beat the trivial baseline: {', '.join(unbeaten)}")
     console.print(f"encoder: {s['encoder']}\nreconstructions: {s['figure']}\nruns: {Path(s['pretrain_dir']).parent}"
                   f"\ntime: {s['seconds']:.0f} s (pretraining {s['pretrain_seconds']:.0f} s)")
 
@@ -113,7 +122,7 @@ def presets() -> None:
     for name in preset_names():
         c = load_config(PretrainConfig, preset=name)
         m = c.model
-        size = m.size or (f"{m.dims[0]}x{m.dims[1]}" if m.arch == "vit" else "")
+        size = (m.size or f"{m.dims[0]}x{m.dims[1]}") if m.arch == "vit" else ""
         t.add_row(name, f"{m.spatial_dims}D", f"{m.arch} {size} /{m.patch}",
                   "x".join(map(str, m.img_size)) + f" x{m.in_channels}ch", f"{c.mask.kind} {c.mask.ratio}", c.paper or "")
     console.print(t)
@@ -180,16 +189,25 @@ def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="A fine-tuning run directory.")],
     data: Annotated[Optional[str], typer.Option("--data", help="Evaluate on this dataset instead of the run's own held-out split.")] = None,
     split: Annotated[str, typer.Option("--split", help="Split to evaluate (test, val, ...).")] = "test",
+    threads: Threads = None,
 ) -> None:
-    """Metrics with bootstrap 95 % CIs -> RUN_DIR/eval/summary.json and per_case.csv."""
+    """Metrics with bootstrap 95 % CIs -> RUN_DIR/eval/<split>/ (with --data: eval/<data-name>_<split>/) summary.json and per_case.csv."""
     from medmae.tasks.evaluate import evaluate as run
 
-    summary = _run(run, run_dir, data=data, split=split)
+    summary = _run(run, run_dir, data=data, split=split, threads=threads)
     t = Table("metric", "value", "95 % CI", "n", title=f"{summary['task']} on {summary['n_cases']} cases ({summary['split']})")
+    base = summary.get("accuracy_baseline")
     for r in sorted(summary["rows"], key=lambda r: (str(r.get("class") or r.get("region") or ""), r["metric"])):
         name = r["metric"] + (f" ({r.get('class') or r.get('region')})" if r.get("class") or r.get("region") else "")
         t.add_row(name, f"{r['value']:.4f}", f"{r['ci_low']:.4f} - {r['ci_high']:.4f}", str(r["n"]))
+        if base and r["metric"] == "accuracy":
+            t.add_row(f"  trivial baseline ({base['rule']})", f"{base['value']:.4f}", "-", str(summary["n_cases"]))
     console.print(t)
+    if "threshold" in summary:
+        console.print(f"decisions: {summary['decision_rule']}", highlight=False)
+    if base and not base["beaten"]:
+        console.print(f"note: accuracy {base['accuracy']:.4f} does not beat the trivial baseline ({base['rule']}) "
+                      f"of {base['value']:.4f}", highlight=False)
 
 
 @app.command()
@@ -197,11 +215,12 @@ def predict(
     run_dir: Annotated[Path, typer.Argument(help="A fine-tuning run directory.")],
     inputs: Annotated[list[Path], typer.Argument(help="Images to predict.")],
     out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("predictions"),
+    threads: Threads = None,
 ) -> None:
     """Segmentation masks in each input's geometry (NIfTI/NRRD/PNG), or class probabilities as CSV."""
     from medmae.tasks.predict import predict as run
 
-    written = _run(run, run_dir, inputs, out=out)
+    written = _run(run, run_dir, inputs, out=out, threads=threads)
     console.print(f"wrote {len(written)} files to {out}")
 
 

@@ -6,21 +6,41 @@ Unknown keys and bad values raise :class:`ConfigError` naming the key path (the 
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from medmae.config_checks import (
+    data_model_problems,
+    eval_problems,
+    intensity_problems,
+    model_dump_for_arch,
+    swin_problems,
+    vit_problems,
+)
 from medmae.data.series_filter import DEFAULT_EXCLUDE, check_filter, with_default_exclude
 from medmae.errors import ConfigError
 from medmae.models.vit import VIT_SIZES
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    """Unknown keys and non-finite floats (``.nan``, ``.inf``) are errors in every section."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
+
+
+def _refuse(problems: list[str]) -> None:
+    """Raise the problems of a cross-key check as one validation error (one line each)."""
+    if problems:
+        raise ValueError("\n".join(problems))
 
 
 class IntensityConfig(Strict):
@@ -31,12 +51,17 @@ class IntensityConfig(Strict):
     hi: float = 250.0
     percentiles: tuple[float, float] | None = None
 
+    @model_validator(mode="after")
+    def _ranges(self) -> IntensityConfig:
+        _refuse(intensity_problems(self.lo, self.hi, self.percentiles) if self.name != "none" else [])
+        return self
+
 
 class SyntheticConfig(Strict):
     kind: Literal["cxr", "abdomen_ct", "brain_mr"] = "cxr"
     n: int = Field(64, ge=2)
     size: list[int] | None = None
-    seed: int = 0
+    seed: int = Field(0, ge=0)
 
 
 class SourceEntry(Strict):
@@ -66,9 +91,9 @@ class DataConfig(Strict):
     max_bad_fraction: float = Field(0.05, ge=0.0, le=1.0)
     synthetic: SyntheticConfig = SyntheticConfig()
     intensity: IntensityConfig = IntensityConfig()
-    spacing: list[float] | None = None
+    spacing: list[Annotated[float, Field(gt=0.0)]] | None = None
     orientation: Literal["RAS"] | None = "RAS"
-    resize: list[int] | None = None
+    resize: list[Annotated[int, Field(ge=1)]] | None = None
     crop_scale: tuple[float, float] | None = None
     flip_axes: list[int] = []
     flip_prob: float = Field(0.5, ge=0.0, le=1.0)
@@ -112,9 +137,9 @@ class DataConfig(Strict):
 
 
 class DecoderConfig(Strict):
-    embed_dim: int = 512
+    embed_dim: int = Field(512, ge=1)
     depth: int = Field(8, ge=1)
-    num_heads: int = 16
+    num_heads: int = Field(16, ge=1)
 
 
 class SwinConfig(Strict):
@@ -122,8 +147,8 @@ class SwinConfig(Strict):
     The patch size is ``model.patch_size`` (Swin: 4); ``mlp_ratio``, ``qkv_bias`` and ``drop_path`` are shared."""
 
     embed_dim: int = Field(96, ge=1)
-    depths: list[int] = [2, 2, 2, 2]
-    num_heads: list[int] = [3, 6, 12, 24]
+    depths: list[Annotated[int, Field(ge=1)]] = [2, 2, 2, 2]
+    num_heads: list[Annotated[int, Field(ge=1)]] = [3, 6, 12, 24]
     window_size: int = Field(7, ge=1)
     decoder_depths: list[int] | None = Field(
         None, description="blocks per up-stage of the decoders, deepest first (len(depths) - 1 values); "
@@ -142,8 +167,8 @@ class ResEncConfig(Strict):
     """Residual-encoder U-Net (``arch: resenc``, nnU-Net ResEnc / Revisiting MAE 3D). Stage 0 keeps the
     resolution of the stem (stride ``model.patch_size``, nnU-Net: 1), every later stage halves it."""
 
-    widths: list[int] = [32, 64, 128, 256, 320, 320]
-    blocks: list[int] = [1, 3, 4, 6, 6, 6]
+    widths: list[Annotated[int, Field(ge=1)]] = [32, 64, 128, 256, 320, 320]
+    blocks: list[Annotated[int, Field(ge=1)]] = [1, 3, 4, 6, 6, 6]
     decoder_blocks: int = Field(1, ge=1, description="residual blocks per decoder stage (nnU-Net: 1)")
     kernel_size: int = Field(3, ge=1)
     deep_supervision: bool = Field(False, description="segmentation: also return logits of the coarser decoder stages in training")
@@ -160,14 +185,14 @@ class ResEncConfig(Strict):
 class ModelConfig(Strict):
     arch: Literal["vit", "swin", "resenc"] = "vit"
     spatial_dims: Literal[2, 3] = 2
-    img_size: list[int] = [224, 224]
-    patch_size: list[int] | int = 16
+    img_size: list[Annotated[int, Field(ge=1)]] = [224, 224]
+    patch_size: list[Annotated[int, Field(ge=1)]] | Annotated[int, Field(ge=1)] = 16
     in_channels: int = Field(1, ge=1)
     size: Literal["vit-t", "vit-s", "vit-b", "vit-l"] | None = "vit-b"
-    embed_dim: int | None = None
-    depth: int | None = None
-    num_heads: int | None = None
-    mlp_ratio: float = 4.0
+    embed_dim: int | None = Field(None, ge=1)
+    depth: int | None = Field(None, ge=1)
+    num_heads: int | None = Field(None, ge=1)
+    mlp_ratio: float = Field(4.0, gt=0.0)
     qkv_bias: bool = True
     pos_embed: Literal["sincos", "learnable"] = "sincos"
     cls_token: bool = True
@@ -189,7 +214,11 @@ class ModelConfig(Strict):
             raise ValueError(f"img_size {self.img_size} is not divisible by patch_size {patch}")
         if self.arch == "vit" and self.size is None and None in (self.embed_dim, self.depth, self.num_heads):
             raise ValueError("give either size (vit-t/s/b/l) or all of embed_dim, depth, num_heads")
-        if self.arch != "vit":
+        if self.arch == "vit":
+            embed_dim, _, num_heads = self.dims
+            _refuse(vit_problems(embed_dim, num_heads, self.decoder.embed_dim, self.decoder.num_heads))
+        else:
+            _refuse(swin_problems(self.swin.embed_dim, self.swin.num_heads) if self.arch == "swin" else [])
             self._check_hierarchical(patch)
         return self
 
@@ -225,7 +254,7 @@ class MaskConfig(Strict):
 
     kind: Literal["random", "window", "block"] = "random"
     ratio: float = Field(0.75, ge=0.0, lt=1.0)
-    block_size: int | list[int] = Field(16, description="window / block: side of a mask block in pixels (voxels)")
+    block_size: Annotated[int, Field(ge=1)] | list[Annotated[int, Field(ge=1)]] = Field(16, description="window / block: side of a mask block in pixels (voxels)")
     sparse: bool = Field(False, description="block: re-apply the mask after every encoder stage (SparK)")
 
     def block_shape(self, spatial_dims: int) -> list[int]:
@@ -241,13 +270,13 @@ class OptimConfig(Strict):
     """AdamW (or SGD) with warmup + cosine (or poly). ``lr`` None means ``base_lr * global_batch / 256`` (MAE's rule)."""
 
     name: Literal["adamw", "sgd"] = "adamw"
-    lr: float | None = None
-    base_lr: float = 1.5e-4
-    weight_decay: float = 0.05
-    betas: tuple[float, float] = (0.9, 0.95)
+    lr: float | None = Field(None, gt=0.0)
+    base_lr: float = Field(1.5e-4, gt=0.0)
+    weight_decay: float = Field(0.05, ge=0.0)
+    betas: tuple[Beta, Beta] = (0.9, 0.95)
     warmup_epochs: float = Field(40.0, ge=0.0)
-    min_lr: float = 0.0
-    clip_grad: float | None = None
+    min_lr: float = Field(0.0, ge=0.0)
+    clip_grad: float | None = Field(None, gt=0.0)
     layer_decay: float | None = Field(None, gt=0.0, le=1.0, description="layer-wise lr decay (fine-tuning)")
     fused: bool = True
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="sgd only (nnU-Net: 0.99)")
@@ -269,7 +298,7 @@ class TrainConfig(Strict):
     figure_every: int = Field(50, ge=1, description="epochs between reconstruction figures")
     log_every: int = Field(10, ge=1)
     nan_max_consecutive: int = Field(5, ge=1)
-    threads: int | None = None
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (torch.set_num_threads); null: torch's default")
     compile: bool = Field(False, description="torch.compile the model (pays off on GPUs; slow warm-up on CPU)")
 
 
@@ -281,7 +310,18 @@ class MonitorConfig(Strict):
     max_cases: int = Field(512, ge=4)
 
 
-class PretrainConfig(Strict):
+class RunSections(Strict):
+    """Checks between the data and model sections of a whole run (both configs)."""
+
+    @model_validator(mode="after")
+    def _data_fits_model(self) -> RunSections:
+        d, m = self.data, self.model  # type: ignore[attr-defined]
+        _refuse(data_model_problems(flip_axes=d.flip_axes, spatial_dims=m.spatial_dims, slice_axis=d.slice_axis,
+                                    resize=d.resize, crop_scale=d.crop_scale))
+        return self
+
+
+class PretrainConfig(RunSections):
     """Everything one pretraining run needs; saved resolved as ``config.yaml`` in the run directory."""
 
     name: str = "custom"
@@ -311,7 +351,7 @@ class TaskLossConfig(Strict):
 class EvalConfig(Strict):
     """How a held-out split is made (when the data has none) and how it is scored."""
 
-    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    test_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="0: no held-out split (train on every case)")
     val_fraction: float = Field(0.0, ge=0.0, lt=1.0)
     folds: int | None = Field(None, ge=2, description="k-fold cross-validation: held-out = fold `fold` of `folds`")
     fold: int = Field(0, ge=0)
@@ -322,6 +362,12 @@ class EvalConfig(Strict):
     regions: dict[str, list[int]] | None = None
     mean_over: list[str] | None = None
     bootstrap: int = Field(2000, ge=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EvalConfig:
+        _refuse(eval_problems(test_fraction=self.test_fraction, val_fraction=self.val_fraction, folds=self.folds,
+                              fold=self.fold, regions=self.regions, mean_over=self.mean_over))
+        return self
 
 
 class InitConfig(Strict):
@@ -338,7 +384,7 @@ class FinetuneModelConfig(ModelConfig):
 class FinetuneOptimConfig(OptimConfig):
     """Fine-tuning defaults (SelfMedMAE / MAE fine-tuning): layer-wise lr decay 0.75, AdamW betas 0.9/0.999."""
 
-    lr: float | None = 1e-3
+    lr: float | None = Field(1e-3, gt=0.0)
     layer_decay: float | None = Field(0.75, gt=0.0, le=1.0)
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_epochs: float = Field(5.0, ge=0.0)
@@ -349,7 +395,7 @@ class FinetuneTrainConfig(TrainConfig):
     batch_size: int = Field(32, ge=1)
 
 
-class FinetuneConfig(Strict):
+class FinetuneConfig(RunSections):
     """One fine-tuning run: task, data, encoder, head, optimisation and evaluation."""
 
     name: str = "custom"
@@ -433,14 +479,27 @@ def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, 
     return out
 
 
+_KEY_LINE = re.compile(r"^[A-Za-z_][\w.\[\]*]*: ")
+
+
+def _located(loc: str, line: str) -> str:
+    """A section validator's ``"key: problem"`` line with the section's path in front (``model.num_heads: ...``)."""
+    if _KEY_LINE.match(line):
+        return f"{loc}.{line}" if loc else line
+    return f"{loc or '<root>'}: {line}"
+
+
 def _format_validation_error(err: ValidationError, source: str) -> str:
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
+        loc = ".".join(str(p) for p in e["loc"])
         if e["type"] == "extra_forbidden":
             lines.append(f"{loc}: unknown key")
+        elif e["type"] == "value_error":  # a cross-key check: its lines name their keys
+            lines += [_located(loc, line) for line in e["msg"].removeprefix("Value error, ").splitlines()]
         else:
-            lines.append(f"{loc}: {e['msg']} (got {e.get('input')!r})")
+            got = "" if isinstance(e.get("input"), Mapping) else f" (got {e.get('input')!r})"
+            lines.append(f"{loc or '<root>'}: {e['msg']}{got}")
     return f"invalid configuration ({source}):\n  " + "\n  ".join(lines)
 
 
@@ -461,7 +520,10 @@ def load_raw(config: str | Path | None, preset: str | None) -> tuple[dict[str, A
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); "
+                          "save the config as UTF-8") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):
@@ -491,5 +553,18 @@ def load_config(
     return validate(model_cls, apply_overrides(raw, overrides), source)
 
 
+def set_data_path(cfg: Any, data: str | Path) -> None:
+    """``--data`` sets ``data.path``; a config whose data is a pool (``data.sources``) cannot take it."""
+    if cfg.data.sources:
+        raise ConfigError(f"--data {data}: the config already names a pool in data.sources; give one or the other")
+    cfg.data.path = str(data)
+
+
 def dump_yaml(cfg: BaseModel) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    """The resolved config as YAML; ``model`` keeps only the keys its ``arch`` reads (the MAE decoder only when
+    pretraining), so the file loads back to an equivalent config."""
+    raw = cfg.model_dump(mode="json")
+    model = raw.get("model")
+    if isinstance(model, dict) and "arch" in model:
+        raw["model"] = model_dump_for_arch(model, model["arch"], keep_decoder=isinstance(cfg, PretrainConfig))
+    return yaml.safe_dump(raw, sort_keys=False)

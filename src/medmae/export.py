@@ -67,4 +67,41 @@ def read_contract(path: str | Path) -> dict[str, Any]:
         raise ExportError(f"{path}: not a safetensors file ({e})") from None
     if meta.get("format") != FORMAT or "medmae_contract" not in meta:
         raise ExportError(f"{path}: not a medmae encoder export (no '{FORMAT}' contract in its metadata)")
-    return json.loads(meta["medmae_contract"])
+    return parse_contract(meta["medmae_contract"], path)
+
+
+def parse_contract(text: str, path: str | Path) -> dict[str, Any]:
+    """The ``medmae_contract`` header as a mapping with the fields later stages read; :class:`ExportError`
+    naming ``path`` and the field otherwise."""
+    try:
+        contract = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ExportError(f"{path}: its medmae_contract metadata is not valid JSON ({e})") from None
+    problem = contract_problem(contract)
+    if problem:
+        raise ExportError(f"{path}: bad medmae_contract metadata: {problem}")
+    return contract
+
+
+def contract_problem(contract: Any) -> str | None:
+    """What is wrong with the shape of a decoded contract, or None."""
+    if not isinstance(contract, dict):
+        return f"expected a JSON object, got {type(contract).__name__}"
+    if not isinstance(contract.get("arch"), str):
+        return f"'arch' must be a string, got {contract.get('arch')!r}"
+    for key in ("encoder", "preprocessing"):
+        if not isinstance(contract.get(key), dict):
+            return f"'{key}' must be a mapping, got {type(contract.get(key)).__name__}"
+    if not isinstance(contract.get("pretraining", {}), dict):
+        return "'pretraining' must be a mapping"
+    enc = contract["encoder"]
+    for key in ("img_size", "patch_size"):
+        if not _positive_ints(enc.get(key)):
+            return f"encoder.{key} must be a list of positive integers, got {enc.get(key)!r}"
+    if len(enc["img_size"]) != len(enc["patch_size"]):
+        return f"encoder.img_size {enc['img_size']} and encoder.patch_size {enc['patch_size']} differ in length"
+    return None
+
+
+def _positive_ints(v: Any) -> bool:
+    return isinstance(v, list) and bool(v) and all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v)

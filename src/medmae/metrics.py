@@ -8,7 +8,8 @@ Conventions
 * Classification ``probs_nk`` are probabilities (softmax rows for multi-class, independent
   sigmoids for multi-label), never logits.
 * Segmentation masks are integer label maps; a *region* is the union of some label values
-  (BraTS WT = {1, 2, 3}); HD95 is in millimetres using the voxel ``spacing``.
+  (BraTS WT = {1, 2, 3}); HD95 is in the unit of the voxel ``spacing``: ``hd95_mm``, or ``hd95_px``
+  for images without physical spacing (PNG/JPEG/TIFF, ``.npz``).
 * Undefined values are NaN *with a reason*: summaries report how many values each mean is over
   (``n``), how many were excluded (``n_excluded``) and why (``excluded_reasons``).
 """
@@ -540,6 +541,7 @@ def summarize_classification(
 # ----------------------------------------------------------------------------------------------
 
 SEGMENTATION_METRICS: tuple[str, ...] = ("dice", "precision", "recall", "hd95_mm")
+HD95_KEYS = {"mm": "hd95_mm", "px": "hd95_px"}  # HD95 is named by the unit of the spacing it was measured with
 _STATUSES = ("ok", "both_empty", "missed", "false_positive")
 _MEAN_REGION = "mean"  # region name of the across-regions mean row
 
@@ -552,27 +554,28 @@ class EmptyMaskPolicy:
     (0/0) are NaN, never 0 or 1, and every NaN is excluded from means *and counted* by reason.
     """
 
-    version: str = "medmae-empty-mask-v1"
+    version: str = "medmae-empty-mask-v2"
     both_empty: str = (
-        "status 'both_empty': dice, precision, recall, hd95_mm = NaN; the case is excluded from the "
+        "status 'both_empty': dice, precision, recall, hd95 = NaN; the case is excluded from the "
         "region's means and counted in n_both_empty"
     )
     missed: str = (
-        "status 'missed' (ref present, pred empty): dice 0, recall 0, hd95_mm = worst case; "
-        "precision NaN (0/0: nothing was predicted), excluded from the precision mean and counted"
+        "status 'missed' (ref present, pred empty): dice 0, precision 0, recall 0, hd95 = worst case "
+        "(precision is 0/0 here but counts as 0: a NaN the prediction chose would bias the precision mean upward)"
     )
     false_positive: str = (
-        "status 'false_positive' (ref empty, pred present): dice 0, precision 0, hd95_mm = worst case; "
-        "recall NaN (0/0: nothing to find), excluded from the recall mean and counted"
+        "status 'false_positive' (ref empty, pred present): dice 0, precision 0, hd95 = worst case; "
+        "recall NaN (0/0: nothing to find, whatever is predicted), excluded from the recall mean and counted"
     )
     hd95_worst_case: str = (
-        "diagonal of the image field of view in mm, ||shape * spacing|| (BraTS convention: "
-        "373.13 for 240x240x155 at 1 mm)"
+        "diagonal of the image field of view, ||shape * spacing|| (BraTS convention: "
+        "373.13 mm for 240x240x155 at 1 mm)"
     )
     hd95_definition: str = (
-        "max of the two directed 95th percentiles (linear interpolation) of Euclidean distances in mm "
-        "between edge voxels, edges = mask minus its face-connected erosion "
-        "(as MONAI compute_hausdorff_distance(percentile=95))"
+        "max of the two directed 95th percentiles (linear interpolation) of Euclidean distances between "
+        "edge voxels, edges = mask minus its face-connected erosion (as MONAI "
+        "compute_hausdorff_distance(percentile=95)); hd95_mm in mm, hd95_px in pixels for images without "
+        "physical spacing (PNG/JPEG/TIFF, .npz)"
     )
 
 
@@ -653,7 +656,7 @@ def _validate_spacing(spacing: Sequence[float], ndim: int) -> np.ndarray:
 
 
 def _region_metrics(
-    pred_mask: np.ndarray, ref_mask: np.ndarray, spacing_d: np.ndarray, worst_mm: float
+    pred_mask: np.ndarray, ref_mask: np.ndarray, spacing_d: np.ndarray, worst_mm: float, hd95_key: str
 ) -> dict[str, Any]:
     """Metrics of one region from boolean masks, following :data:`EMPTY_MASK_POLICY`."""
     n_pred = int(np.count_nonzero(pred_mask))
@@ -664,7 +667,7 @@ def _region_metrics(
     if n_pred == 0 and n_ref == 0:
         status, dice, precision, recall, hd95 = "both_empty", nan, nan, nan, nan
     elif n_pred == 0:
-        status, dice, precision, recall, hd95 = "missed", 0.0, nan, 0.0, worst_mm
+        status, dice, precision, recall, hd95 = "missed", 0.0, 0.0, 0.0, worst_mm
     elif n_ref == 0:
         status, dice, precision, recall, hd95 = "false_positive", 0.0, 0.0, nan, worst_mm
     else:
@@ -672,18 +675,8 @@ def _region_metrics(
         dice = 2.0 * tp / (2 * tp + fp + fn)
         precision, recall = tp / n_pred, tp / n_ref
         hd95 = hd95_mm(pred_mask, ref_mask, spacing_d)
-    return {
-        "dice": dice,
-        "precision": precision,
-        "recall": recall,
-        "hd95_mm": hd95,
-        "tp": tp,
-        "fp": fp,
-        "fn": fn,
-        "ref_empty": n_ref == 0,
-        "pred_empty": n_pred == 0,
-        "status": status,
-    }
+    return {"dice": dice, "precision": precision, "recall": recall, hd95_key: hd95, "tp": tp, "fp": fp, "fn": fn,
+            "ref_empty": n_ref == 0, "pred_empty": n_pred == 0, "status": status}
 
 
 def segmentation_case_metrics(
@@ -692,15 +685,18 @@ def segmentation_case_metrics(
     *,
     regions: Mapping[str, Sequence[int]],
     spacing: Sequence[float],
+    unit: str = "mm",
 ) -> dict[str, dict[str, Any]]:
-    """Per-region Dice, precision, recall, HD95 (mm), voxel counts and status for one case.
+    """Per-region Dice, precision, recall, HD95, voxel counts and status for one case.
 
     pred, ref: integer label maps of the same 2D ``(H, W)`` or 3D ``(D, H, W)`` shape.
     regions: name -> label values whose union is the region (e.g. BraTS ``{"TC": [2, 3]}``).
-    spacing: voxel size in mm per axis, same axis order as the arrays.
-    Returns ``{region: {"dice", "precision", "recall", "hd95_mm", "tp", "fp", "fn",
+    spacing: voxel size per axis in ``unit`` (``mm``, or ``px`` for images without physical spacing).
+    Returns ``{region: {"dice", "precision", "recall", "hd95_<unit>", "tp", "fp", "fn",
     "ref_empty", "pred_empty", "status"}}``; empty regions follow :data:`EMPTY_MASK_POLICY`.
     """
+    if unit not in HD95_KEYS:
+        raise ValueError(f"unit must be one of {sorted(HD95_KEYS)}, got {unit!r}")
     pred_a = _validate_label_map(pred, "pred")
     ref_a = _validate_label_map(ref, "ref")
     if pred_a.shape != ref_a.shape:
@@ -716,7 +712,8 @@ def segmentation_case_metrics(
             raise ValueError(f"region {name!r}: needs foreground label values (> 0), got {labels_l}")
         if name == _MEAN_REGION:
             raise ValueError(f"region name {name!r} is reserved for the across-regions mean row")
-        out[name] = _region_metrics(np.isin(pred_a, labels_l), np.isin(ref_a, labels_l), spacing_d, worst_mm)
+        out[name] = _region_metrics(np.isin(pred_a, labels_l), np.isin(ref_a, labels_l), spacing_d, worst_mm,
+                                    HD95_KEYS[unit])
     return out
 
 
@@ -764,11 +761,13 @@ def summarize_segmentation(
     if not per_case:
         raise ValueError("summarize_segmentation: no cases")
     region_names = list(per_case[0].keys())
+    first = per_case[0][region_names[0]] if region_names else {}
+    metrics = (*SEGMENTATION_METRICS[:3], HD95_KEYS["px"] if HD95_KEYS["px"] in first else HD95_KEYS["mm"])
     for i, case in enumerate(per_case):
         if list(case.keys()) != region_names:
             raise ValueError(f"case {i}: regions {list(case.keys())} differ from case 0's {region_names}")
         for name in region_names:
-            missing = [m for m in (*SEGMENTATION_METRICS, "status") if m not in case[name]]
+            missing = [m for m in (*metrics, "status") if m not in case[name]]
             if missing:
                 raise ValueError(f"case {i}, region {name!r}: missing keys {missing}")
             if case[name]["status"] not in _STATUSES:
@@ -788,7 +787,7 @@ def summarize_segmentation(
     }
     rows: list[MetricRow] = []
     sel_idx = [region_names.index(r) for r in selected]
-    for metric in SEGMENTATION_METRICS:
+    for metric in metrics:
         values_nr = np.array([[float(case[r][metric]) for r in region_names] for case in per_case])
         nan_nr = np.isnan(values_nr)
         bad = np.argwhere(nan_nr & (statuses_nr == "ok"))

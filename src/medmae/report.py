@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from medmae.errors import RunDirError
 from medmae.metrics import bootstrap_ci
 
 HEADLINE = {"cls": [("macro_auroc", ""), ("auroc", "")], "seg": [("dice", "mean")]}
@@ -173,11 +174,13 @@ def write_report(run_dir: str | Path) -> Path:
     from medmae.tasks.sweep import RESULTS_CSV, SWEEP_FILE, collect
 
     run_dir = Path(run_dir)
+    if not (run_dir / SWEEP_FILE).is_file():
+        raise RunDirError(f"{run_dir}: not a sweep directory (no {SWEEP_FILE}; see `medmae sweep`)")
     meta = json.loads((run_dir / SWEEP_FILE).read_text())
     collect(run_dir)
     rows = read_results(run_dir / RESULTS_CSV)
     if not rows:
-        raise ValueError(f"{run_dir}: no finished cells to report on")
+        raise RunDirError(f"{run_dir}: no finished cells to report on")
     task = meta["task"]
     metric, where = headline_key(rows, task)
     agg = aggregate(rows)

@@ -132,7 +132,7 @@ def test_segmentation_fine_tuning_and_evaluation(request, tmp_path, fixture, pre
     assert set(task["load_report"]["loaded"]) == expected
     assert ckpt.find_latest_valid(seg / "checkpoints").name == ckpt.step_dir_name(3)
     summary = evaluate(seg)
-    assert (seg / "eval" / "summary.json").is_file() and summary["task"] == "seg" and summary["n_cases"] >= 1
+    assert (seg / "eval" / "test" / "summary.json").is_file() and summary["task"] == "seg" and summary["n_cases"] >= 1
     dice = [r for r in summary["rows"] if r["metric"] == "dice"]
     assert dice and all(0.0 <= r["value"] <= 1.0 for r in dice if r["value"] is not None)
 

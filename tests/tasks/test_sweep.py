@@ -129,3 +129,23 @@ def test_report_mask_ratio_ablation(tmp_path, pretrained):
     assert "0.1000" in md  # paired difference
     assert "Mask-ratio ablation" not in md  # one pretrained model, one ratio
     assert math.isclose(json.loads((out / "summary.json").read_text())["paired"][0]["mean_diff"], 0.1)
+
+
+def test_collect_reads_new_cells_and_old_ones(tmp_path):
+    """Cells evaluated into eval/test/ (now) and eval/ (older sweeps) are both collected; a cell's other evaluations
+    (eval/<data>_<split>/) are not mistaken for its result."""
+    out = tmp_path / "W"
+    meta = {"task": "cls", "folds": None, "inits": {"scratch": "scratch", "mae": "/runs/mae"}}
+    (out / "cells").mkdir(parents=True)
+    (out / "sweep.json").write_text(json.dumps(meta))
+    for init, folder, v in (("scratch", "eval", 0.6), ("mae", "eval/test", 0.7)):
+        cell = out / "cells" / f"cls_frac0.5_seed0_{init}" / folder
+        cell.mkdir(parents=True)
+        cell.joinpath("summary.json").write_text(json.dumps({"split": "test", "rows": [
+            {"metric": "macro_auroc", "value": v, "ci_low": v - 0.05, "ci_high": v + 0.05, "n": 20}]}))
+    other = out / "cells" / "cls_frac0.5_seed0_mae" / "eval" / "external_test"
+    other.mkdir()
+    other.joinpath("summary.json").write_text(json.dumps({"split": "x:test", "rows": [
+        {"metric": "macro_auroc", "value": 0.1, "ci_low": 0.0, "ci_high": 0.2, "n": 5}]}))
+    rows = sweep_mod.collect(out)
+    assert sorted((r["init"], r["value"]) for r in rows) == [("mae", 0.7), ("scratch", 0.6)]

@@ -65,9 +65,13 @@ class LoadReport:
 
 def read_encoder_source(init: str | Path) -> EncoderSource:
     """Find and read the encoder weights named by ``--init``."""
+    if not str(init).strip():
+        raise ExportError("--init is empty: give 'scratch', a pretraining run directory or an encoder file")
     path = Path(init)
     if path.is_dir():
         export = path / "export" / "encoder.safetensors"
+        if (path / "task.json").is_file():
+            raise ExportError(f"{path}: a fine-tuning run; --init takes a pretraining run directory or an encoder file")
         if not export.is_file():
             raise ExportError(f"{path}: no export/encoder.safetensors (is this a finished `medmae pretrain` run?)")
         path = export

@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from medmae.baselines import accuracy_vs_baseline, decision_rule, trivial_accuracy
+from medmae.config import ConfigError
 from medmae.data.cache import ArrayCache
 from medmae.data.pipeline import prepare, resolve_spec
 from medmae.data.preprocess import Preprocessing
@@ -18,7 +20,8 @@ from medmae.data.splits import require_both_classes
 from medmae.metrics import regions_from_labels, segmentation_case_metrics, summarize_classification, summarize_segmentation
 from medmae.data.labels import class_targets
 from medmae.tasks.finetune import SPLITS_FILE, check_mask_values
-from medmae.tasks.inference import classify, load_task_run, segment
+from medmae.tasks.eval_outputs import PER_CASE_FILE, SUMMARY_FILE, eval_dir, length_unit
+from medmae.tasks.inference import classify, load_task_run, segment, set_threads
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +29,12 @@ log = logging.getLogger(__name__)
 def evaluation_cases(run_dir: Path, cfg: Any, data: str | Path | None, split: str) -> DatasetSpec:
     """The run's own split (from ``splits.json``), or the cases of ``data`` (its ``split`` ones when it has them)."""
     if data is None:
+        splits = json.loads((run_dir / SPLITS_FILE).read_text())
+        if split == "test" and not splits.get("test") and splits.get("train"):
+            raise ConfigError(f"{run_dir}: this run has no held-out split (it trained on all its labelled cases, "
+                              "eval.test_fraction=0); evaluate it on other data with --data PATH")
         spec = resolve_spec(cfg.data)
-        ids = set(json.loads((run_dir / SPLITS_FILE).read_text()).get(split, []))
+        ids = set(splits.get(split, []))
         cases = [c for c in spec.cases if c.case_id in ids]
         if not cases:
             raise SourceError(f"{run_dir / SPLITS_FILE}: no cases in split {split!r}")
@@ -44,8 +51,10 @@ def evaluation_cases(run_dir: Path, cfg: Any, data: str | Path | None, split: st
 
 
 def evaluate(run_dir: str | Path, *, data: str | Path | None = None, split: str = "test",
-             device: str = "auto") -> dict[str, Any]:
-    """Evaluate a fine-tuned run; writes ``eval/summary.json`` and ``eval/per_case.csv`` and returns the summary."""
+             device: str = "auto", threads: int | None = None) -> dict[str, Any]:
+    """Evaluate a fine-tuned run; writes ``summary.json`` and ``per_case.csv`` to ``eval/<split>/`` (with ``data``:
+    ``eval/<data-name>_<split>/``) and returns the summary. ``threads``: torch CPU threads."""
+    set_threads(threads)
     run_dir = Path(run_dir)
     cfg, info, model, ckpt_path = load_task_run(run_dir, device)
     device = next(model.parameters()).device
@@ -61,32 +70,44 @@ def evaluate(run_dir: str | Path, *, data: str | Path | None = None, split: str 
         rows, per_case = summarize_classification(probs, targets, multilabel=info["multilabel"],
                                                   class_names=info["classes"], threshold=cfg.eval.threshold,
                                                   n_resamples=cfg.eval.bootstrap, seed=0)
-        extra: dict[str, Any] = {}
+        extra: dict[str, Any] = decisions_and_baseline(rows, targets, info, cfg.eval.threshold)
     else:
         check_mask_values(prepared, info)
         label_names = {int(k): v for k, v in info["label_names"].items()}
         regions = cfg.eval.regions or regions_from_labels(label_names)
+        unit = length_unit(spec.cases)
         per_case = []
         for p in prepared:
             pred = segment(model, p.image, cfg.model.img_size, overlap=cfg.eval.sw_overlap,
                            sw_batch_size=cfg.eval.sw_batch_size, device=device).argmax(0).numpy()
-            per_case.append(segmentation_case_metrics(pred, np.asarray(p.mask), regions=regions, spacing=p.spacing))
+            per_case.append(segmentation_case_metrics(pred, np.asarray(p.mask), regions=regions, spacing=p.spacing,
+                                                       unit=unit))
         seg = summarize_segmentation(per_case, mean_over=cfg.eval.mean_over, n_resamples=cfg.eval.bootstrap, seed=0)
         rows = seg["rows"]
-        extra = {"policy": seg["policy"], "counts": seg["counts"], "regions": regions, "mean_over": seg["mean_over"]}
+        extra = {"policy": seg["policy"], "counts": seg["counts"], "regions": regions, "mean_over": seg["mean_over"],
+                 "hd95_unit": unit}
         per_case = [{"case": cid, "region": r, **vals} for cid, case in zip(ids, per_case) for r, vals in case.items()]
     for row in per_case:
         if "case" in row and isinstance(row["case"], (int, np.integer)):
             row["case"] = ids[int(row["case"])]
-    summary = {"task": cfg.task, "split": split if data is None else f"{data}:{split}", "n_cases": len(prepared),
+    summary = {"task": cfg.task, "split": split if data is None else f"{data}:{split}",
+               "data": None if data is None else str(data), "n_cases": len(prepared),
                "checkpoint": str(ckpt_path), "rows": rows, **extra,
                "leakage": leakage_check(info, prepared, cfg)}
-    out = run_dir / "eval"
-    out.mkdir(exist_ok=True)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=_json_default))
-    write_csv(out / "per_case.csv", per_case)
+    out = eval_dir(run_dir, split, data)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=1, default=_json_default))
+    write_csv(out / PER_CASE_FILE, per_case)
     log.info("evaluation of %d cases written to %s", len(prepared), out)
     return summary
+
+
+def decisions_and_baseline(rows: list, targets: np.ndarray, info: dict[str, Any], threshold: float) -> dict[str, Any]:
+    """The threshold and rule behind accuracy, and the trivial accuracy it must beat (summary keys)."""
+    accuracy = next(r["value"] for r in rows if r["metric"] == "accuracy")
+    baseline = trivial_accuracy(targets, multilabel=info["multilabel"], class_names=info["classes"])
+    rule = decision_rule(multilabel=info["multilabel"], n_classes=len(info["classes"]), threshold=threshold)
+    return {"threshold": threshold, "decision_rule": rule, "accuracy_baseline": accuracy_vs_baseline(accuracy, baseline)}
 
 
 def leakage_check(info: dict[str, Any], prepared: list, cfg: Any) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from medmae.config import (
     dump_yaml,
     finetune_raw_from_preset,
     load_raw,
+    set_data_path,
     validate,
 )
 from medmae.data.dataset import Augment, CaseDataset, Prepared
@@ -31,9 +32,9 @@ from medmae.data.splits import kfold, label_fraction, require_both_classes, save
 from medmae.engine.distributed import check_batch, barrier, init_distributed
 from medmae.engine.loop import Trainer
 from medmae.engine.optim import param_groups
-from medmae.errors import Interrupted
+from medmae.errors import ExportError, Interrupted, MedmaeError
 from medmae.metrics import regions_from_labels
-from medmae.models.convert import LoadReport, check_contract, load_encoder_weights, read_encoder_source
+from medmae.models.convert import EncoderSource, LoadReport, check_contract, load_encoder_weights, read_encoder_source
 from medmae.models.registry import build_encoder, build_task_head, family, load_extra_parts
 from medmae.models.resenc import deep_supervision_loss
 from medmae.tasks.pretrain import PRETRAIN_CASES
@@ -62,7 +63,7 @@ def resolve_finetune_config(config: Any = None, *, task: str | None = None, pres
         raw["task"] = task
     cfg = validate(FinetuneConfig, apply_overrides(raw, overrides), f"fine-tuning config ({preset or config or 'defaults'})")
     if data is not None:
-        cfg.data.path = str(data)
+        set_data_path(cfg, data)
     return cfg
 
 
@@ -73,6 +74,19 @@ def adopt_architecture(cfg: FinetuneConfig, contract: dict[str, Any]) -> None:
     cfg.model.arch = contract["arch"]
     keep_own = ("img_size", "in_channels", "pos_embed")
     cfg.model.encoder = {k: v for k, v in contract["encoder"].items() if k not in keep_own}
+
+
+def build_adopted_encoder(cfg: FinetuneConfig, src: EncoderSource | None) -> nn.Module:
+    """The encoder; arguments from an export's contract that do not build one are that file's fault."""
+    if src is None or src.contract is None:
+        return build_encoder(cfg.model)
+    try:
+        return build_encoder(cfg.model)
+    except MedmaeError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise ExportError(f"{src.path}: the encoder arguments in its medmae_contract do not build a "
+                          f"{cfg.model.arch} encoder ({type(e).__name__}: {(str(e).splitlines() or [''])[0]})") from None
 
 
 def build_task_model(cfg: FinetuneConfig, num_outputs: int, init: str | None) -> tuple[nn.Module, LoadReport | None]:
@@ -87,7 +101,7 @@ def build_task_model(cfg: FinetuneConfig, num_outputs: int, init: str | None) ->
         for n in notes:
             log.warning("allowed contract difference: %s", n)
         adopt_architecture(cfg, src.contract)
-    encoder = build_encoder(cfg.model)
+    encoder = build_adopted_encoder(cfg, src)
     if src is not None:
         report = load_encoder_weights(encoder, src, stem_key=family(cfg.model.arch).stem_key)
     model = build_task_head(encoder, num_outputs, cfg)
@@ -155,7 +169,8 @@ def make_splits(cfg: FinetuneConfig, cases: Sequence[Case]) -> dict[str, Any]:
 
     With ``eval.folds`` the held-out part is fold ``eval.fold`` of a patient-level stratified k-fold over the
     data's training cases (``folds`` is saved too, in nnU-Net's ``splits_final.json`` shape); otherwise the
-    data's own test split when it has one, else a seeded patient-level stratified split.
+    data's own test split when it has one, else a seeded patient-level stratified split, or none at all with
+    ``eval.test_fraction=0`` (every case trains; evaluate on other data).
     """
     given = {c.split for c in cases}
     if cfg.eval.folds:
@@ -171,6 +186,9 @@ def make_splits(cfg: FinetuneConfig, cases: Sequence[Case]) -> dict[str, Any]:
                  "val": sorted(c.case_id for c in cases if c.split in ("val", "validation")),
                  "test": sorted(c.case_id for c in cases if c.split == "test"),
                  "origin": "dataset"}
+    elif cfg.eval.test_fraction == 0:
+        split = {"train": sorted(c.case_id for c in cases), "val": [], "test": [],
+                 "origin": "none held out (eval.test_fraction=0)"}
     else:
         split = {**train_test_split(cases, test_fraction=cfg.eval.test_fraction, val_fraction=cfg.eval.val_fraction,
                                     seed=cfg.eval.split_seed), "origin": f"seeded ({cfg.eval.split_seed})"}
@@ -253,7 +271,8 @@ def finetune(
         targets = class_targets(train_cases, info)
         test_cases = [by_id[i] for i in split["test"]]
         class_targets(test_cases, info)  # bad labels in the held-out split fail now, not after training
-        require_both_classes(test_cases, info["classes"], f"held-out split ({split['origin']})")
+        if test_cases:
+            require_both_classes(test_cases, info["classes"], f"held-out split ({split['origin']})")
 
     torch.manual_seed(cfg.train.seed)
     model, report = build_task_model(cfg, info["num_outputs"], None if init is None else str(init))
@@ -282,9 +301,10 @@ def finetune(
         if cfg.task == "seg":
             check_regions(cfg, info)
             check_mask_values(prepared, info)
-            held_out = prepare(DatasetSpec(spec.root, [by_id[i] for i in split["test"]]), prep, cfg.data, with_masks=True,
-                               show_progress=False)  # bad test masks fail before training (and are cached for evaluate)
-            check_mask_values(held_out, info)
+            if split["test"]:
+                held_out = prepare(DatasetSpec(spec.root, [by_id[i] for i in split["test"]]), prep, cfg.data,
+                                   with_masks=True, show_progress=False)  # bad test masks fail now (and are cached)
+                check_mask_values(held_out, info)
             fg = [foreground_points(p.mask, seed=i) for i, p in enumerate(prepared)] if cfg.data.foreground_prob > 0 else None
             dataset = CaseDataset(prepared, crop, augment=augment, seed=cfg.train.seed, foreground=fg)
         else:

@@ -12,10 +12,11 @@ import torch
 from monai.inferers import sliding_window_inference
 from torch import nn
 
-from medmae.config import FinetuneConfig, load_config
+from medmae.config import ConfigError, FinetuneConfig, load_config
 from medmae.data.dataset import augment_case
 from medmae.engine import checkpoint as ckpt
 from medmae.engine.distributed import pick_device
+from medmae.errors import RunDirError
 from medmae.models.registry import build_encoder, build_task_head
 from medmae.tasks.finetune import TASK_FILE
 
@@ -24,8 +25,12 @@ def load_task_run(run_dir: str | Path, device: str | torch.device = "auto") -> t
     """Config, task description and weights (newest valid checkpoint) of a fine-tuning run, on ``device``
     ('auto': CUDA when available)."""
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunDirError(f"{run_dir}: {'not a directory' if run_dir.exists() else 'no such run directory'}")
     if not (run_dir / TASK_FILE).is_file():
-        raise ckpt.CheckpointError(f"{run_dir}: not a fine-tuning run (no {TASK_FILE})")
+        hint = (" but a pretraining run: fine-tune it first (medmae finetune --init " + str(run_dir) + ")"
+                if (run_dir / "export").is_dir() or (run_dir / "pretrain_cases.json").is_file() else "")
+        raise ckpt.CheckpointError(f"{run_dir}: not a fine-tuning run (no {TASK_FILE}){hint}")
     cfg = load_config(FinetuneConfig, run_dir / "config.yaml")
     info = json.loads((run_dir / TASK_FILE).read_text())
     path = ckpt.find_latest_valid(run_dir / "checkpoints")
@@ -36,6 +41,24 @@ def load_task_run(run_dir: str | Path, device: str | torch.device = "auto") -> t
     if not isinstance(device, torch.device):
         device = pick_device(device)
     return cfg, info, model.to(device).eval(), path
+
+
+def set_threads(threads: int | None) -> None:
+    """torch CPU threads of this process (``--threads``, like ``train.threads``); None keeps torch's default."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise ConfigError(f"--threads must be at least 1, got {threads}")
+    torch.set_num_threads(threads)
+
+
+def output_dir(out: str | Path, option: str = "--out") -> Path:
+    """``--out`` (or another folder option) as a folder, created; a file in its place is an error naming it."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{option} {out}: exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
 
 
 def class_probabilities(logits: torch.Tensor, multilabel: bool) -> torch.Tensor:

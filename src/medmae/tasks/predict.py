@@ -15,7 +15,7 @@ from medmae.config import ConfigError
 from medmae.data.preprocess import Preprocessing, load_image
 from medmae.data.readers import write_like
 from medmae.data.sources import Case, strip_suffix
-from medmae.tasks.inference import classify, load_task_run, segment
+from medmae.tasks.inference import classify, load_task_run, output_dir, segment, set_threads
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +31,16 @@ def _output_name(path: Path, spatial_dims: int) -> str:
     return f"{stem}_seg.nii.gz"
 
 
-def predict(run_dir: str | Path, inputs: Sequence[str | Path], *, out: str | Path, device: str = "auto") -> list[Path]:
+def predict(run_dir: str | Path, inputs: Sequence[str | Path], *, out: str | Path, device: str = "auto",
+            threads: int | None = None) -> list[Path]:
     """Segmentation: one label map per input, written with the input's geometry (affine/spacing/orientation).
-    Classification: ``predictions.csv`` with one probability column per class and the predicted class(es)."""
+    Classification: ``predictions.csv`` with one probability column per class and the predicted class(es).
+    ``threads``: torch CPU threads."""
+    set_threads(threads)
     cfg, info, model, _ = load_task_run(run_dir, device)
     device = next(model.parameters()).device
     prep = Preprocessing.from_config(cfg.data, cfg.model)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(out)
     cases = [Case(strip_suffix(Path(p).name), (str(p),), strip_suffix(Path(p).name)) for p in inputs]
     if cfg.task == "cls":
         images = [load_image(c, prep).array for c in cases]

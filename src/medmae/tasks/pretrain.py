@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from medmae.config import ConfigError, PretrainConfig, dump_yaml, load_config
+from medmae.config import ConfigError, PretrainConfig, dump_yaml, load_config, set_data_path
 from medmae.data.cache import ArrayCache
 from medmae.data.dataset import Augment, CaseDataset, Prepared
 from medmae.data.pipeline import PreparedPool, prepare_pool, resolve_parts
@@ -31,7 +31,7 @@ def resolve_pretrain_config(config: Any = None, *, preset: str | None = None, da
                             overrides: Iterable[str] = ()) -> PretrainConfig:
     cfg = load_config(PretrainConfig, config, preset=preset, overrides=overrides)
     if data is not None:
-        cfg.data.path = str(data)
+        set_data_path(cfg, data)
     return cfg
 
 

@@ -14,8 +14,11 @@ from medmae.data.dataset import augment_case
 from medmae.data.preprocess import Preprocessing, load_image
 from medmae.data.sources import Case, strip_suffix
 from medmae.engine import checkpoint as ckpt
+from medmae.errors import RunDirError
 from medmae.figures import save_reconstruction_figure
 from medmae.models.registry import build_mae
+from medmae.tasks.finetune import TASK_FILE
+from medmae.tasks.inference import output_dir
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +26,12 @@ log = logging.getLogger(__name__)
 def load_pretrain_run(run_dir: str | Path) -> tuple[PretrainConfig, torch.nn.Module, Path]:
     """Config and MAE weights of a pretraining run (newest valid checkpoint)."""
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunDirError(f"{run_dir}: {'not a directory' if run_dir.exists() else 'no such run directory'}")
+    if (run_dir / TASK_FILE).is_file():
+        raise RunDirError(f"{run_dir}: a fine-tuning run; reconstruct needs the run directory of `medmae pretrain`")
+    if not (run_dir / "config.yaml").is_file():
+        raise RunDirError(f"{run_dir}: not a medmae pretraining run (no config.yaml)")
     cfg = load_config(PretrainConfig, run_dir / "config.yaml")
     path = ckpt.find_latest_valid(run_dir / "checkpoints")
     if path is None:
@@ -39,7 +48,7 @@ def reconstruct(run_dir: str | Path, inputs: Sequence[str | Path], *, out: str |
     if mask_ratio is not None:
         model.mask_ratio = mask_ratio
     prep = Preprocessing.from_config(cfg.data, cfg.model)
-    out = Path(out)
+    out = output_dir(out)
     written = []
     for i, inp in enumerate(inputs):
         case = Case(strip_suffix(Path(inp).name), (str(inp),), strip_suffix(Path(inp).name))

@@ -1,7 +1,7 @@
 """``medmae sweep``: label-efficiency grid (fractions x seeds x initialisations [x folds]), resumable.
 
 Every cell is an ordinary fine-tuning run under ``W/cells/<cell>/`` followed by an evaluation. A cell whose
-``eval/summary.json`` exists is done and is not rerun; an interrupted one continues from its checkpoint. All
+``eval/test/summary.json`` (older sweeps: ``eval/summary.json``) exists is done and is not rerun; an interrupted one continues from its checkpoint. All
 cells share the held-out split (``eval.split_seed`` is fixed), the label subset and the training seed vary
 with the seed, so every initialisation sees exactly the same cases at each (fraction, seed, fold): the
 comparison with scratch is paired.
@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from medmae.config import ConfigError
+from medmae.tasks.eval_outputs import find_summary
 from medmae.tasks.evaluate import evaluate
 from medmae.tasks.finetune import finetune
+from medmae.tasks.inference import output_dir
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,10 @@ def grid(task: str, inits: Sequence[str], fractions: Sequence[float], seeds: Seq
     """All cells, ordered so that every initialisation of a (fold, fraction, seed) runs back to back."""
     if not inits:
         raise ConfigError("a sweep needs at least one --init (e.g. scratch and a pretraining run)")
+    if any(not str(i).strip() for i in inits):
+        raise ConfigError("--init is empty: give 'scratch', a pretraining run directory or an encoder file")
+    if not fractions:
+        raise ConfigError("--fractions: no label fraction given (e.g. --fractions 0.1,0.5,1.0)")
     bad = [f for f in fractions if not 0 < f <= 1]
     if bad:
         raise ConfigError(f"label fractions must be in (0, 1], got {bad}")
@@ -93,10 +99,12 @@ def sweep(
     report: bool = True,
 ) -> Path:
     """Run (or continue) the grid; writes ``results.csv`` and ``sweep.json`` and, with ``report``, the report."""
-    run_dir = Path(run_dir)
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
     cells = grid(task, [str(i) for i in inits], fractions, seed_list, folds)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    missing = [str(i) for i in inits if str(i) != "scratch" and not Path(i).exists()]
+    if missing:
+        raise ConfigError(f"--init {missing[0]}: no such encoder file or run directory")
+    run_dir = output_dir(run_dir, "--run-dir")
     meta = {"task": task, "preset": preset, "config": str(config) if config else None, "data": str(data) if data else None,
             "inits": dict(init_names([str(i) for i in inits])), "fractions": list(fractions), "seeds": seed_list,
             "folds": folds, "overrides": list(overrides), "max_steps": max_steps, "cells": [c.name for c in cells]}
@@ -109,7 +117,7 @@ def sweep(
     previous.write_text(json.dumps(meta, indent=1))
     for i, cell in enumerate(cells, start=1):
         cell_dir = run_dir / "cells" / cell.name
-        if (cell_dir / "eval" / "summary.json").is_file():
+        if find_summary(cell_dir) is not None:
             continue
         log.info("sweep cell %d/%d: %s", i, len(cells), cell.name)
         finetune(config, task=task, init=cell.init, preset=preset, data=data, run_dir=cell_dir,
@@ -130,8 +138,8 @@ def collect(run_dir: str | Path) -> list[dict[str, Any]]:
     meta = json.loads((run_dir / SWEEP_FILE).read_text())
     rows = []
     for cell_dir in sorted((run_dir / "cells").glob("*")):
-        summary_path = cell_dir / "eval" / "summary.json"
-        if not summary_path.is_file():
+        summary_path = find_summary(cell_dir)
+        if summary_path is None:
             continue
         summary = json.loads(summary_path.read_text())
         cfg = parse_cell(cell_dir.name, meta)
