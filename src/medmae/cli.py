@@ -355,7 +355,7 @@ def data_prepare(
     """Preprocess every case into the cache with a preset's or config's preprocessing and write a fingerprint JSON."""
     from rich.markup import escape
 
-    from medmae.data.check import prepare_source
+    from medmae.tasks.prepare import prepare_source
 
     items = paths or []
     configs = [p for p in items if p.lower().endswith((".yaml", ".yml"))]

@@ -12,9 +12,10 @@ from torch.utils.data import DataLoader
 
 from medmae.data import dataset as ds_mod
 from medmae.data.cache import ArrayCache
+from medmae.data.cases import Case
 from medmae.data.dataset import Augment, CaseDataset, EpochBatchSampler, Prepared, case_seed, prepare_cases
-from medmae.data.preprocess import CaseError, Preprocessing
-from medmae.data.sources import Case
+from medmae.data.preprocess import Preprocessing
+from medmae.errors import CaseError
 
 H, W = 32, 40
 

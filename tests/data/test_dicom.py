@@ -16,7 +16,8 @@ from pydicom.pixels import apply_modality_lut
 from pydicom.uid import CTImageStorage, DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
 
 from medmae.data.dicom import DicomSeries, find_series, read_series, scan_dicom_tree
-from medmae.data.readers import ReadError, read_image
+from medmae.data.readers import read_image
+from medmae.errors import ReadError
 
 ROWS, COLS, N_SLICES = 12, 16, 8
 ROW_MM, COL_MM, SLICE_MM = 0.8, 0.7, 2.5  # PixelSpacing = (between rows, between columns)

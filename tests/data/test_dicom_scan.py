@@ -10,8 +10,9 @@ import pytest
 from data_factory import dicom_series
 from helpers import invoke
 from medmae.data.dicom import scan_dicom_tree
-from medmae.data.readers import ReadError, read_image
+from medmae.data.readers import read_image
 from medmae.data.sources import load_source
+from medmae.errors import ReadError
 
 N = 6
 

@@ -9,9 +9,9 @@ import pytest
 from data_factory import dicom_series, noise_png
 from helpers import TINY_MODEL, invoke, pretrain_args
 from medmae.config import PretrainConfig, load_config
+from medmae.data.cases import Case
 from medmae.data.modality_fit import intensity_misfit, modality_family
 from medmae.data.pipeline import resolve_parts
-from medmae.data.sources import Case
 from medmae.data.synthetic import write_dataset
 
 

@@ -9,8 +9,9 @@ import pytest
 from medmae.config import ConfigError, PretrainConfig, load_config
 from medmae.data.dataset import CaseDataset, EpochBatchSampler
 from medmae.data.pipeline import prepare_pool, resolve_parts
-from medmae.data.preprocess import CaseError, resample_to_spacing
+from medmae.data.preprocess import resample_to_spacing
 from medmae.data.synthetic import write_dataset
+from medmae.errors import CaseError
 from medmae.export import read_contract
 from medmae.tasks.pretrain import pretrain
 

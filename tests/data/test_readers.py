@@ -1,4 +1,5 @@
-"""NIfTI / NRRD / MHA / Pillow reading, label checks and write_like round trips on files written in the tests."""
+"""NIfTI / NRRD / MHA / Pillow reading (medmae.data.readers and the format modules it dispatches to), label
+checks and write_like round trips on files written in the tests."""
 
 from __future__ import annotations
 
@@ -11,14 +12,9 @@ import pytest
 import SimpleITK as sitk
 from PIL import Image
 
-from medmae.data.readers import (
-    ReadError,
-    is_image_file,
-    nonfinite_count,
-    read_image,
-    read_label,
-    write_like,
-)
+from medmae.data.readers import is_image_file, nonfinite_count, read_image, read_label, split_virtual
+from medmae.data.writers import write_like
+from medmae.errors import ReadError
 
 # Voxel axes -> world: LAS flips x; LPS flips x and y; "PLS"-like permutes the first two axes.
 AFFINES = {
@@ -324,6 +320,13 @@ def test_is_image_file(tmp_path):
     assert not is_image_file(tmp_path / "missing.nii.gz")
 
 
+def test_a_real_file_with_colons_is_not_virtual(tmp_path):
+    odd = tmp_path / "scan::1.png"
+    Image.fromarray(np.full((4, 4), 7, np.uint8)).save(odd)
+    assert split_virtual(odd) is None
+    assert read_image(odd)[0].max() == 7
+
+
 # --- labels --------------------------------------------------------------------------------------------------
 
 
@@ -371,41 +374,6 @@ def test_label_png_modes(tmp_path):
     Image.fromarray(grey_as_rgb).save(tmp_path / "colour.png")
     with pytest.raises(ReadError, match="needs 1 channel, got 3"):
         read_label(tmp_path / "colour.png")
-
-
-# --- write_like ----------------------------------------------------------------------------------------------
-
-
-def test_write_like_2d_png_round_trip_and_refusals(tmp_path):
-    grey16 = (np.arange(12, dtype=np.uint16) * 5000).reshape(3, 4)
-    Image.fromarray(grey16).save(tmp_path / "in.png")
-    x, meta = read_image(tmp_path / "in.png")
-    out = write_like(x[0].astype(np.uint16), meta, tmp_path / "out.png")
-    np.testing.assert_array_equal(np.asarray(Image.open(out)), grey16)
-    with pytest.raises(ValueError, match="cannot store 1 channel\\(s\\) of float32"):
-        write_like(x, meta, tmp_path / "float.png")
-    with pytest.raises(ValueError, match="cannot write 2-D data"):
-        write_like(x[0], meta, tmp_path / "out.jpg")
-    with pytest.raises(ValueError, match="does not match"):
-        write_like(x[0, :2], meta, tmp_path / "small.png")
-
-
-def test_write_like_rejects_wrong_3d_shape(tmp_path):
-    path = _save_nifti(tmp_path / "a.nii.gz", _phantom(), AFFINES["PLS"])
-    x, meta = read_image(path)
-    with pytest.raises(ValueError, match="does not match") as info:
-        write_like(x[0, :-1], meta, tmp_path / "out.nii.gz")
-    assert str(info.value).startswith(str(tmp_path / "out.nii.gz"))
-
-
-def test_write_like_multichannel_nifti(tmp_path):
-    data = np.stack([_phantom(seed=s) for s in range(2)], axis=-1)
-    path = _save_nifti(tmp_path / "two.nii.gz", data, AFFINES["LAS"])
-    x, meta = read_image(path)
-    out = write_like(x, meta, tmp_path / "probs.nii.gz")
-    written = nib.load(out)
-    assert written.shape == data.shape
-    np.testing.assert_array_equal(written.get_fdata(dtype=np.float32), data)
 
 
 # --- real data (skipped when ../shared/data or MEDMAE_DATA is absent) ----------------------------------------

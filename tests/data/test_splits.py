@@ -3,7 +3,7 @@ from collections import Counter
 
 import pytest
 
-from medmae.data.sources import Case
+from medmae.data.cases import Case
 from medmae.data.splits import kfold, label_fraction, save_json, stratum, train_test_split
 
 FRACTIONS = (0.05, 0.1, 0.25, 0.5, 1.0)

@@ -11,10 +11,10 @@ from data_factory import nifti, nifti_declaring, noise_png, png
 from helpers import TINY_MODEL, flat, invoke, pretrain_args
 from medmae.data.check import check_source
 from medmae.data.preprocess import Preprocessing, load_image
-from medmae.data.readers import ReadError, read_image
+from medmae.data.readers import read_image
 from medmae.data.sources import load_source
 from medmae.data.validity import image_problems
-from medmae.errors import CaseError
+from medmae.errors import CaseError, ReadError
 
 TINY_16 = (*TINY_MODEL, "model.img_size=[16,16]", "model.patch_size=8", "train.batch_size=2", "data.figure_cases=1")
 PREP_2D = Preprocessing(spatial_dims=2, in_channels=1, intensity={"name": "minmax"}, orientation=None)

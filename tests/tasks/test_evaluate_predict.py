@@ -14,9 +14,9 @@ from helpers import flat, invoke
 
 from medmae.config import ConfigError
 from medmae.data.pipeline import resolve_spec
-from medmae.data.sources import SourceError
 from medmae.data.synthetic import abdomen_ct, chest_xray
 from medmae.engine.checkpoint import CheckpointError
+from medmae.errors import SourceError
 from medmae.metrics import EMPTY_MASK_POLICY
 from medmae.tasks.demo import comparison_rows
 from medmae.tasks.eval_outputs import eval_dir, find_summary

@@ -226,7 +226,7 @@ def test_segmentation_needs_declared_labels(tmp_path):
 
 
 def test_task_labels_and_class_targets():
-    from medmae.data.sources import Case, DatasetSpec
+    from medmae.data.cases import Case, DatasetSpec
 
     cases = [Case("a", ("a.png",), "a", label="x|y"), Case("b", ("b.png",), "b", label="")]
     cfg = ft.resolve_finetune_config(task="cls", overrides=TINY_2D)

@@ -6,7 +6,7 @@
 - ``data.label_map``: mask values replaced before they are checked (``{255: 1}``);
 - the intensity preset, checked against the cases' modality (:mod:`medmae.data.modality_fit`).
 
-Findings are returned as ``(code, message)`` pairs; :mod:`medmae.data.check` makes them findings.
+Findings are returned as ``(code, message)`` pairs; :mod:`medmae.data.check_case` and :mod:`medmae.data.check_dataset` make them findings.
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from medmae.config import DataConfig
+from medmae.data.cases import DatasetSpec
 from medmae.data.modality_fit import intensity_misfit
 from medmae.data.series_filter import SeriesFilter, describe_dropped, split_cases
-from medmae.data.sources import DatasetSpec
 
 SAVED_IMAGE_VALUES = {0, 255}  # a binary mask saved as an 8-bit picture
 
@@ -31,7 +32,7 @@ class CheckOptions:
     intensity: str | None = None
 
     @classmethod
-    def from_config(cls, data_cfg: Any) -> CheckOptions:
+    def from_config(cls, data_cfg: DataConfig) -> CheckOptions:
         return cls(SeriesFilter.from_config(data_cfg), data_cfg.labels, data_cfg.label_map, data_cfg.intensity.name)
 
     def source(self, name: str, spec: DatasetSpec) -> tuple[DatasetSpec, list[tuple[str, str]]]:

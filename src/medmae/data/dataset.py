@@ -19,8 +19,9 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 
 from medmae.data.cache import ArrayCache, CachedArray, mapped
-from medmae.data.preprocess import CaseError, Preprocessing, load_image, load_mask
-from medmae.data.sources import Case
+from medmae.data.cases import Case
+from medmae.data.preprocess import Preprocessing, load_image, load_mask
+from medmae.errors import CaseError
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ Rules
   files) is decided by the header scan in :mod:`medmae.data.dicom_scan`; its names are importable from here.
 - Slices are ordered by ImagePositionPatient projected on the slice normal (row x column cosines), never
   by file name or InstanceNumber. Duplicate positions and irregular gaps (missing slices) raise
-  :class:`~medmae.data.readers.ReadError`; gantry tilt is kept as a sheared affine.
+  :class:`~medmae.errors.ReadError`; gantry tilt is kept as a sheared affine.
 - Pixel values: RescaleSlope/RescaleIntercept are applied per slice in float32 first (uint16 stored values
   with intercept -1024 give HU without wrap-around). MONOCHROME1 is then inverted to the MONOCHROME2
   convention (bright = high) within the stored bit range: ``v -> lo + hi - v``. No VOI LUT/windowing,
@@ -34,7 +34,8 @@ from pydicom.pixels import apply_color_lut
 
 from medmae.data.dicom_scan import (DicomScan, DicomSeries, find_series, log_scan_warnings, require_whole,
                                     scan_dicom_tree)
-from medmae.data.readers import ImageMeta, ReadError, StoredImage, stored_to_output
+from medmae.data.image import ImageMeta, StoredImage, stored_to_output
+from medmae.errors import ReadError
 
 __all__ = ["DicomScan", "DicomSeries", "find_series", "load_dicom", "load_series", "log_scan_warnings", "read_series",
            "scan_dicom_tree", "series_path"]

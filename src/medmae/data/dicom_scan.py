@@ -26,7 +26,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from medmae.data.readers import DICOM_SUFFIXES
+from medmae.data.image import DICOM_SUFFIXES
 from medmae.data.series_filter import series_attributes
 from medmae.errors import ReadError
 

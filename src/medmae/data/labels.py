@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from medmae.data.preprocess import CaseError
-from medmae.data.sources import Case
+from medmae.data.cases import Case
+from medmae.errors import CaseError
 
 
 def class_targets(cases: Sequence[Case], info: dict[str, Any]) -> np.ndarray:

@@ -15,19 +15,21 @@ from typing import Any
 
 import numpy as np
 
-from medmae.config import ConfigError
+from medmae.config import DataConfig, ModelConfig, SyntheticConfig
 from medmae.data.cache import ArrayCache, default_cache_dir
+from medmae.data.cases import DatasetSpec
 from medmae.data.dataset import Prepared, prepare_cases
 from medmae.data.modality_fit import intensity_misfit
-from medmae.data.preprocess import CaseError, Preprocessing
+from medmae.data.preprocess import Preprocessing
 from medmae.data.series_filter import SeriesFilter, select_series
-from medmae.data.sources import DatasetSpec, load_source
+from medmae.data.sources import load_source
 from medmae.data.synthetic import write_dataset
+from medmae.errors import CaseError, ConfigError
 
 log = logging.getLogger(__name__)
 
 
-def synthetic_dataset(syn: Any, cache_root: Path | None = None) -> Path:
+def synthetic_dataset(syn: SyntheticConfig, cache_root: Path | None = None) -> Path:
     """Write (once) the synthetic dataset described by ``syn`` under the cache; returns its manifest.
 
     Generated into a temporary folder and renamed, so concurrent processes never see half a dataset.
@@ -51,7 +53,7 @@ def synthetic_dataset(syn: Any, cache_root: Path | None = None) -> Path:
     return root / "manifest.csv"
 
 
-def resolve_spec(data_cfg: Any) -> DatasetSpec:
+def resolve_spec(data_cfg: DataConfig) -> DatasetSpec:
     """The dataset named by ``data.path``, or the built-in synthetic one when it is None, with the cases that
     ``data.include`` / ``data.exclude`` keep."""
     if data_cfg.path is None:
@@ -70,7 +72,7 @@ class PoolPart:
     weight: float = 1.0
 
 
-def resolve_parts(data_cfg: Any, model_cfg: Any) -> list[PoolPart]:
+def resolve_parts(data_cfg: DataConfig, model_cfg: ModelConfig) -> list[PoolPart]:
     """The sources to train on: ``data.sources`` (a pool) or the single ``data.path`` / synthetic dataset.
 
     A source whose cases' modality does not fit its intensity preset gets one warning line."""
@@ -96,7 +98,7 @@ def resolve_parts(data_cfg: Any, model_cfg: Any) -> list[PoolPart]:
     return parts
 
 
-def prepare(spec: DatasetSpec, prep: Preprocessing, data_cfg: Any, *, with_masks: bool = False,
+def prepare(spec: DatasetSpec, prep: Preprocessing, data_cfg: DataConfig, *, with_masks: bool = False,
             show_progress: bool = True, skipped: list[dict[str, str]] | None = None) -> list[Prepared]:
     """Preprocess (or load from the cache) every case of ``spec``."""
     cache = ArrayCache(data_cfg.cache_dir)
@@ -117,7 +119,7 @@ class PreparedPool:
     composition: dict[str, Any]
 
 
-def prepare_pool(parts: list[PoolPart], data_cfg: Any, *, with_masks: bool = False, show_progress: bool = True) -> PreparedPool:
+def prepare_pool(parts: list[PoolPart], data_cfg: DataConfig, *, with_masks: bool = False, show_progress: bool = True) -> PreparedPool:
     """Prepare every part, apply ``data.on_bad_case`` and compute per-case sampling weights (``data.sampling``)."""
     skipped: list[dict[str, str]] | None = [] if data_cfg.on_bad_case == "skip" else None
     prepared: list[Prepared] = []
@@ -141,7 +143,7 @@ def prepare_pool(parts: list[PoolPart], data_cfg: Any, *, with_masks: bool = Fal
     return PreparedPool(prepared, weights, bad, composition)
 
 
-def sampling_weights(prepared: list[Prepared], per_part: list[tuple[PoolPart, int]], data_cfg: Any) -> list[float] | None:
+def sampling_weights(prepared: list[Prepared], per_part: list[tuple[PoolPart, int]], data_cfg: DataConfig) -> list[float] | None:
     """Per-case weights so that each source (``source``) or modality (``modality``) gets its weight's share
     of the draws whatever its size; ``uniform`` samples every case equally (None)."""
     if data_cfg.sampling == "uniform":

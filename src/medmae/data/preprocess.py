@@ -14,13 +14,15 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.ndimage import zoom
 
-from medmae.config import ConfigError
+from medmae.config import DataConfig, IntensityConfig, ModelConfig
+from medmae.data.cases import Case
+from medmae.data.image import ImageMeta
 from medmae.data.intensity import apply_intensity, describe
-from medmae.data.readers import ImageMeta, read_image, read_label
-from medmae.data.sources import Case
+from medmae.data.readers import read_image, read_label
 from medmae.data.validity import require_valid
-from medmae.errors import CaseError
+from medmae.errors import CaseError, ConfigError
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,8 @@ class Preprocessing:
             raise ConfigError(f"data.spacing {list(self.spacing)} needs {dims} values for these images")
 
     @classmethod
-    def from_config(cls, data_cfg: Any, model_cfg: Any, intensity: Any = None) -> Preprocessing:
+    def from_config(cls, data_cfg: DataConfig, model_cfg: ModelConfig,
+                    intensity: IntensityConfig | None = None) -> Preprocessing:
         """The contract of a data + model config; ``intensity`` overrides ``data.intensity`` (pool sources)."""
         volumes = model_cfg.spatial_dims == 3 or data_cfg.slice_axis is not None
         return cls(
@@ -70,8 +73,6 @@ ANISOTROPY_THRESHOLD = 3.0
 
 def resample_anisotropic(x_cs: np.ndarray, shape: Sequence[int], axis: int) -> np.ndarray:
     """nnU-Net's rule for thick slices: cubic within each slice, nearest neighbour across slices (``axis``)."""
-    from scipy.ndimage import zoom
-
     out_slices = []
     n_in, n_out = x_cs.shape[1 + axis], int(shape[axis])
     in_plane = [int(s) for i, s in enumerate(shape) if i != axis]

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from medmae.data.sources import Case, SourceError
+from medmae.data.cases import Case
+from medmae.errors import SourceError
 
 
 def stratum(case: Case) -> str:

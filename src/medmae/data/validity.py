@@ -72,7 +72,7 @@ def channel_ranges(x_cs: np.ndarray) -> list[tuple[float | None, float | None]]:
 
 
 def array_problems(x_cs: np.ndarray, channel_names: Sequence[str] | None = None) -> list[Problem]:
-    """The rule on an image (C, *S) as read (``channel_names`` from its :class:`~medmae.data.readers.ImageMeta`)."""
+    """The rule on an image (C, *S) as read (``channel_names`` from its :class:`~medmae.data.image.ImageMeta`)."""
     nonfinite = int(x_cs.size - np.count_nonzero(np.isfinite(x_cs)))
     return image_problems(x_cs.shape[1:], nonfinite, channel_ranges(x_cs), colour=is_colour(channel_names))
 

@@ -12,8 +12,10 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from medmae.data.readers import PILLOW_SUFFIXES, image_suffix, split_virtual
-from medmae.data.sources import Case, SourceError
+from medmae.data.cases import Case
+from medmae.data.image import PILLOW_SUFFIXES, image_suffix
+from medmae.data.readers import split_virtual
+from medmae.errors import SourceError
 
 EVAL_DIR = "eval"
 SUMMARY_FILE = "summary.json"

@@ -13,10 +13,12 @@ import numpy as np
 from medmae.baselines import accuracy_vs_baseline, decision_rule, trivial_accuracy
 from medmae.config import ConfigError
 from medmae.data.cache import ArrayCache
+from medmae.data.cases import DatasetSpec
 from medmae.data.pipeline import prepare, resolve_spec
 from medmae.data.preprocess import Preprocessing
-from medmae.data.sources import DatasetSpec, SourceError, load_source
+from medmae.data.sources import load_source
 from medmae.data.splits import require_both_classes
+from medmae.errors import SourceError
 from medmae.metrics import regions_from_labels, segmentation_case_metrics, summarize_classification, summarize_segmentation
 from medmae.data.labels import class_targets
 from medmae.tasks.finetune import SPLITS_FILE, check_mask_values

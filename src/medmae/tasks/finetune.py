@@ -23,11 +23,11 @@ from medmae.config import (
     set_data_path,
     validate,
 )
+from medmae.data.cases import Case, DatasetSpec
 from medmae.data.dataset import Augment, CaseDataset, Prepared
 from medmae.data.labels import class_targets
 from medmae.data.pipeline import prepare, resolve_spec
 from medmae.data.preprocess import CaseError, Preprocessing
-from medmae.data.sources import Case, DatasetSpec
 from medmae.data.splits import kfold, label_fraction, require_both_classes, save_json, train_test_split
 from medmae.engine.distributed import check_batch, barrier, init_distributed
 from medmae.engine.loop import Trainer

@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from medmae.config import ConfigError
+from medmae.data.cases import Case, strip_suffix
 from medmae.data.preprocess import Preprocessing, load_image
-from medmae.data.readers import write_like
-from medmae.data.sources import Case, strip_suffix
+from medmae.data.writers import write_like
 from medmae.tasks.inference import classify, load_task_run, output_dir, segment, set_threads
 
 log = logging.getLogger(__name__)

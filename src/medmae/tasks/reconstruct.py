@@ -10,9 +10,9 @@ import numpy as np
 import torch
 
 from medmae.config import PretrainConfig, load_config
+from medmae.data.cases import Case, strip_suffix
 from medmae.data.dataset import augment_case
 from medmae.data.preprocess import Preprocessing, load_image
-from medmae.data.sources import Case, strip_suffix
 from medmae.engine import checkpoint as ckpt
 from medmae.errors import RunDirError
 from medmae.figures import save_reconstruction_figure
