@@ -13,15 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medmae.config import VIT_SIZES  # noqa: F401 (the size table lives with the config)
 from medmae.models.masking import grid_shape, patchify
-
-VIT_SIZES: dict[str, tuple[int, int, int]] = {
-    # name: (embed_dim, depth, num_heads)
-    "vit-t": (192, 12, 3),
-    "vit-s": (384, 12, 6),
-    "vit-b": (768, 12, 12),
-    "vit-l": (1024, 24, 16),
-}
 
 
 def sincos_pos_embed(grid: Sequence[int], dim: int) -> torch.Tensor:
