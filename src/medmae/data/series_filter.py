@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from medmae.config.filters import DEFAULT_EXCLUDE, FILTER_KEYWORDS, check_filter, with_default_exclude  # noqa: F401
+from medmae.config.filters import DEFAULT_EXCLUDE, FILTER_KEYWORDS, with_default_exclude
 from medmae.errors import ConfigError
 
 log = logging.getLogger(__name__)
