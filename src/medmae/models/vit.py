@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medmae.config import VIT_SIZES  # noqa: F401 (the size table lives with the config)
 from medmae.models.masking import grid_shape, patchify
 
 
