@@ -254,7 +254,7 @@ def data_check(
     from medmae.data.check_options import CheckOptions
 
     options = CheckOptions()
-    if preset or set_:  # the config pulls in torch: only when asked for
+    if preset or set_:  # a config only when asked for (pydantic is not needed otherwise)
         from medmae.config import PretrainConfig, load_config
 
         cfg = _run(load_config, PretrainConfig, None if preset else {}, preset=preset, overrides=set_ or [])

@@ -46,6 +46,13 @@ def read_sweep(run_dir: str | Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def require_sweep(run_dir: Path) -> dict[str, Any]:
+    meta = read_sweep(run_dir)
+    if meta is None:
+        raise RunDirError(f"{run_dir}: not a sweep directory (no {SWEEP_FILE}; see `medmae sweep`)")
+    return meta
+
+
 def write_sweep(run_dir: str | Path, meta: dict[str, Any]) -> Path:
     path = Path(run_dir) / SWEEP_FILE
     path.write_text(json.dumps(meta, indent=1))
@@ -78,7 +85,7 @@ def parse_cell(name: str, meta: dict[str, Any]) -> dict[str, Any]:
 def collect(run_dir: str | Path) -> list[dict[str, Any]]:
     """Gather every finished cell's evaluation into the tidy ``results.csv`` (one row per cell and metric)."""
     run_dir = Path(run_dir)
-    meta = read_sweep(run_dir) or {}
+    meta = require_sweep(run_dir)
     rows = []
     for cell_dir in sorted((run_dir / CELLS_DIR).glob("*")):
         summary_path = find_summary(cell_dir)
@@ -248,9 +255,7 @@ def sweep_data(run_dir: Path, meta: dict[str, Any]) -> str:
 def write_report(run_dir: str | Path) -> Path:
     """Write ``report.md``, ``report.html``, ``summary.json`` and the figures of a sweep directory."""
     run_dir = Path(run_dir)
-    meta = read_sweep(run_dir)
-    if meta is None:
-        raise RunDirError(f"{run_dir}: not a sweep directory (no {SWEEP_FILE}; see `medmae sweep`)")
+    meta = require_sweep(run_dir)
     collect(run_dir)
     rows = read_results(run_dir / RESULTS_CSV)
     if not rows:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from medmae.data.pipeline import prepare, resolve_spec
 from medmae.data.preprocess import CaseError, Preprocessing
 from medmae.data.splits import kfold, label_fraction, require_both_classes, save_json, train_test_split
 from medmae.engine.distributed import check_batch, barrier, init_distributed
-from medmae.engine.loop import Trainer
+from medmae.engine.loop import StepFn, Trainer
 from medmae.engine.optim import param_groups
 from medmae.errors import ExportError, Interrupted, MedmaeError
 from medmae.models.convert import EncoderSource, LoadReport, check_contract, load_encoder_weights, read_encoder_source
@@ -41,7 +41,6 @@ from medmae.tasks.run_dir import prepare_run_dir, write_bad_cases
 from medmae.tasks.task_labels import check_mask_values, check_regions, task_labels
 
 log = logging.getLogger(__name__)
-
 
 ConfigSource = str | Path | FinetuneConfig | Mapping[str, Any] | None
 
@@ -174,7 +173,7 @@ def pretraining_record(init: str | Path | None) -> Path | None:
 # ------------------------------------------------------------------------------------------------ run
 
 
-def loss_fn(cfg: FinetuneConfig, info: dict[str, Any]) -> Callable[[nn.Module, dict[str, Any]], dict[str, torch.Tensor]]:
+def loss_fn(cfg: FinetuneConfig, info: dict[str, Any]) -> StepFn:
     if cfg.task == "cls":
         if info["multilabel"]:
             bce = nn.BCEWithLogitsLoss()
