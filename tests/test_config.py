@@ -133,3 +133,14 @@ def test_an_old_config_yaml_with_every_key_still_loads():
     full = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)  # what older versions wrote
     assert "swin" in yaml.safe_load(full)["model"]
     assert load_config(PretrainConfig, yaml.safe_load(full)) == cfg
+
+
+def test_reading_a_config_does_not_import_torch():
+    """The config floor is pydantic and YAML only: loading a preset in a fresh process leaves torch unimported."""
+    import subprocess
+    import sys
+
+    code = ("import sys, medmae.config as c; c.load_config(c.PretrainConfig, preset='demo-2d'); "
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"

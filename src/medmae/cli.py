@@ -11,8 +11,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from medmae import __version__
+from medmae.version import __version__
+from medmae.cli_tables import check_summary_table, print_demo, print_evaluation
 from medmae.errors import EXIT_CONFIG, EXIT_DATA, EXIT_ENVIRONMENT, EXIT_INTERRUPTED, MedmaeError, environment_problem
+from medmae.run_layout import export_path
 
 app = typer.Typer(
     name="medmae",
@@ -23,7 +25,6 @@ app = typer.Typer(
 )
 console = Console()
 log = logging.getLogger("medmae")
-
 
 
 def _fail(message: str, code: int) -> typer.Exit:
@@ -90,26 +91,7 @@ def demo(
     from medmae.tasks.demo import demo as run_demo
 
     s = _run(run_demo, run_dir, max_steps=max_steps)
-    t = Table(title="MAE pretraining on synthetic chest X-rays (labels unused)", show_header=False)
-    t.add_row("steps", str(s["pretrain_steps"]))
-    t.add_row("masked-patch loss, fixed cases and masks", f"{s['masked_patch_loss']:.4f}")
-    t.add_row("loss of predicting each patch's own mean", f"{s['patch_mean_baseline_loss']:.4f}")
-    console.print(t)
-    c = Table("task", "init", "metric", "value", "95 % CI", "trivial baseline", "test cases",
-              title=f"fine-tuned on {s['label_fraction']:.0%} of the training labels, same held-out split")
-    for r in s["comparison"]:
-        base = "-" if r.get("baseline") is None else f"{r['baseline']:.3f}"
-        c.add_row(r["task"], r["init"], r["metric"], f"{r['value']:.3f}", f"{r['ci_low']:.3f} - {r['ci_high']:.3f}", base,
-                  str(r["n_test"]))
-    console.print(c)
-    with_base = [r for r in s["comparison"] if r.get("baseline") is not None]
-    if with_base:
-        console.print(f"trivial baseline: accuracy of predicting without looking ({with_base[0]['baseline_rule']})")
-        unbeaten = [f"{r['task']} {r['init']}" for r in with_base if not r["beats_baseline"]]
-        if unbeaten:
-            console.print(f"accuracy does not beat the trivial baseline: {', '.join(unbeaten)}")
-    console.print(f"encoder: {s['encoder']}\nreconstructions: {s['figure']}\nruns: {Path(s['pretrain_dir']).parent}"
-                  f"\ntime: {s['seconds']:.0f} s (pretraining {s['pretrain_seconds']:.0f} s)")
+    print_demo(console, s)
 
 
 @app.command()
@@ -143,7 +125,7 @@ def pretrain(
 
     out = _run(run, config, preset=preset, data=data, run_dir=run_dir, overrides=set_ or [], max_steps=max_steps, resume=resume)
     if _is_main_process():
-        console.print(f"run directory: {out}  (encoder: {out / 'export' / 'encoder.safetensors'})")
+        console.print(f"run directory: {out}  (encoder: {export_path(out)})")
 
 
 @app.command()
@@ -195,19 +177,7 @@ def evaluate(
     from medmae.tasks.evaluate import evaluate as run
 
     summary = _run(run, run_dir, data=data, split=split, threads=threads)
-    t = Table("metric", "value", "95 % CI", "n", title=f"{summary['task']} on {summary['n_cases']} cases ({summary['split']})")
-    base = summary.get("accuracy_baseline")
-    for r in sorted(summary["rows"], key=lambda r: (str(r.get("class") or r.get("region") or ""), r["metric"])):
-        name = r["metric"] + (f" ({r.get('class') or r.get('region')})" if r.get("class") or r.get("region") else "")
-        t.add_row(name, f"{r['value']:.4f}", f"{r['ci_low']:.4f} - {r['ci_high']:.4f}", str(r["n"]))
-        if base and r["metric"] == "accuracy":
-            t.add_row(f"  trivial baseline ({base['rule']})", f"{base['value']:.4f}", "-", str(summary["n_cases"]))
-    console.print(t)
-    if "threshold" in summary:
-        console.print(f"decisions: {summary['decision_rule']}", highlight=False)
-    if base and not base["beaten"]:
-        console.print(f"note: accuracy {base['accuracy']:.4f} does not beat the trivial baseline ({base['rule']}) "
-                      f"of {base['value']:.4f}", highlight=False)
+    print_evaluation(console, summary)
 
 
 @app.command()
@@ -284,7 +254,7 @@ def data_check(
     from medmae.data.check_options import CheckOptions
 
     options = CheckOptions()
-    if preset or set_:  # the config pulls in torch: only when asked for
+    if preset or set_:  # a config only when asked for (pydantic is not needed otherwise)
         from medmae.config import PretrainConfig, load_config
 
         cfg = _run(load_config, PretrainConfig, None if preset else {}, preset=preset, overrides=set_ or [])
@@ -293,7 +263,7 @@ def data_check(
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(report.to_json())
-    console.print(_check_summary_table(report.summary))
+    console.print(check_summary_table(report.summary))
     for level, findings in (("error", report.errors), ("warning", report.warnings)):
         for f in findings[:show]:  # one unwrapped line each: full paths stay whole and grep-able
             where = f.file or f.source or ""
@@ -308,40 +278,6 @@ def data_check(
                   f"{'  report: ' + str(json_out) if json_out else ''}", highlight=False)
     if report.errors:
         raise typer.Exit(EXIT_DATA)
-
-
-def _check_summary_table(s: dict) -> Table:
-    """The summary of a :class:`~medmae.data.check.CheckReport` as a two-column table."""
-    from rich.markup import escape
-
-    def nums(values) -> str:
-        return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
-
-    t = Table(show_header=False, title=f"data check ({s['mode']}, {s['seconds']:.1f} s)")
-    for src in s["sources"]:
-        t.add_row("source", escape(f"{src['path']}  ({src['kind']}, {src['cases']} cases, {src['modality'] or 'modality unknown'})"))
-    if len(s["sources"]) > 1 or len(s["pool"]["per_modality"]) > 1:
-        t.add_row("per modality", escape(", ".join(f"{m}: {n}" for m, n in s["pool"]["per_modality"].items())))
-    c = s["cases"]
-    t.add_row("cases", f"{c['total']} ({c['labelled']} labelled, {c['unlabelled']} unlabelled); {c['read']} read, {c['unreadable']} unreadable")
-    t.add_row("splits", "; ".join(f"{k}: " + ", ".join(f"{n} {what}" for what, n in v.items() if n) for k, v in s["splits"].items()))
-    t.add_row("subjects", str(s["subjects"]))
-    t.add_row("dims / channels / dtype", " / ".join(", ".join(f"{k}: {n}" for k, n in s[key].items()) for key in ("spatial_dims", "channels", "dtypes")))
-    for key, unit in (("shape", ""), ("spacing", " mm")):
-        for dims, st in s[key].items():
-            t.add_row(f"{key} {dims}D{unit}", f"min {nums(st['min'])}  median {nums(st['median'])}  max {nums(st['max'])}")
-    for ch in s["intensity"]:
-        t.add_row(f"intensity ch{ch['channel']}", f"min {ch['min']:.4g}  p1 {ch['p1']:.4g}  p50 {ch['p50']:.4g}  p99 {ch['p99']:.4g}  max {ch['max']:.4g}  (median of per-case percentiles)")
-    lab = s["labels"]
-    if lab["declared"] or lab["found"]:
-        declared = ", ".join(f"{v}={n}" for v, n in lab["declared"].items()) or "none"
-        balance = ", ".join(f"{v}: {lab['cases_with'][str(v)]} cases, {lab['voxel_fraction'][str(v)]:.2%} voxels" for v in lab["found"])
-        t.add_row("label values", f"found {lab['found']} in {lab['masks_read']} masks; declared {declared}" + (f"\n{balance}" if balance else ""))
-    cls = s["classes"]
-    if cls["counts"]:
-        counts = ", ".join(f"{k}: {n}" for k, n in cls["counts"].items()) + (f", no class: {cls['no_class']}" if cls["no_class"] else "")
-        t.add_row("classes" + (" (multi-label)" if cls["multilabel"] else ""), escape(counts))
-    return t
 
 
 @data_app.command("prepare")

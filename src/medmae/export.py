@@ -10,7 +10,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
 
-from medmae import __version__
+from medmae.version import __version__
 from medmae.data.cache import atomic_write_bytes
 from medmae.errors import ExportError, environment_problem
 

@@ -1,5 +1,10 @@
-"""Sweep aggregation and report: mean ± std over seeds/folds, bootstrap CIs, paired comparison with scratch,
-the label-efficiency plot, the mask-ratio ablation and reconstruction figures -> ``report.md`` and ``report.html``."""
+"""The sweep directory's results and report: ``results.csv`` gathered from the cells' evaluations, mean ± std over
+seeds/folds, bootstrap CIs, paired comparison with scratch, the label-efficiency plot, the mask-ratio ablation and
+reconstruction figures -> ``summary.json``, ``report.md`` and ``report.html``.
+
+This module owns the sweep directory's files (``docs/reference/run-dir.md``, "Sweeps"): ``medmae sweep``
+(:mod:`medmae.tasks.sweep`) runs the cells and calls :func:`collect` and :func:`write_report`.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import csv
 import html
 import json
 import math
+import re
 import shutil
 from collections import defaultdict
 from collections.abc import Sequence
@@ -19,8 +25,82 @@ import yaml
 
 from medmae.errors import RunDirError
 from medmae.metrics import bootstrap_ci
+from medmae.run_layout import CONFIG_FILE, EVAL_DIR, FIGURES_DIR, SUMMARY_FILE, eval_split_dir
 
+SWEEP_FILE = "sweep.json"
+RESULTS_CSV = "results.csv"
+RESULT_COLUMNS = ("task", "fold", "fraction", "seed", "init", "metric", "class", "region", "value", "ci_low", "ci_high", "n")
+CELLS_DIR = "cells"
+REPORT_MD = "report.md"
+REPORT_HTML = "report.html"
+REPORT_FILES = "report_files"
 HEADLINE = {"cls": [("macro_auroc", ""), ("auroc", "")], "seg": [("dice", "mean")]}
+
+
+# ------------------------------------------------------------------------------------- sweep.json, results.csv
+
+
+def read_sweep(run_dir: str | Path) -> dict[str, Any] | None:
+    """The sweep's definition (``sweep.json``: task, preset, data, inits, fractions, seeds, folds, ...), or None."""
+    path = Path(run_dir) / SWEEP_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def require_sweep(run_dir: Path) -> dict[str, Any]:
+    meta = read_sweep(run_dir)
+    if meta is None:
+        raise RunDirError(f"{run_dir}: not a sweep directory (no {SWEEP_FILE}; see `medmae sweep`)")
+    return meta
+
+
+def write_sweep(run_dir: str | Path, meta: dict[str, Any]) -> Path:
+    path = Path(run_dir) / SWEEP_FILE
+    path.write_text(json.dumps(meta, indent=1))
+    return path
+
+
+def find_summary(run_dir: str | Path, split: str = "test") -> Path | None:
+    """The evaluation summary of a run's own ``split``: ``eval/<split>/summary.json``, or the single
+    ``eval/summary.json`` of runs evaluated by older versions (when it is of that split); None if neither."""
+    new = eval_split_dir(run_dir, split) / SUMMARY_FILE
+    if new.is_file():
+        return new
+    old = Path(run_dir) / EVAL_DIR / SUMMARY_FILE
+    if old.is_file() and json.loads(old.read_text()).get("split", split) == split:
+        return old
+    return None
+
+
+def parse_cell(name: str, meta: dict[str, Any]) -> dict[str, Any]:
+    """Cell coordinates from its folder name (``<task>_frac<f>_seed<s>_<init>[_fold<k>]``)."""
+    task, rest = name.split("_frac", 1)
+    frac, rest = rest.split("_seed", 1)
+    seed, rest = rest.split("_", 1)
+    fold = ""
+    if meta.get("folds") and "_fold" in rest:
+        rest, fold = rest.rsplit("_fold", 1)
+    return {"task": task, "fold": fold, "fraction": float(frac), "seed": int(seed), "init": rest}
+
+
+def collect(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Gather every finished cell's evaluation into the tidy ``results.csv`` (one row per cell and metric)."""
+    run_dir = Path(run_dir)
+    meta = require_sweep(run_dir)
+    rows = []
+    for cell_dir in sorted((run_dir / CELLS_DIR).glob("*")):
+        summary_path = find_summary(cell_dir)
+        if summary_path is None:
+            continue
+        summary = json.loads(summary_path.read_text())
+        cfg = parse_cell(cell_dir.name, meta)
+        for r in summary["rows"]:
+            rows.append({**cfg, "metric": r["metric"], "class": r.get("class", ""), "region": r.get("region", ""),
+                         "value": r["value"], "ci_low": r["ci_low"], "ci_high": r["ci_high"], "n": r["n"]})
+    with (run_dir / RESULTS_CSV).open("w", newline="") as f:
+        w = csv.DictWriter(f, RESULT_COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+    return rows
 
 
 def read_results(path: Path) -> list[dict[str, Any]]:
@@ -33,6 +113,9 @@ def read_results(path: Path) -> list[dict[str, Any]]:
             r[k] = float(r[k]) if r[k] not in ("", "nan") else math.nan
         r["n"] = int(r["n"])
     return rows
+
+
+# ------------------------------------------------------------------------------------- aggregation
 
 
 def headline_key(rows: Sequence[dict[str, Any]], task: str) -> tuple[str, str]:
@@ -138,10 +221,10 @@ def init_details(meta: dict[str, Any]) -> dict[str, dict[str, Any]]:
     out = {}
     for name, init in meta["inits"].items():
         p = Path(init)
-        if init == "scratch" or not (p / "config.yaml").is_file():
+        if init == "scratch" or not (p / CONFIG_FILE).is_file():
             continue
-        cfg = yaml.safe_load((p / "config.yaml").read_text())
-        figs = sorted((p / "figures").glob("*.png"))
+        cfg = yaml.safe_load((p / CONFIG_FILE).read_text())
+        figs = sorted((p / FIGURES_DIR).glob("*.png"))
         out[name] = {"mask_ratio": cfg.get("mask", {}).get("ratio"), "preset": cfg.get("name"),
                      "arch": cfg.get("model", {}).get("arch"), "figure": str(figs[-1]) if figs else None}
     return out
@@ -164,19 +247,15 @@ def sweep_data(run_dir: Path, meta: dict[str, Any]) -> str:
     """The dataset a sweep ran on: given on the command line, else the one its cells' configs name."""
     if meta.get("data"):
         return str(meta["data"])
-    for cfg_path in sorted((run_dir / "cells").glob("*/config.yaml")):
+    for cfg_path in sorted((run_dir / CELLS_DIR).glob(f"*/{CONFIG_FILE}")):
         return str(yaml.safe_load(cfg_path.read_text()).get("data", {}).get("path") or "synthetic")
     return "synthetic"
 
 
 def write_report(run_dir: str | Path) -> Path:
     """Write ``report.md``, ``report.html``, ``summary.json`` and the figures of a sweep directory."""
-    from medmae.tasks.sweep import RESULTS_CSV, SWEEP_FILE, collect
-
     run_dir = Path(run_dir)
-    if not (run_dir / SWEEP_FILE).is_file():
-        raise RunDirError(f"{run_dir}: not a sweep directory (no {SWEEP_FILE}; see `medmae sweep`)")
-    meta = json.loads((run_dir / SWEEP_FILE).read_text())
+    meta = require_sweep(run_dir)
     collect(run_dir)
     rows = read_results(run_dir / RESULTS_CSV)
     if not rows:
@@ -185,7 +264,7 @@ def write_report(run_dir: str | Path) -> Path:
     metric, where = headline_key(rows, task)
     agg = aggregate(rows)
     paired = paired_comparison(rows, metric, where) if "scratch" in meta["inits"] else []
-    files = run_dir / "report_files"
+    files = run_dir / REPORT_FILES
     files.mkdir(exist_ok=True)
     label = _label(metric, where)
     plot_label_efficiency(agg, metric, where, files / "label_efficiency.png",
@@ -197,7 +276,7 @@ def write_report(run_dir: str | Path) -> Path:
             recon[name] = files / f"recon_{name}.png"
             shutil.copyfile(d["figure"], recon[name])
     head = [a for a in agg if a["metric"] == metric and a["where"] == where]
-    (run_dir / "summary.json").write_text(json.dumps({"task": task, "headline": {"metric": metric, "where": where},
+    (run_dir / SUMMARY_FILE).write_text(json.dumps({"task": task, "headline": {"metric": metric, "where": where},
                                                      "aggregate": agg, "paired": paired, "inits": details}, indent=1))
     setup = f"preset `{meta['preset']}`" if meta.get("preset") else f"config `{meta.get('config')}`"
     md = [f"# Label-efficiency sweep: {task}", "",
@@ -205,7 +284,7 @@ def write_report(run_dir: str | Path) -> Path:
           f"{'%d-fold CV' % meta['folds'] if meta.get('folds') else 'one held-out split'}, fractions "
           f"{', '.join(f'{100 * f:g} %' for f in meta['fractions'])}. Headline: **{label}**. "
           "Mean ± std over seeds/folds; 95 % CI by bootstrap over seeds/folds (over test cases when there is one run).",
-          "", "![label efficiency](report_files/label_efficiency.png)", "", "## Results", "",
+          "", f"![label efficiency]({REPORT_FILES}/label_efficiency.png)", "", "## Results", "",
           _table(["init", "labels", label, "± std", "95 % CI", "runs"],
                  [[a["init"], f"{100 * a['fraction']:g} %", _fmt(a["mean"]), _fmt(a["std"]) if a["n_runs"] > 1 else "-",
                    f"{_fmt(a['ci_low'])} - {_fmt(a['ci_high'])}", str(a["n_runs"])] for a in head])]
@@ -233,19 +312,17 @@ def write_report(run_dir: str | Path) -> Path:
                        for a in agg if (a["metric"], a["where"]) != (metric, where)])]
     if recon:
         md += ["", "## Reconstructions of the pretrained models", ""]
-        md += [f"**{n}** (mask ratio {details[n]['mask_ratio']}):\n\n![{n}](report_files/{p.name})\n" for n, p in recon.items()]
-    md += ["", f"Raw results: `{RESULTS_CSV}` (one row per cell and metric); per-cell runs under `cells/`."]
+        md += [f"**{n}** (mask ratio {details[n]['mask_ratio']}):\n\n![{n}]({REPORT_FILES}/{p.name})\n" for n, p in recon.items()]
+    md += ["", f"Raw results: `{RESULTS_CSV}` (one row per cell and metric); per-cell runs under `{CELLS_DIR}/`."]
     text = "\n".join(md) + "\n"
-    (run_dir / "report.md").write_text(text)
-    (run_dir / "report.html").write_text(markdown_to_html(text, run_dir))
-    return run_dir / "report.md"
+    (run_dir / REPORT_MD).write_text(text)
+    (run_dir / REPORT_HTML).write_text(markdown_to_html(text, run_dir))
+    return run_dir / REPORT_MD
 
 
 def markdown_to_html(text: str, base: Path) -> str:
     """The small subset of Markdown the report uses (headings, tables, images, bold, code) as standalone HTML
     with the images inlined, so the file opens anywhere."""
-    import re
-
     def inline(s: str) -> str:
         s = html.escape(s)
         s = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", s)

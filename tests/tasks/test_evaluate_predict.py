@@ -18,11 +18,12 @@ from medmae.data.synthetic import abdomen_ct, chest_xray
 from medmae.engine.checkpoint import CheckpointError
 from medmae.errors import SourceError
 from medmae.metrics import EMPTY_MASK_POLICY
+from medmae.report import find_summary
 from medmae.tasks.demo import comparison_rows
-from medmae.tasks.eval_outputs import eval_dir, find_summary
 from medmae.tasks.evaluate import evaluate
 from medmae.tasks.finetune import finetune, resolve_finetune_config
 from medmae.tasks.predict import predict
+from medmae.tasks.run_dir import eval_dir
 
 TINY_MODEL = ("model.depth=2", "model.embed_dim=32", "model.num_heads=2")
 CXR = (*TINY_MODEL, "data.synthetic.n=40", "data.synthetic.size=[32,32]", "model.img_size=[32,32]",

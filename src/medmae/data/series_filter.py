@@ -18,36 +18,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from medmae.config.filters import DEFAULT_EXCLUDE, FILTER_KEYWORDS, with_default_exclude
 from medmae.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-FILTER_KEYWORDS: tuple[str, ...] = (
-    "Modality", "SeriesDescription", "ProtocolName", "SeriesNumber", "ImageType", "BodyPartExamined",
-    "StudyDescription", "SequenceName", "ScanningSequence", "ContrastBolusAgent", "ImageComments",
-    "Manufacturer", "ManufacturerModelName", "ViewPosition", "Laterality", "SOPClassUID", "PatientID",
-)
-NON_IMAGE_MODALITIES = r"^(SEG|RTSTRUCT|RTDOSE|RTPLAN|RTRECORD|PR|SR|KO|REG|FID|RWV|AU|ECG|HD|DOC|PLAN)$"
-MASK_DESCRIPTION = r"(?i)(?<![a-z])(masks?|labels?|seg|segmentations?|rois?)(?![a-z])"
-DEFAULT_EXCLUDE: dict[str, str] = {"Modality": NON_IMAGE_MODALITIES, "SeriesDescription": MASK_DESCRIPTION}
 SHOWN = 10  # excluded cases named in a warning
-
-
-def check_filter(mapping: Mapping[str, Any] | None) -> None:
-    """ValueError naming the keyword, for an unknown keyword or a regex that does not compile."""
-    for keyword, pattern in (mapping or {}).items():
-        if keyword not in FILTER_KEYWORDS:
-            raise ValueError(f"{keyword!r} is not a filterable DICOM attribute; use one of {', '.join(FILTER_KEYWORDS)}")
-        if pattern is not None:
-            try:
-                re.compile(str(pattern))
-            except re.error as e:
-                raise ValueError(f"{keyword}: bad regex {pattern!r}: {e}") from None
-
-
-def with_default_exclude(exclude: Mapping[str, str | None] | None) -> dict[str, str | None]:
-    """``exclude`` merged over :data:`DEFAULT_EXCLUDE` (a null value switches a default off, and stays recorded)."""
-    return {**DEFAULT_EXCLUDE, **(exclude or {})}
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
-from medmae import __version__
+from medmae.version import __version__
 from medmae.data.cache import atomic_write_bytes, sha256_file
 from medmae.errors import ENVIRONMENT_ERRNOS, CheckpointError, EnvironmentProblem
 from medmae.safe_load import refusal_reason

@@ -11,7 +11,7 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
-from medmae.errors import MedmaeError
+from medmae.errors import ConfigError, MedmaeError
 
 T = TypeVar("T")
 
@@ -35,8 +35,6 @@ class DistInfo:
 def pick_device(pref: str, local_rank: int = 0) -> torch.device:
     if pref == "cuda" or (pref == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            from medmae.config import ConfigError
-
             raise ConfigError("train.device=cuda but CUDA is not available here (use auto or cpu)")
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
@@ -45,8 +43,6 @@ def pick_device(pref: str, local_rank: int = 0) -> torch.device:
 def check_batch(global_batch: int, info: DistInfo) -> None:
     """The global batch is split evenly over the processes."""
     if global_batch % info.world_size:
-        from medmae.config import ConfigError
-
         raise ConfigError(f"train.batch_size={global_batch} is the global batch and must be divisible by the "
                           f"{info.world_size} processes")
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from medmae.errors import environment_problem
+from medmae.run_layout import METRICS_CSV, METRICS_JSONL
 
 CSV_COLUMNS = ("step", "epoch", "loss", "lr", "grad_norm", "skipped", "items_per_s", "time_s")
 
@@ -25,8 +26,8 @@ class MetricsLog:
     """Append-only metrics files; on resume, rows after the restored step are dropped first."""
 
     def __init__(self, run_dir: Path, *, enabled: bool = True):
-        self.jsonl = run_dir / "metrics.jsonl"
-        self.csv = run_dir / "metrics.csv"
+        self.jsonl = run_dir / METRICS_JSONL
+        self.csv = run_dir / METRICS_CSV
         self.enabled = enabled
 
     def rows(self) -> list[dict[str, Any]]:

@@ -20,6 +20,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from medmae.config import OptimConfig, TrainConfig
 from medmae.data.dataset import EpochBatchSampler
 from medmae.engine import checkpoint as ckpt
 from medmae.engine.distributed import DistInfo, all_reduce_max, all_reduce_sum, barrier, gather_objects, on_main
@@ -29,6 +30,7 @@ from medmae.engine.resume import choose as choose_resume
 from medmae.engine.resume import drop_newer, restore, rng_state
 from medmae.engine.signals import StopRequest, ignore_stop_signals
 from medmae.errors import EXIT_INTERRUPTED, NonFiniteLossError
+from medmae.run_layout import checkpoints_dir
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +48,8 @@ class Schedule:
     global_batch: int
 
     @classmethod
-    def build(cls, num_cases: int, train_cfg: Any, optim_cfg: Any, max_steps: int | None, world_size: int = 1) -> Schedule:
+    def build(cls, num_cases: int, train_cfg: TrainConfig, optim_cfg: OptimConfig, max_steps: int | None,
+              world_size: int = 1) -> Schedule:
         """Steps per epoch, total steps (``epochs``, raised to ``min_steps``, capped by ``max_steps``), warmup and lr.
 
         With fewer cases than ``train.batch_size`` (small label fractions) one process trains on batches of all
@@ -89,8 +92,8 @@ class Trainer:
     model: nn.Module
     dataset: torch.utils.data.Dataset
     param_groups: list[dict]
-    train_cfg: Any
-    optim_cfg: Any
+    train_cfg: TrainConfig
+    optim_cfg: OptimConfig
     run_dir: Path
     dist: DistInfo
     step_fn: StepFn
@@ -105,7 +108,7 @@ class Trainer:
 
     @property
     def ckpt_root(self) -> Path:
-        return self.run_dir / "checkpoints"
+        return checkpoints_dir(self.run_dir)
 
     def save(self, optimizer: torch.optim.Optimizer, schedule: Schedule, skipped: int, good_since: int) -> Path | None:
         """Checkpoint the current step; weights gone non-finite since step ``good_since`` stop the run instead."""

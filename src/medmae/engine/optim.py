@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
 
 import torch
 from torch import nn
+
+from medmae.config import OptimConfig
 
 NO_DECAY_NAMES = ("pos_embed", "cls_token", "mask_token", "relative_position_bias_table", "absolute_pos_embed")
 
@@ -55,7 +56,7 @@ def build_sgd(groups: list[dict], *, lr: float, momentum: float, nesterov: bool,
     return torch.optim.SGD(clean, lr=lr, momentum=momentum, nesterov=nesterov, fused=use_fused or None)
 
 
-def build_optimizer(groups: list[dict], optim_cfg: Any, *, lr: float) -> torch.optim.Optimizer:
+def build_optimizer(groups: list[dict], optim_cfg: OptimConfig, *, lr: float) -> torch.optim.Optimizer:
     """The optimizer named by ``optim_cfg.name`` (``adamw`` or ``sgd``) over ``groups``."""
     if optim_cfg.name == "sgd":
         return build_sgd(groups, lr=lr, momentum=optim_cfg.momentum, nesterov=optim_cfg.nesterov, fused=optim_cfg.fused)
@@ -83,7 +84,7 @@ def warmup_poly(step: int, *, lr: float, total_steps: int, warmup_steps: int, mi
     return min_lr + (lr - min_lr) * (1.0 - progress) ** power
 
 
-def scheduled_lr(step: int, optim_cfg: Any, *, lr: float, total_steps: int, warmup_steps: int) -> float:
+def scheduled_lr(step: int, optim_cfg: OptimConfig, *, lr: float, total_steps: int, warmup_steps: int) -> float:
     """Learning rate of optimizer step ``step`` under ``optim_cfg.schedule`` (``cosine`` or ``poly``)."""
     if optim_cfg.schedule == "poly":
         return warmup_poly(step, lr=lr, total_steps=total_steps, warmup_steps=warmup_steps, min_lr=optim_cfg.min_lr,

@@ -21,6 +21,7 @@ from torch import nn
 
 from medmae.engine import checkpoint as ckpt
 from medmae.errors import CheckpointError
+from medmae.run_layout import checkpoints_dir
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +72,8 @@ def resolve_path(root: Path, resume: str | Path) -> Path:
     """The checkpoint directory named by ``--resume PATH`` (a ``step_N`` folder, a ``checkpoints/`` folder or a run
     directory); one of another run only into a run directory without checkpoints."""
     path = Path(resume)
-    if path.is_dir() and (path / "checkpoints").is_dir():
-        path = path / "checkpoints"
+    if path.is_dir() and checkpoints_dir(path).is_dir():
+        path = checkpoints_dir(path)
     if not path.exists():
         raise CheckpointError(f"{path}: checkpoint to resume from does not exist")
     if not path.is_dir():

@@ -15,14 +15,6 @@ from torch import nn
 
 from medmae.models.masking import grid_shape, patchify
 
-VIT_SIZES: dict[str, tuple[int, int, int]] = {
-    # name: (embed_dim, depth, num_heads)
-    "vit-t": (192, 12, 3),
-    "vit-s": (384, 12, 6),
-    "vit-b": (768, 12, 12),
-    "vit-l": (1024, 24, 16),
-}
-
 
 def sincos_pos_embed(grid: Sequence[int], dim: int) -> torch.Tensor:
     """Fixed sin-cos position embedding for a 2D or 3D token grid.

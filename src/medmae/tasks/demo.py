@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from medmae.data.synthetic import write_dataset
+from medmae.run_layout import FIGURES_DIR, SUMMARY_FILE
 from medmae.tasks.evaluate import evaluate
 from medmae.tasks.finetune import finetune
-from medmae.tasks.inference import output_dir
 from medmae.tasks.pretrain import pretrain
+from medmae.tasks.run_dir import output_dir
 
 HEADLINE = {"cls": ("macro_auroc", None), "seg": ("dice", "mean")}
 
@@ -51,7 +52,7 @@ def demo(run_dir: str | Path = "medmae-demo", *, max_steps: int | None = None, n
     t0 = time.time()
     manifest = write_dataset(run_dir / "data", "cxr", n_images, seed=0, size=64)
     pre_dir = pretrain(preset="demo-2d", data=manifest, run_dir=run_dir / "pretrain", max_steps=max_steps, resume="auto")
-    pre = json.loads((pre_dir / "summary.json").read_text())
+    pre = json.loads((pre_dir / SUMMARY_FILE).read_text())
     t_pre = time.time() - t0
     comparison = []
     for task in ("cls", "seg"):
@@ -59,7 +60,7 @@ def demo(run_dir: str | Path = "medmae-demo", *, max_steps: int | None = None, n
             ft_dir = finetune(task=task, init=init, preset="demo-2d", data=manifest, run_dir=run_dir / f"{task}-{arm.lower()}",
                               overrides=[f"data.label_fraction={label_fraction}"], max_steps=max_steps, resume="auto")
             comparison += comparison_rows(evaluate(ft_dir), task, arm, ft_dir)
-    figures = sorted((pre_dir / "figures").glob("*.png"))
+    figures = sorted((pre_dir / FIGURES_DIR).glob("*.png"))
     result = {
         "data": str(manifest),
         "pretrain_dir": str(pre_dir),

@@ -5,30 +5,35 @@ from __future__ import annotations
 import csv
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from medmae.baselines import accuracy_vs_baseline, decision_rule, trivial_accuracy
-from medmae.config import ConfigError
+from medmae.config import ConfigError, FinetuneConfig
 from medmae.data.cache import ArrayCache
-from medmae.data.cases import DatasetSpec
+from medmae.data.cases import Case, DatasetSpec
+from medmae.data.dataset import Prepared
+from medmae.data.image import PILLOW_SUFFIXES, image_suffix
+from medmae.data.labels import class_targets
 from medmae.data.pipeline import prepare, resolve_spec
 from medmae.data.preprocess import Preprocessing
+from medmae.data.readers import split_virtual
 from medmae.data.sources import load_source
 from medmae.data.splits import require_both_classes
 from medmae.errors import SourceError
 from medmae.metrics import regions_from_labels, segmentation_case_metrics, summarize_classification, summarize_segmentation
-from medmae.data.labels import class_targets
-from medmae.tasks.finetune import SPLITS_FILE, check_mask_values
-from medmae.tasks.eval_outputs import PER_CASE_FILE, SUMMARY_FILE, eval_dir, length_unit
+from medmae.run_layout import PER_CASE_FILE, SPLITS_FILE, SUMMARY_FILE
 from medmae.tasks.inference import classify, load_task_run, segment, set_threads
+from medmae.tasks.run_dir import eval_dir
+from medmae.tasks.task_labels import check_mask_values
 
 log = logging.getLogger(__name__)
 
 
-def evaluation_cases(run_dir: Path, cfg: Any, data: str | Path | None, split: str) -> DatasetSpec:
+def evaluation_cases(run_dir: Path, cfg: FinetuneConfig, data: str | Path | None, split: str) -> DatasetSpec:
     """The run's own split (from ``splits.json``), or the cases of ``data`` (its ``split`` ones when it has them)."""
     if data is None:
         splits = json.loads((run_dir / SPLITS_FILE).read_text())
@@ -104,7 +109,25 @@ def evaluate(run_dir: str | Path, *, data: str | Path | None = None, split: str 
     return summary
 
 
-def decisions_and_baseline(rows: list, targets: np.ndarray, info: dict[str, Any], threshold: float) -> dict[str, Any]:
+def has_physical_spacing(path: str) -> bool:
+    """False for formats that store no voxel size (PNG/JPEG/TIFF via Pillow, ``.npz`` arrays): their spacing is
+    1 per pixel, not millimetres."""
+    virtual = split_virtual(path)
+    if virtual is not None:
+        return virtual[0].suffix.lower() != ".npz"
+    return image_suffix(path) not in PILLOW_SUFFIXES
+
+
+def length_unit(cases: Sequence[Case]) -> str:
+    """``mm`` when every case's images carry a physical spacing, ``px`` when none does (HD95 is named by it)."""
+    physical = {has_physical_spacing(p) for c in cases for p in c.image}
+    if len(physical) > 1:
+        raise SourceError(f"{cases[0].path}: these cases mix images with a physical spacing (mm) and without one "
+                          "(PNG/JPEG/TIFF, .npz: pixels); HD95 cannot be averaged over both, evaluate them separately")
+    return "mm" if physical != {False} else "px"
+
+
+def decisions_and_baseline(rows: Sequence[dict[str, Any]], targets: np.ndarray, info: dict[str, Any], threshold: float) -> dict[str, Any]:
     """The threshold and rule behind accuracy, and the trivial accuracy it must beat (summary keys)."""
     accuracy = next(r["value"] for r in rows if r["metric"] == "accuracy")
     baseline = trivial_accuracy(targets, multilabel=info["multilabel"], class_names=info["classes"])
@@ -112,7 +135,7 @@ def decisions_and_baseline(rows: list, targets: np.ndarray, info: dict[str, Any]
     return {"threshold": threshold, "decision_rule": rule, "accuracy_baseline": accuracy_vs_baseline(accuracy, baseline)}
 
 
-def leakage_check(info: dict[str, Any], prepared: list, cfg: Any) -> dict[str, Any]:
+def leakage_check(info: dict[str, Any], prepared: Sequence[Prepared], cfg: FinetuneConfig) -> dict[str, Any]:
     """Evaluated cases whose image content was in the MAE's pretraining data (by sha256)."""
     record = info.get("pretraining_cases")
     if not record:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,29 +24,28 @@ from medmae.config import (
     validate,
 )
 from medmae.data.cases import Case, DatasetSpec
-from medmae.data.dataset import Augment, CaseDataset, Prepared
+from medmae.data.dataset import Augment, CaseDataset
 from medmae.data.labels import class_targets
 from medmae.data.pipeline import prepare, resolve_spec
 from medmae.data.preprocess import CaseError, Preprocessing
 from medmae.data.splits import kfold, label_fraction, require_both_classes, save_json, train_test_split
 from medmae.engine.distributed import check_batch, barrier, init_distributed
-from medmae.engine.loop import Trainer
+from medmae.engine.loop import StepFn, Trainer
 from medmae.engine.optim import param_groups
 from medmae.errors import ExportError, Interrupted, MedmaeError
-from medmae.metrics import regions_from_labels
 from medmae.models.convert import EncoderSource, LoadReport, check_contract, load_encoder_weights, read_encoder_source
 from medmae.models.registry import build_encoder, build_task_head, family, load_extra_parts
 from medmae.models.resenc import deep_supervision_loss
-from medmae.tasks.pretrain import PRETRAIN_CASES
-from medmae.tasks.run_dir import CONFIG_FILE, prepare_run_dir
+from medmae.run_layout import CONFIG_FILE, EXPORT_DIR, PRETRAIN_CASES, SPLITS_FILE, TASK_FILE
+from medmae.tasks.run_dir import prepare_run_dir, write_bad_cases
+from medmae.tasks.task_labels import check_mask_values, check_regions, task_labels
 
 log = logging.getLogger(__name__)
 
-TASK_FILE = "task.json"
-SPLITS_FILE = "splits.json"
+ConfigSource = str | Path | FinetuneConfig | Mapping[str, Any] | None
 
 
-def resolve_finetune_config(config: Any = None, *, task: str | None = None, preset: str | None = None,
+def resolve_finetune_config(config: ConfigSource = None, *, task: str | None = None, preset: str | None = None,
                             data: str | Path | None = None, overrides: Iterable[str] = ()) -> FinetuneConfig:
     """Fine-tuning config from a preset's ``finetune.<task>`` section, a YAML file, or defaults."""
     if isinstance(config, FinetuneConfig):
@@ -112,47 +111,6 @@ def build_task_model(cfg: FinetuneConfig, num_outputs: int, init: str | None) ->
     return model, report
 
 
-# ------------------------------------------------------------------------------------------------ labels
-
-
-def task_labels(cfg: FinetuneConfig, spec: DatasetSpec) -> dict[str, Any]:
-    """What the model predicts: class names (cls) or label values (seg); stored as ``task.json``."""
-    if cfg.task == "cls":
-        if not spec.classes:
-            raise ConfigError(f"{spec.root}: no class labels found (a 'label' column, class folders or dataset.json 'classes')")
-        multilabel = spec.multilabel
-        return {"task": "cls", "classes": list(spec.classes), "multilabel": multilabel,
-                "num_outputs": len(spec.classes)}
-    names = dict(cfg.data.labels or spec.label_names)  # data.labels replaces what the dataset declares
-    if not names:
-        raise ConfigError(f"{spec.root}: segmentation needs declared labels: data.labels (e.g. --set "
-                          "'data.labels={1: lesion}') or a dataset.json 'labels'")
-    if 0 not in names:
-        names[0] = "background"
-    return {"task": "seg", "label_names": {str(k): v for k, v in sorted(names.items())},
-            "num_outputs": max(names) + 1}
-
-
-def check_mask_values(prepared: Sequence[Prepared], info: dict[str, Any]) -> None:
-    allowed = {int(k) for k in info["label_names"]}
-    for p in prepared:
-        values = set(np.unique(np.asarray(p.mask)).tolist())
-        extra = sorted(values - allowed)
-        if extra:
-            hint = " (a 0/255 mask image? set data.label_map={255: 1})" if extra == [255] else ""
-            raise CaseError(f"case {p.case.case_id} ({p.case.mask}): label values {extra} not declared "
-                            f"(declared: {sorted(allowed)}){hint}")
-
-
-def check_regions(cfg: FinetuneConfig, info: dict[str, Any]) -> None:
-    """``eval.mean_over`` must name evaluation regions (checked before training, not after it)."""
-    regions = cfg.eval.regions or regions_from_labels({int(k): v for k, v in info["label_names"].items()})
-    unknown = sorted(set(cfg.eval.mean_over or []) - set(regions))
-    if unknown:
-        raise ConfigError(f"eval.mean_over names {unknown}, which are not evaluation regions of this data "
-                          f"(regions: {sorted(regions)}); set eval.mean_over to some of those, or null for all")
-
-
 def foreground_points(mask: np.ndarray, limit: int = 4096, seed: int = 0) -> np.ndarray:
     """Up to ``limit`` foreground voxel coordinates of a mask, for foreground-centred crops."""
     pts = np.argwhere(np.asarray(mask) > 0)
@@ -202,12 +160,12 @@ def make_splits(cfg: FinetuneConfig, cases: Sequence[Case]) -> dict[str, Any]:
     return split
 
 
-def pretraining_record(init: Any) -> Path | None:
+def pretraining_record(init: str | Path | None) -> Path | None:
     """``pretrain_cases.json`` of the pretraining run behind ``init`` (a run dir or its export), if any."""
     if init in (None, "scratch"):
         return None
     p = Path(init)
-    run = p if p.is_dir() else (p.parent.parent if p.parent.name == "export" else None)
+    run = p if p.is_dir() else (p.parent.parent if p.parent.name == EXPORT_DIR else None)
     cand = run / PRETRAIN_CASES if run is not None else None
     return cand if cand is not None and cand.is_file() else None
 
@@ -215,7 +173,7 @@ def pretraining_record(init: Any) -> Path | None:
 # ------------------------------------------------------------------------------------------------ run
 
 
-def loss_fn(cfg: FinetuneConfig, info: dict[str, Any]):
+def loss_fn(cfg: FinetuneConfig, info: dict[str, Any]) -> StepFn:
     if cfg.task == "cls":
         if info["multilabel"]:
             bce = nn.BCEWithLogitsLoss()
@@ -235,7 +193,7 @@ def loss_fn(cfg: FinetuneConfig, info: dict[str, Any]):
 
 
 def finetune(
-    config: Any = None,
+    config: ConfigSource = None,
     *,
     task: str | None = None,
     init: str | Path | None = "scratch",
@@ -292,7 +250,7 @@ def finetune(
             if len(skipped) > cfg.data.max_bad_fraction * len(train_cases):
                 raise CaseError(f"{len(skipped)} of {len(train_cases)} training cases could not be read; first: {skipped[0]['error']}")
             if dist.is_main:
-                (run_dir / "bad_cases.jsonl").write_text("".join(json.dumps(b) + "\n" for b in skipped))
+                write_bad_cases(run_dir, skipped)
             if cfg.task == "cls":
                 kept = {p.case.case_id for p in prepared}
                 targets = targets[[i for i, c in enumerate(train_cases) if c.case_id in kept]]

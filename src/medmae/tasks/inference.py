@@ -18,7 +18,7 @@ from medmae.engine import checkpoint as ckpt
 from medmae.engine.distributed import pick_device
 from medmae.errors import RunDirError
 from medmae.models.registry import build_encoder, build_task_head
-from medmae.tasks.finetune import TASK_FILE
+from medmae.run_layout import CONFIG_FILE, EXPORT_DIR, PRETRAIN_CASES, TASK_FILE, checkpoints_dir
 
 
 def load_task_run(run_dir: str | Path, device: str | torch.device = "auto") -> tuple[FinetuneConfig, dict[str, Any], nn.Module, Path]:
@@ -29,13 +29,13 @@ def load_task_run(run_dir: str | Path, device: str | torch.device = "auto") -> t
         raise RunDirError(f"{run_dir}: {'not a directory' if run_dir.exists() else 'no such run directory'}")
     if not (run_dir / TASK_FILE).is_file():
         hint = (" but a pretraining run: fine-tune it first (medmae finetune --init " + str(run_dir) + ")"
-                if (run_dir / "export").is_dir() or (run_dir / "pretrain_cases.json").is_file() else "")
+                if (run_dir / EXPORT_DIR).is_dir() or (run_dir / PRETRAIN_CASES).is_file() else "")
         raise ckpt.CheckpointError(f"{run_dir}: not a fine-tuning run (no {TASK_FILE}){hint}")
-    cfg = load_config(FinetuneConfig, run_dir / "config.yaml")
+    cfg = load_config(FinetuneConfig, run_dir / CONFIG_FILE)
     info = json.loads((run_dir / TASK_FILE).read_text())
-    path = ckpt.find_latest_valid(run_dir / "checkpoints")
+    path = ckpt.find_latest_valid(checkpoints_dir(run_dir))
     if path is None:
-        raise ckpt.CheckpointError(f"{run_dir}: no valid checkpoint in {run_dir / 'checkpoints'}")
+        raise ckpt.CheckpointError(f"{run_dir}: no valid checkpoint in {checkpoints_dir(run_dir)}")
     model = build_task_head(build_encoder(cfg.model), info["num_outputs"], cfg)
     ckpt.load_model_state(model, ckpt.load_checkpoint(path).model_state, path / ckpt.MODEL_FILE)
     if not isinstance(device, torch.device):
@@ -50,15 +50,6 @@ def set_threads(threads: int | None) -> None:
     if threads < 1:
         raise ConfigError(f"--threads must be at least 1, got {threads}")
     torch.set_num_threads(threads)
-
-
-def output_dir(out: str | Path, option: str = "--out") -> Path:
-    """``--out`` (or another folder option) as a folder, created; a file in its place is an error naming it."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"{option} {out}: exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
 
 
 def class_probabilities(logits: torch.Tensor, multilabel: bool) -> torch.Tensor:

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from medmae.data.dataset import CaseDataset
 from medmae.engine.logging import MetricsLog
+from medmae.engine.loop import Trainer
 from medmae.metrics import classification_metrics
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ class KnnProbe:
     """Training-loop hook (see :class:`medmae.engine.loop.Hook`)."""
 
     def __init__(self, dataset: CaseDataset, targets: np.ndarray, classes: list[str], multilabel: bool, *,
-                 every: int, k: int, run_dir: Any, batch_size: int = 32):
+                 every: int, k: int, run_dir: Path, batch_size: int = 32):
         self.dataset, self.classes, self.multilabel = dataset, classes, multilabel
         self.every, self.k, self.batch_size = every, k, batch_size
         n = len(dataset)
@@ -74,12 +75,12 @@ class KnnProbe:
             return math.nan
         return float(m["headline_auroc"])
 
-    def on_epoch_end(self, trainer: Any, epoch: int) -> None:
+    def on_epoch_end(self, trainer: Trainer, epoch: int) -> None:
         if (epoch + 1) % self.every or not trainer.dist.is_main:
             return
         auc = self.evaluate(trainer.model.encoder, trainer.dist.device)
         self.log.write({"kind": "probe", "step": trainer.step, "epoch": epoch + 1, "knn_auroc": auc, "k": self.k})
         log.info("epoch %d: kNN probe ROC-AUC %.4f", epoch + 1, auc)
 
-    def on_fit_end(self, trainer: Any) -> None:
+    def on_fit_end(self, trainer: Trainer) -> None:
         return None

@@ -15,7 +15,8 @@ from medmae.config import ConfigError
 from medmae.data.cases import Case, strip_suffix
 from medmae.data.preprocess import Preprocessing, load_image
 from medmae.data.writers import write_like
-from medmae.tasks.inference import classify, load_task_run, output_dir, segment, set_threads
+from medmae.tasks.inference import classify, load_task_run, segment, set_threads
+from medmae.tasks.run_dir import output_dir
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medmae import __version__
+from medmae.version import __version__
 from medmae.config import FinetuneConfig, PretrainConfig, apply_overrides, load_raw, validate
 from medmae.data.cache import ArrayCache, atomic_write_bytes
 from medmae.data.check_case import STATS_VOXELS

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from medmae.config import ConfigError, PretrainConfig, dump_yaml, load_config, set_data_path
 from medmae.data.cache import ArrayCache
 from medmae.data.dataset import Augment, CaseDataset, Prepared
-from medmae.data.pipeline import PreparedPool, prepare_pool, resolve_parts
+from medmae.data.labels import class_targets
+from medmae.data.pipeline import PoolPart, PreparedPool, prepare_pool, resolve_parts
 from medmae.data.preprocess import Preprocessing
 from medmae.engine.distributed import check_batch, DistInfo, barrier, init_distributed
 from medmae.engine.loop import FitResult, Trainer
@@ -22,12 +24,15 @@ from medmae.errors import Interrupted
 from medmae.export import make_contract, save_encoder
 from medmae.figures import save_reconstruction_figure
 from medmae.models.registry import build_mae, encoder_kwargs, family
-from medmae.tasks.run_dir import CONFIG_FILE, prepare_run_dir
+from medmae.run_layout import CONFIG_FILE, FIGURES_DIR, PRETRAIN_CASES, SUMMARY_FILE, export_path
+from medmae.tasks.monitor import KnnProbe
+from medmae.tasks.run_dir import prepare_run_dir, write_bad_cases
 
 log = logging.getLogger(__name__)
 
 
-def resolve_pretrain_config(config: Any = None, *, preset: str | None = None, data: str | Path | None = None,
+def resolve_pretrain_config(config: str | Path | PretrainConfig | Mapping[str, Any] | None = None, *,
+                            preset: str | None = None, data: str | Path | None = None,
                             overrides: Iterable[str] = ()) -> PretrainConfig:
     cfg = load_config(PretrainConfig, config, preset=preset, overrides=overrides)
     if data is not None:
@@ -70,7 +75,7 @@ class ReconstructionFigures:
         self.write(trainer, f"recon_step{trainer.step:07d}")
 
 
-def export_encoder(run_dir: Path, model: torch.nn.Module, cfg: PretrainConfig, preps: list[Preprocessing], step: int) -> Path:
+def export_encoder(run_dir: Path, model: nn.Module, cfg: PretrainConfig, preps: list[Preprocessing], step: int) -> Path:
     """``export/encoder.safetensors`` with the contract; a pool with several intensity presets records all of them."""
     contract_prep = preps[0].contract()
     presets = [p.intensity for p in preps]
@@ -83,14 +88,14 @@ def export_encoder(run_dir: Path, model: torch.nn.Module, cfg: PretrainConfig, p
         pretraining={"preset": cfg.name, "mask_ratio": cfg.mask.ratio, "mask_kind": cfg.mask.kind,
                      "norm_pix_loss": cfg.loss.norm_pix, "steps": step, "data": cfg.data.path or f"synthetic:{cfg.data.synthetic.kind}"},
     )
-    path = save_encoder(run_dir / "export" / "encoder.safetensors", model.encoder.state_dict(), contract)
+    path = save_encoder(export_path(run_dir), model.encoder.state_dict(), contract)
     for name, part in family(cfg.model.arch).extra_exports(model).items():  # e.g. the ResEnc U-Net decoder
-        save_encoder(path.with_name(f"{name}.safetensors"), part.state_dict(), {**contract, "part": name})
+        save_encoder(export_path(run_dir, name), part.state_dict(), {**contract, "part": name})
     return path
 
 
 def pretrain(
-    config: str | Path | PretrainConfig | dict | None = None,
+    config: str | Path | PretrainConfig | Mapping[str, Any] | None = None,
     *,
     preset: str | None = None,
     data: str | Path | None = None,
@@ -112,7 +117,7 @@ def pretrain(
         return _pretrain_locked(cfg, model, run_dir, dist, max_steps, resume)
 
 
-def _pretrain_locked(cfg: PretrainConfig, model: torch.nn.Module, run_dir: Path, dist: DistInfo,
+def _pretrain_locked(cfg: PretrainConfig, model: nn.Module, run_dir: Path, dist: DistInfo,
                      max_steps: int | None, resume: str | None) -> Path:
     """Data, training, export and summary of :func:`pretrain`, in its locked run directory."""
     parts = resolve_parts(cfg.data, cfg.model)
@@ -130,7 +135,7 @@ def _pretrain_locked(cfg: PretrainConfig, model: torch.nn.Module, run_dir: Path,
     view_set = CaseDataset(prepared, crop, augment=None, seed=cfg.train.seed, slice_axis=slice_axis)
 
     shown = fixed_cases(prepared, cfg.data.figure_cases)
-    figures = ReconstructionFigures(view_set, shown, cfg.train.figure_every, run_dir / "figures",
+    figures = ReconstructionFigures(view_set, shown, cfg.train.figure_every, run_dir / FIGURES_DIR,
                                     [prepared[i].case.case_id for i in shown])
     trainer = Trainer(
         model=model,
@@ -159,16 +164,11 @@ def _pretrain_locked(cfg: PretrainConfig, model: torch.nn.Module, run_dir: Path,
     return run_dir
 
 
-PRETRAIN_CASES = "pretrain_cases.json"
-
-
-def knn_probe(pool: PreparedPool, parts: list, cfg: PretrainConfig, run_dir: Path, view_set: CaseDataset) -> list:
+def knn_probe(pool: PreparedPool, parts: list[PoolPart], cfg: PretrainConfig, run_dir: Path,
+              view_set: CaseDataset) -> list[KnnProbe]:
     """The k-NN monitor hook when ``monitor.every`` is set and the data has class labels (else none, with a warning)."""
     if not cfg.monitor.every:
         return []
-    from medmae.data.labels import class_targets
-    from medmae.tasks.monitor import KnnProbe
-
     spec = parts[0].spec
     labelled = [i for i, p in enumerate(pool.prepared) if p.case.label is not None]
     if not spec.classes or len(labelled) < 4:
@@ -192,10 +192,10 @@ def record_data(run_dir: Path, pool: PreparedPool, cfg: PretrainConfig) -> None:
               "source": p.case.source, "modality": p.case.modality} for p in pool.prepared]
     (run_dir / PRETRAIN_CASES).write_text(json.dumps({"composition": pool.composition, "cases": cases}))
     if pool.skipped:
-        (run_dir / "bad_cases.jsonl").write_text("".join(json.dumps(b) + "\n" for b in pool.skipped))
+        write_bad_cases(run_dir, pool.skipped)
 
 
-def write_summary(run_dir: Path, result: FitResult, view_set: CaseDataset, model: Any, shown: Sequence[int],
+def write_summary(run_dir: Path, result: FitResult, view_set: CaseDataset, model: nn.Module, shown: Sequence[int],
                   dist: DistInfo) -> dict[str, Any]:
     """``summary.json``: final loss and, on the figure cases, the masked-patch loss vs the patch-mean baseline."""
     x = torch.stack([view_set[i]["image"] for i in shown]).to(dist.device)
@@ -211,7 +211,7 @@ def write_summary(run_dir: Path, result: FitResult, view_set: CaseDataset, model
         "figure_cases_masked_loss": held,
         "figure_cases_patch_mean_baseline": baseline,
         "checkpoint": str(result.checkpoint) if result.checkpoint else None,
-        "encoder": str(run_dir / "export" / "encoder.safetensors"),
+        "encoder": str(export_path(run_dir)),
     }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
     return summary

@@ -17,8 +17,8 @@ from medmae.engine import checkpoint as ckpt
 from medmae.errors import RunDirError
 from medmae.figures import save_reconstruction_figure
 from medmae.models.registry import build_mae
-from medmae.tasks.finetune import TASK_FILE
-from medmae.tasks.inference import output_dir
+from medmae.run_layout import CONFIG_FILE, TASK_FILE, checkpoints_dir
+from medmae.tasks.run_dir import output_dir
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +30,12 @@ def load_pretrain_run(run_dir: str | Path) -> tuple[PretrainConfig, torch.nn.Mod
         raise RunDirError(f"{run_dir}: {'not a directory' if run_dir.exists() else 'no such run directory'}")
     if (run_dir / TASK_FILE).is_file():
         raise RunDirError(f"{run_dir}: a fine-tuning run; reconstruct needs the run directory of `medmae pretrain`")
-    if not (run_dir / "config.yaml").is_file():
-        raise RunDirError(f"{run_dir}: not a medmae pretraining run (no config.yaml)")
-    cfg = load_config(PretrainConfig, run_dir / "config.yaml")
-    path = ckpt.find_latest_valid(run_dir / "checkpoints")
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise RunDirError(f"{run_dir}: not a medmae pretraining run (no {CONFIG_FILE})")
+    cfg = load_config(PretrainConfig, run_dir / CONFIG_FILE)
+    path = ckpt.find_latest_valid(checkpoints_dir(run_dir))
     if path is None:
-        raise ckpt.CheckpointError(f"{run_dir}: no valid checkpoint in {run_dir / 'checkpoints'}")
+        raise ckpt.CheckpointError(f"{run_dir}: no valid checkpoint in {checkpoints_dir(run_dir)}")
     model = build_mae(cfg)
     ckpt.load_model_state(model, ckpt.load_checkpoint(path).model_state, path / ckpt.MODEL_FILE)
     return cfg, model.eval(), path
@@ -63,7 +63,8 @@ def reconstruct(run_dir: str | Path, inputs: Sequence[str | Path], *, out: str |
     return written
 
 
-def _write_nifti_triplet(out: Path, name: str, x, mask, recon, spacing) -> list[Path]:
+def _write_nifti_triplet(out: Path, name: str, x: torch.Tensor, mask: torch.Tensor, recon: torch.Tensor,
+                         spacing: Sequence[float]) -> list[Path]:
     import nibabel as nib
 
     affine = np.diag([*spacing, 1.0])

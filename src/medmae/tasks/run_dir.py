@@ -1,4 +1,5 @@
-"""Run directories: the names of their files, their set-up, and the lock that keeps one run in each.
+"""Setting up run directories: creating and locking them, ``config.yaml`` of a new run, the bad-case log, the
+folder of each evaluation, and output folders. The names of the files are :mod:`medmae.run_layout`.
 
 A run holds an advisory ``fcntl.flock`` on ``R/run.lock`` from before it cleans or writes anything in ``R`` until
 it ends (rank 0 under torchrun). The file records the holder (pid, host, start time) so that a second run is
@@ -9,16 +10,28 @@ stale lock, and the file itself means nothing while nobody holds it.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import logging
 import os
 import socket
 import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from medmae.engine import checkpoint as ckpt
 from medmae.engine.distributed import DistInfo, on_main
-from medmae.errors import RunDirError
+from medmae.errors import ConfigError, RunDirError
+from medmae.run_layout import (
+    BAD_CASES_FILE,
+    CONFIG_FILE,
+    EVAL_DIR,
+    LOCK_FILE,
+    SUMMARY_FILE,
+    checkpoints_dir,
+    eval_split_dir,
+    slug,
+)
 
 try:
     import fcntl
@@ -27,9 +40,6 @@ except ImportError:  # not POSIX: runs are not locked
 
 log = logging.getLogger(__name__)
 
-LOCK_FILE = "run.lock"
-CONFIG_FILE = "config.yaml"
-CHECKPOINTS = "checkpoints"
 _UNSUPPORTED = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)
 
 
@@ -107,7 +117,7 @@ class RunLock:
 def _set_up(run_dir: Path, cfg_yaml: str, resume: str | None, lock: RunLock) -> None:
     make_directory(run_dir)
     lock.acquire()  # before anything in the directory is read for a decision, cleaned or written
-    if resume is None and ckpt.committed_steps(run_dir / CHECKPOINTS):
+    if resume is None and ckpt.committed_steps(checkpoints_dir(run_dir)):
         raise RunDirError(f"{run_dir} already holds checkpoints: pass --resume auto to continue it, or use another --run-dir")
     old = run_dir / CONFIG_FILE
     if resume is None or not old.is_file():
@@ -129,3 +139,48 @@ def prepare_run_dir(run_dir: Path, cfg_yaml: str, resume: str | None, dist: Dist
         lock.release()
         raise
     return lock
+
+
+def write_bad_cases(run_dir: Path, skipped: Iterable[Mapping[str, str]]) -> Path:
+    """``R/bad_cases.jsonl``: the cases ``data.on_bad_case=skip`` left out, one JSON object per line
+    (``case_id``, ``path``, ``error``)."""
+    path = run_dir / BAD_CASES_FILE
+    path.write_text("".join(json.dumps(dict(b)) + "\n" for b in skipped))
+    return path
+
+
+def output_dir(out: str | Path, option: str = "--out") -> Path:
+    """``--out`` (or another folder option) as a folder, created; a file in its place is an error naming it."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{option} {out}: exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ evaluations
+
+_MANIFEST_SUFFIXES = (".csv", ".json", ".npz", ".yaml", ".yml")
+
+
+def data_name(data: str | Path) -> str:
+    """Short name of a dataset path: the folder, or the manifest without its suffix (``dataset.json``: its folder)."""
+    p = Path(str(data).rstrip("/"))
+    if p.name.lower() in ("dataset.json", "dataset.yaml"):
+        p = p.parent
+    name = p.name[: -len(p.suffix)] if p.suffix.lower() in _MANIFEST_SUFFIXES else p.name
+    return slug(name)
+
+
+def eval_dir(run_dir: str | Path, split: str, data: str | Path | None = None) -> Path:
+    """``RUN/eval/<split>`` or, for other data, ``RUN/eval/<data-name>_<split>``; a folder that already holds
+    another dataset's evaluation gets the path's short hash added, so evaluations never overwrite each other."""
+    if data is None:
+        return eval_split_dir(run_dir, split)
+    root = Path(run_dir) / EVAL_DIR
+    out = root / f"{data_name(data)}_{slug(split)}"
+    previous = out / SUMMARY_FILE
+    if previous.is_file() and json.loads(previous.read_text()).get("data") != str(data):
+        digest = hashlib.sha256(str(Path(data).resolve()).encode()).hexdigest()[:8]
+        out = root / f"{data_name(data)}-{digest}_{slug(split)}"
+    return out

@@ -9,25 +9,19 @@ comparison with scratch is paired.
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from medmae.config import ConfigError
-from medmae.tasks.eval_outputs import find_summary
+from medmae.errors import ConfigError
+from medmae.report import CELLS_DIR, collect, find_summary, read_sweep, write_report, write_sweep
 from medmae.tasks.evaluate import evaluate
 from medmae.tasks.finetune import finetune
-from medmae.tasks.inference import output_dir
+from medmae.tasks.run_dir import output_dir
 
 log = logging.getLogger(__name__)
 
-SWEEP_FILE = "sweep.json"
-RESULTS_CSV = "results.csv"
-RESULT_COLUMNS = ("task", "fold", "fraction", "seed", "init", "metric", "class", "region", "value", "ci_low", "ci_high", "n")
 DEFAULT_FRACTIONS = (0.05, 0.1, 0.25, 0.5, 0.8, 1.0)
 
 
@@ -108,15 +102,14 @@ def sweep(
     meta = {"task": task, "preset": preset, "config": str(config) if config else None, "data": str(data) if data else None,
             "inits": dict(init_names([str(i) for i in inits])), "fractions": list(fractions), "seeds": seed_list,
             "folds": folds, "overrides": list(overrides), "max_steps": max_steps, "cells": [c.name for c in cells]}
-    previous = run_dir / SWEEP_FILE
-    if previous.is_file():
-        old = json.loads(previous.read_text())
+    old = read_sweep(run_dir)
+    if old is not None:
         changed = [k for k in ("task", "preset", "data", "overrides", "max_steps") if old.get(k) != meta[k]]
         if changed:
             raise ConfigError(f"{run_dir} holds a sweep with different {changed}; use another --run-dir")
-    previous.write_text(json.dumps(meta, indent=1))
+    write_sweep(run_dir, meta)
     for i, cell in enumerate(cells, start=1):
-        cell_dir = run_dir / "cells" / cell.name
+        cell_dir = run_dir / CELLS_DIR / cell.name
         if find_summary(cell_dir) is not None:
             continue
         log.info("sweep cell %d/%d: %s", i, len(cells), cell.name)
@@ -126,39 +119,6 @@ def sweep(
         collect(run_dir)  # results.csv is current after every cell
     collect(run_dir)
     if report:
-        from medmae.report import write_report
-
         write_report(run_dir)
     return run_dir
 
-
-def collect(run_dir: str | Path) -> list[dict[str, Any]]:
-    """Gather every finished cell's evaluation into the tidy ``results.csv`` (one row per cell and metric)."""
-    run_dir = Path(run_dir)
-    meta = json.loads((run_dir / SWEEP_FILE).read_text())
-    rows = []
-    for cell_dir in sorted((run_dir / "cells").glob("*")):
-        summary_path = find_summary(cell_dir)
-        if summary_path is None:
-            continue
-        summary = json.loads(summary_path.read_text())
-        cfg = parse_cell(cell_dir.name, meta)
-        for r in summary["rows"]:
-            rows.append({**cfg, "metric": r["metric"], "class": r.get("class", ""), "region": r.get("region", ""),
-                         "value": r["value"], "ci_low": r["ci_low"], "ci_high": r["ci_high"], "n": r["n"]})
-    with (run_dir / RESULTS_CSV).open("w", newline="") as f:
-        w = csv.DictWriter(f, RESULT_COLUMNS)
-        w.writeheader()
-        w.writerows(rows)
-    return rows
-
-
-def parse_cell(name: str, meta: dict[str, Any]) -> dict[str, Any]:
-    """Cell coordinates from its folder name (``<task>_frac<f>_seed<s>_<init>[_fold<k>]``)."""
-    task, rest = name.split("_frac", 1)
-    frac, rest = rest.split("_seed", 1)
-    seed, rest = rest.split("_", 1)
-    fold = ""
-    if meta.get("folds") and "_fold" in rest:
-        rest, fold = rest.rsplit("_fold", 1)
-    return {"task": task, "fold": fold, "fraction": float(frac), "seed": int(seed), "init": rest}

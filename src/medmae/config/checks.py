@@ -1,6 +1,6 @@
 """Checks across config keys that each look fine alone, and the per-architecture view of ``model``.
 
-Plain functions over values (no pydantic), called by the validators of :mod:`medmae.config`. Each returns
+Plain functions over values (no pydantic), called by the validators of the :mod:`medmae.config` sections. Each returns
 its problems as ``"key.path: what is wrong"`` lines, the key relative to the section that calls it, so a
 value that would crash a model constructor or the first batch is refused when the config is read.
 """

@@ -1,0 +1,83 @@
+"""The tables and lines ``medmae`` prints after a command: demo results, evaluation metrics, data-check summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+
+def print_demo(console: Console, s: dict[str, Any]) -> None:
+    """The pretraining numbers and the MAE-vs-scratch comparison of ``medmae demo``."""
+    t = Table(title="MAE pretraining on synthetic chest X-rays (labels unused)", show_header=False)
+    t.add_row("steps", str(s["pretrain_steps"]))
+    t.add_row("masked-patch loss, fixed cases and masks", f"{s['masked_patch_loss']:.4f}")
+    t.add_row("loss of predicting each patch's own mean", f"{s['patch_mean_baseline_loss']:.4f}")
+    console.print(t)
+    c = Table("task", "init", "metric", "value", "95 % CI", "trivial baseline", "test cases",
+              title=f"fine-tuned on {s['label_fraction']:.0%} of the training labels, same held-out split")
+    for r in s["comparison"]:
+        base = "-" if r.get("baseline") is None else f"{r['baseline']:.3f}"
+        c.add_row(r["task"], r["init"], r["metric"], f"{r['value']:.3f}", f"{r['ci_low']:.3f} - {r['ci_high']:.3f}", base,
+                  str(r["n_test"]))
+    console.print(c)
+    with_base = [r for r in s["comparison"] if r.get("baseline") is not None]
+    if with_base:
+        console.print(f"trivial baseline: accuracy of predicting without looking ({with_base[0]['baseline_rule']})")
+        unbeaten = [f"{r['task']} {r['init']}" for r in with_base if not r["beats_baseline"]]
+        if unbeaten:
+            console.print(f"accuracy does not beat the trivial baseline: {', '.join(unbeaten)}")
+    console.print(f"encoder: {s['encoder']}\nreconstructions: {s['figure']}\nruns: {Path(s['pretrain_dir']).parent}"
+                  f"\ntime: {s['seconds']:.0f} s (pretraining {s['pretrain_seconds']:.0f} s)")
+
+
+def print_evaluation(console: Console, summary: dict[str, Any]) -> None:
+    """The metrics of ``medmae evaluate`` with their CIs, the trivial baseline next to accuracy, the decision rule."""
+    t = Table("metric", "value", "95 % CI", "n", title=f"{summary['task']} on {summary['n_cases']} cases ({summary['split']})")
+    base = summary.get("accuracy_baseline")
+    for r in sorted(summary["rows"], key=lambda r: (str(r.get("class") or r.get("region") or ""), r["metric"])):
+        name = r["metric"] + (f" ({r.get('class') or r.get('region')})" if r.get("class") or r.get("region") else "")
+        t.add_row(name, f"{r['value']:.4f}", f"{r['ci_low']:.4f} - {r['ci_high']:.4f}", str(r["n"]))
+        if base and r["metric"] == "accuracy":
+            t.add_row(f"  trivial baseline ({base['rule']})", f"{base['value']:.4f}", "-", str(summary["n_cases"]))
+    console.print(t)
+    if "threshold" in summary:
+        console.print(f"decisions: {summary['decision_rule']}", highlight=False)
+    if base and not base["beaten"]:
+        console.print(f"note: accuracy {base['accuracy']:.4f} does not beat the trivial baseline ({base['rule']}) "
+                      f"of {base['value']:.4f}", highlight=False)
+
+
+def check_summary_table(s: dict[str, Any]) -> Table:
+    """The summary of a :class:`~medmae.data.check.CheckReport` as a two-column table."""
+    def nums(values) -> str:
+        return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
+
+    t = Table(show_header=False, title=f"data check ({s['mode']}, {s['seconds']:.1f} s)")
+    for src in s["sources"]:
+        t.add_row("source", escape(f"{src['path']}  ({src['kind']}, {src['cases']} cases, {src['modality'] or 'modality unknown'})"))
+    if len(s["sources"]) > 1 or len(s["pool"]["per_modality"]) > 1:
+        t.add_row("per modality", escape(", ".join(f"{m}: {n}" for m, n in s["pool"]["per_modality"].items())))
+    c = s["cases"]
+    t.add_row("cases", f"{c['total']} ({c['labelled']} labelled, {c['unlabelled']} unlabelled); {c['read']} read, {c['unreadable']} unreadable")
+    t.add_row("splits", "; ".join(f"{k}: " + ", ".join(f"{n} {what}" for what, n in v.items() if n) for k, v in s["splits"].items()))
+    t.add_row("subjects", str(s["subjects"]))
+    t.add_row("dims / channels / dtype", " / ".join(", ".join(f"{k}: {n}" for k, n in s[key].items()) for key in ("spatial_dims", "channels", "dtypes")))
+    for key, unit in (("shape", ""), ("spacing", " mm")):
+        for dims, st in s[key].items():
+            t.add_row(f"{key} {dims}D{unit}", f"min {nums(st['min'])}  median {nums(st['median'])}  max {nums(st['max'])}")
+    for ch in s["intensity"]:
+        t.add_row(f"intensity ch{ch['channel']}", f"min {ch['min']:.4g}  p1 {ch['p1']:.4g}  p50 {ch['p50']:.4g}  p99 {ch['p99']:.4g}  max {ch['max']:.4g}  (median of per-case percentiles)")
+    lab = s["labels"]
+    if lab["declared"] or lab["found"]:
+        declared = ", ".join(f"{v}={n}" for v, n in lab["declared"].items()) or "none"
+        balance = ", ".join(f"{v}: {lab['cases_with'][str(v)]} cases, {lab['voxel_fraction'][str(v)]:.2%} voxels" for v in lab["found"])
+        t.add_row("label values", f"found {lab['found']} in {lab['masks_read']} masks; declared {declared}" + (f"\n{balance}" if balance else ""))
+    cls = s["classes"]
+    if cls["counts"]:
+        counts = ", ".join(f"{k}: {n}" for k, n in cls["counts"].items()) + (f", no class: {cls['no_class']}" if cls["no_class"] else "")
+        t.add_row("classes" + (" (multi-label)" if cls["multilabel"] else ""), escape(counts))
+    return t

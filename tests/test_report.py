@@ -1,0 +1,56 @@
+"""medmae report: results.csv from the cells (new and old layouts), aggregation and paired comparison."""
+
+import json
+
+import numpy as np
+import pytest
+
+from medmae.metrics import bootstrap_ci
+from medmae.report import aggregate, collect, paired_comparison
+
+
+def test_aggregate_matches_hand_computed_values():
+    rows = [{"init": "a", "fraction": 0.5, "seed": s, "fold": "", "metric": "dice", "region": "mean", "class": "",
+             "value": v, "ci_low": v - 0.1, "ci_high": v + 0.1, "n": 10} for s, v in enumerate([0.6, 0.7, 0.8])]
+    rows.append({**rows[0], "init": "b", "value": 0.5, "ci_low": 0.4, "ci_high": 0.6})  # one run: its case-level CI
+    agg = {a["init"]: a for a in aggregate(rows)}
+    assert agg["a"]["mean"] == pytest.approx(0.7) and agg["a"]["std"] == pytest.approx(0.1)
+    assert (agg["a"]["ci_low"], agg["a"]["ci_high"]) == pytest.approx(bootstrap_ci(np.array([0.6, 0.7, 0.8]), seed=0))
+    assert agg["a"]["n_runs"] == 3 and agg["a"]["ci_over"] == "seeds/folds"
+    assert (agg["b"]["ci_low"], agg["b"]["ci_high"], agg["b"]["ci_over"]) == (pytest.approx(0.4), pytest.approx(0.6), "cases")
+
+
+def test_paired_comparison_sign_and_interval():
+    rows = []
+    for seed, (mae, scratch) in enumerate([(0.80, 0.70), (0.75, 0.70), (0.90, 0.70), (0.72, 0.71)]):
+        for init, v in (("mae", mae), ("scratch", scratch)):
+            rows.append({"init": init, "fraction": 0.1, "seed": seed, "fold": "", "metric": "auroc", "region": "",
+                         "class": "", "value": v})
+    (p,) = paired_comparison(rows, "auroc", "")
+    diffs = np.array([0.10, 0.05, 0.20, 0.01])
+    assert p["mean_diff"] == pytest.approx(diffs.mean()) and p["wins"] == 4 and p["losses"] == 0
+    assert 0 < p["ci_low"] <= p["mean_diff"] <= p["ci_high"]
+    assert p["n_pairs"] == 4 and 0 < p["p_value"] < 0.2
+    # reversed roles give the mirrored difference
+    (q,) = paired_comparison(rows, "auroc", "", reference="mae")
+    assert q["mean_diff"] == pytest.approx(-diffs.mean()) and q["ci_high"] < 0
+
+
+def test_collect_reads_new_cells_and_old_ones(tmp_path):
+    """Cells evaluated into eval/test/ (now) and eval/ (older sweeps) are both collected; a cell's other evaluations
+    (eval/<data>_<split>/) are not mistaken for its result."""
+    out = tmp_path / "W"
+    meta = {"task": "cls", "folds": None, "inits": {"scratch": "scratch", "mae": "/runs/mae"}}
+    (out / "cells").mkdir(parents=True)
+    (out / "sweep.json").write_text(json.dumps(meta))
+    for init, folder, v in (("scratch", "eval", 0.6), ("mae", "eval/test", 0.7)):
+        cell = out / "cells" / f"cls_frac0.5_seed0_{init}" / folder
+        cell.mkdir(parents=True)
+        cell.joinpath("summary.json").write_text(json.dumps({"split": "test", "rows": [
+            {"metric": "macro_auroc", "value": v, "ci_low": v - 0.05, "ci_high": v + 0.05, "n": 20}]}))
+    other = out / "cells" / "cls_frac0.5_seed0_mae" / "eval" / "external_test"
+    other.mkdir()
+    other.joinpath("summary.json").write_text(json.dumps({"split": "x:test", "rows": [
+        {"metric": "macro_auroc", "value": 0.1, "ci_low": 0.0, "ci_high": 0.2, "n": 5}]}))
+    rows = collect(out)
+    assert sorted((r["init"], r["value"]) for r in rows) == [("mae", 0.7), ("scratch", 0.6)]
