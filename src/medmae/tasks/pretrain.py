@@ -14,14 +14,13 @@ from medmae.config import ConfigError, PretrainConfig, dump_yaml, load_config, s
 from medmae.data.cache import ArrayCache
 from medmae.data.dataset import Augment, CaseDataset, Prepared
 from medmae.data.pipeline import PreparedPool, prepare_pool, resolve_parts
-from medmae.data.preprocess import Preprocessing
 from medmae.engine.distributed import check_batch, DistInfo, barrier, init_distributed
 from medmae.engine.loop import FitResult, Trainer
 from medmae.engine.optim import param_groups
 from medmae.errors import Interrupted
-from medmae.export import make_contract, save_encoder
 from medmae.figures import save_reconstruction_figure
-from medmae.models.registry import build_mae, encoder_kwargs, family
+from medmae.models.adapt import export_encoder
+from medmae.models.registry import build_mae
 from medmae.tasks.run_dir import CONFIG_FILE, prepare_run_dir
 
 log = logging.getLogger(__name__)
@@ -68,25 +67,6 @@ class ReconstructionFigures:
 
     def on_fit_end(self, trainer: Trainer) -> None:
         self.write(trainer, f"recon_step{trainer.step:07d}")
-
-
-def export_encoder(run_dir: Path, model: torch.nn.Module, cfg: PretrainConfig, preps: list[Preprocessing], step: int) -> Path:
-    """``export/encoder.safetensors`` with the contract; a pool with several intensity presets records all of them."""
-    contract_prep = preps[0].contract()
-    presets = [p.intensity for p in preps]
-    if any(i != presets[0] for i in presets):
-        contract_prep["intensity"] = [dict(t) for t in {tuple(sorted(i.items())) for i in presets}]
-    contract = make_contract(
-        arch=cfg.model.arch,
-        encoder=encoder_kwargs(cfg.model),
-        preprocessing=contract_prep,
-        pretraining={"preset": cfg.name, "mask_ratio": cfg.mask.ratio, "mask_kind": cfg.mask.kind,
-                     "norm_pix_loss": cfg.loss.norm_pix, "steps": step, "data": cfg.data.path or f"synthetic:{cfg.data.synthetic.kind}"},
-    )
-    path = save_encoder(run_dir / "export" / "encoder.safetensors", model.encoder.state_dict(), contract)
-    for name, part in family(cfg.model.arch).extra_exports(model).items():  # e.g. the ResEnc U-Net decoder
-        save_encoder(path.with_name(f"{name}.safetensors"), part.state_dict(), {**contract, "part": name})
-    return path
 
 
 def pretrain(
