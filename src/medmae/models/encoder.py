@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -51,7 +51,8 @@ class Encoder(Protocol):
         """Dense decoders: [(B, feature_channels[i], *S / feature_strides[i]) for each level], shallow to deep."""
         ...
 
-    def forward_masked(self, x_bcs: torch.Tensor, mask_bm: torch.Tensor, fill: Any = None) -> list[torch.Tensor]:
+    def forward_masked(self, x_bcs: torch.Tensor, mask_bm: torch.Tensor,
+                       fill: torch.Tensor | Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:
         """Masked pretraining: the maps of :meth:`feature_maps` computed from the visible patches only."""
         ...
 
@@ -105,14 +106,14 @@ _MEMBERS = ("spatial_dims", "in_channels", "img_size", "patch_size", "embed_dim"
             "feature_channels", "feature_strides", "forward_tokens", "feature_maps", "forward_masked")
 
 
-def _check_tokens(encoder: Any, tokens: torch.Tensor, batch: int) -> None:
+def _check_tokens(encoder: Encoder, tokens: torch.Tensor, batch: int) -> None:
     _expect(tokens.dim() == 3 and tokens.shape[0] == batch and tokens.shape[2] == encoder.embed_dim,
             f"forward_tokens: expected (B={batch}, prefix + L, embed_dim={encoder.embed_dim}), got {tuple(tokens.shape)}")
     _expect(tokens.shape[1] > encoder.num_prefix_tokens, f"forward_tokens: no patch tokens after the "
             f"{encoder.num_prefix_tokens} prefix tokens")
 
 
-def _check_maps(encoder: Any, maps: Sequence[torch.Tensor], batch: int, what: str) -> None:
+def _check_maps(encoder: Encoder, maps: Sequence[torch.Tensor], batch: int, what: str) -> None:
     _expect(len(maps) == len(encoder.feature_channels),
             f"{what}: {len(maps)} maps for {len(encoder.feature_channels)} levels of feature_channels")
     for i, (m, c, s) in enumerate(zip(maps, encoder.feature_channels, encoder.feature_strides)):
@@ -121,7 +122,7 @@ def _check_maps(encoder: Any, maps: Sequence[torch.Tensor], batch: int, what: st
                 f"got {tuple(m.shape)}")
 
 
-def _check_masked(encoder: Any, x: torch.Tensor, seed: int) -> None:
+def _check_masked(encoder: Encoder, x: torch.Tensor, seed: int) -> None:
     """Half of the cells of the deepest stride masked: shifting masked pixels changes nothing, visible ones do."""
     coarse = tuple(n // s for n, s in zip(encoder.img_size, encoder.feature_strides[-1]))
     mask = block_mask(torch.arange(seed, seed + x.shape[0]), coarse, 0.5)

@@ -13,6 +13,7 @@ import torch
 from medmae.config import ConfigError, PretrainConfig, dump_yaml, load_config, set_data_path
 from medmae.data.cache import ArrayCache
 from medmae.data.dataset import Augment, CaseDataset, Prepared
+from medmae.data.labels import class_targets
 from medmae.data.pipeline import PreparedPool, prepare_pool, resolve_parts
 from medmae.engine.distributed import check_batch, DistInfo, barrier, init_distributed
 from medmae.engine.loop import FitResult, Trainer
@@ -21,6 +22,7 @@ from medmae.errors import Interrupted
 from medmae.figures import save_reconstruction_figure
 from medmae.models.adapt import export_encoder
 from medmae.models.registry import build_mae
+from medmae.tasks.monitor import KnnProbe
 from medmae.tasks.run_dir import CONFIG_FILE, prepare_run_dir
 
 log = logging.getLogger(__name__)
@@ -146,9 +148,6 @@ def knn_probe(pool: PreparedPool, parts: list, cfg: PretrainConfig, run_dir: Pat
     """The k-NN monitor hook when ``monitor.every`` is set and the data has class labels (else none, with a warning)."""
     if not cfg.monitor.every:
         return []
-    from medmae.data.labels import class_targets
-    from medmae.tasks.monitor import KnnProbe
-
     spec = parts[0].spec
     labelled = [i for i, p in enumerate(pool.prepared) if p.case.label is not None]
     if not spec.classes or len(labelled) < 4:
