@@ -302,6 +302,22 @@ def test_a_plan_that_forbids_interpolation_is_kept(tmp_path):
         load_encoder_weights(vit(img=48), read_encoder_source(path))
 
 
+def test_a_plan_that_does_not_fit_the_file_is_an_error_naming_it(tmp_path):
+    pre = vit(img=32)
+    contract = read_contract(export(tmp_path / "a.safetensors", pre))
+    plan = replace(family_plan(family("vit"), contract["encoder"]), pos_embed=PosEmbedPlan("pos_embed", (3, 3)))
+    path = save_encoder(tmp_path / "grid.safetensors", pre.state_dict(),
+                        make_contract(arch="vit", encoder=contract["encoder"], preprocessing=contract["preprocessing"],
+                                      adaptation=plan))
+    with pytest.raises(ContractError, match=r"grid\.safetensors: pos_embed of shape \(1, 16, 32\) does not fit the "
+                                            r"token grid \(3, 3\) of its adaptation plan"):
+        load_encoder_weights(vit(img=32), read_encoder_source(path))
+    path = rewrite_with_plan(FIXTURES / "resenc", tmp_path / "prefix", key_prefix="backbone.")
+    with pytest.raises(ExportError, match=r"prefix/encoder\.safetensors: its adaptation plan puts the encoder at "
+                                          r"'backbone\.', which the resenc seg model does not have"):
+        build_task_model(ft_config("seg", "demo-resenc-3d", "model.img_size=[32,32,32]"), 3, str(path))
+
+
 def test_a_foreign_checkpoint_gets_an_inferred_plan(tmp_path):
     state, _ = timm_state(vit(img=32))
     torch.save(state, tmp_path / "timm.pth")

@@ -213,6 +213,9 @@ def adapt_state(src: EncoderSource, encoder: nn.Module, plan: AdaptationPlan, re
                 state["cls_token"] = state["cls_token"] + cls_pos
             report.adaptations.append(f"cls slot of {pe.key} folded into cls_token")
         dst_grid = tuple(encoder.grid)
+        if len(pe.grid) != len(dst_grid) or pos.dim() != 3 or pos.shape[1] != math.prod(pe.grid):
+            raise ContractError(f"{src.path}: {pe.key} of shape {tuple(pos.shape)} does not fit the token grid "
+                                f"{tuple(pe.grid)} of its adaptation plan, nor the model's grid {dst_grid}")
         if tuple(pe.grid) != dst_grid:
             if not pe.interpolate:
                 raise ContractError(f"{src.path}: {pe.key} was trained on the token grid {tuple(pe.grid)}, the model's is "
@@ -366,7 +369,12 @@ def build_task_model(cfg: FinetuneConfig, num_outputs: int, init: str | None) ->
     if src is None:
         return model, None
     plan = plan_of(src, encoder.spatial_dims)
-    report = load_encoder_weights(model.get_submodule(plan.module_path), src, plan)
+    try:
+        target = model.get_submodule(plan.module_path)
+    except AttributeError:
+        raise ExportError(f"{src.path}: its adaptation plan puts the encoder at {plan.key_prefix!r}, which the "
+                          f"{cfg.model.arch} {cfg.task} model does not have") from None
+    report = load_encoder_weights(target, src, plan)
     if src.contract is not None:
         load_extra_parts(model, plan.extra_parts, src.path, report)  # e.g. the ResEnc U-Net decoder
     log.info(report.summary())
