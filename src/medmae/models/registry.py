@@ -79,13 +79,10 @@ class Family:
         """The MAE's parts exported besides the encoder, by name."""
         return {name: getattr(mae, name) for name in self.extra_parts}
 
-    def extra_targets(self, model: nn.Module) -> dict[str, nn.Module]:
-        """The task model's parts that take those exports (a classifier has no decoder to fill)."""
-        return part_targets(model, self.extra_parts)
-
 
 def part_targets(model: nn.Module, names: tuple[str, ...] | list[str]) -> dict[str, nn.Module]:
-    """The parts of ``model`` named ``names`` that it has (attribute of that name, a module)."""
+    """The parts of ``model`` named ``names`` that it has (an attribute of that name, a module): the task model's
+    parts that take a family's extra exports (a segmenter's decoder; a classifier has none)."""
     return {n: getattr(model, n) for n in names if isinstance(getattr(model, n, None), nn.Module)}
 
 
