@@ -20,7 +20,7 @@ from helpers import TINY_2D, TINY_3D, set_args, checkpoint_steps, flat, invoke, 
 from medmae.cli import app
 from medmae.config import preset_names
 from medmae.engine import checkpoint as ckpt
-from medmae.export import read_contract
+from medmae.models.contract import read_contract
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -12,7 +12,7 @@ import torch
 
 from medmae.engine import checkpoint as ckpt
 from medmae.errors import ExportError
-from medmae.models import convert
+from medmae.models import adapt
 from medmae.safe_load import refusal_reason
 
 
@@ -63,10 +63,10 @@ def test_a_damaged_zip_gives_its_first_sentence():
 
 
 def test_checkpoints_and_init_weights_share_the_one_extraction(tmp_path):
-    assert convert.refusal_reason is refusal_reason and ckpt.refusal_reason is refusal_reason
-    assert not hasattr(convert, "_load_error_reason") and not hasattr(ckpt, "_unpickler_reason")
+    assert adapt.refusal_reason is refusal_reason and ckpt.refusal_reason is refusal_reason
+    assert not hasattr(adapt, "_load_error_reason") and not hasattr(ckpt, "_unpickler_reason")
     evil = tmp_path / "evil.pth"
     torch.save({"model": {"w": torch.zeros(1)}, "x": RunsShell()}, evil)
     with pytest.raises(ExportError) as err:
-        convert.read_encoder_source(evil)
+        adapt.read_encoder_source(evil)
     assert "unsupported GLOBAL posix.system" in str(err.value) and "likely succeed" not in str(err.value)

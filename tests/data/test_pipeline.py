@@ -12,7 +12,7 @@ from medmae.data.pipeline import prepare_pool, resolve_parts
 from medmae.data.preprocess import resample_to_spacing
 from medmae.data.synthetic import write_dataset
 from medmae.errors import CaseError
-from medmae.export import read_contract
+from medmae.models.contract import read_contract
 from medmae.tasks.pretrain import pretrain
 
 

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from helpers import HERE, TINY_2D, pretrain_args, subprocess_env
 from medmae.engine import checkpoint as ckpt
 from medmae.errors import EXIT_ENVIRONMENT, EnvironmentProblem
-from medmae.export import save_encoder
+from medmae.models.contract import save_encoder
 
 # config, metrics and the step-4 checkpoint (~300 kB) fit; the step-8 checkpoint does not
 TMPFS_SIZE = "450k"

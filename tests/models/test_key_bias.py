@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from medmae.models.mae import MaskedAutoencoderViT
-from medmae.models.swin import SwinEncoder, SwinMAE, WindowAttention
+from medmae.models.swin import SwinEncoder, SwinMAE
+from medmae.models.swin_blocks import WindowAttention
 from medmae.models.vit import Attention, ViT
 
 

@@ -1,6 +1,7 @@
 import torch
 
-from medmae.models.mae import MaskedAutoencoderViT, masked_patch_loss, normalize_patches
+from medmae.models.mae import MaskedAutoencoderViT
+from medmae.models.mae_base import masked_patch_loss, normalize_patches
 from medmae.models.masking import patchify
 from medmae.models.vit import ViT, _gather_tokens
 

@@ -17,10 +17,10 @@ from medmae.config import ConfigError, FinetuneConfig, PretrainConfig, load_conf
 from medmae.data.synthetic import abdomen_ct, chest_xray
 from medmae.engine import checkpoint as ckpt
 from medmae.engine.optim import warmup_poly
-from medmae.export import read_contract
-from medmae.models.convert import load_encoder_weights, read_encoder_source
+from medmae.models.adapt import family_plan, load_encoder_weights, load_extra_parts, read_encoder_source
+from medmae.models.contract import read_contract
 from medmae.models.heads import Classifier
-from medmae.models.registry import build_encoder, build_mae, family, load_extra_parts
+from medmae.models.registry import build_encoder, build_mae, family
 from medmae.models.resenc import ResEncEncoder, ResEncMAE, ResEncUNet
 from medmae.models.swin import SwinEncoder, SwinMAE, SwinUNet
 from medmae.tasks import finetune as ft
@@ -59,6 +59,9 @@ def test_pretraining_leaves_checkpoints_exports_and_a_figure(request, fixture, a
     assert {p.stem for p in (run / "export").glob("*.safetensors")} == parts
     contract = read_contract(run / "export" / "encoder.safetensors")
     assert contract["arch"] == arch and contract["pretraining"]["mask_kind"] == ("window" if arch == "swin" else "block")
+    # the adaptation plan fine-tuning follows: the family's, with the parts written beside the encoder
+    assert contract["format_version"] == 2 and contract["adaptation"] == family_plan(family(arch), contract["encoder"]).as_json()
+    assert set(contract["adaptation"]["extra_parts"]) == parts - {"encoder"} and contract["adaptation"]["pos_embed"] is None
     figures = list((run / "figures").glob("*.png"))
     assert figures and figures[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = json.loads((run / "summary.json").read_text())
@@ -91,7 +94,7 @@ def test_export_loads_into_a_fresh_encoder_with_identical_outputs(request, fixtu
     fam = family(src.contract["arch"])
     torch.manual_seed(123)  # a different initialisation from the run's
     fresh = fam.build_encoder(src.contract["encoder"], 0.0)
-    report = load_encoder_weights(fresh, src, stem_key=fam.stem_key)
+    report = load_encoder_weights(fresh, src)
     assert report.missing == [] and report.unexpected == [] and report.reshaped == []
     x = torch.rand(2, 1, *cfg.model.img_size)
     trained.encoder.eval()
@@ -106,9 +109,9 @@ def test_stem_is_adapted_to_more_input_channels(request, fixture):
     src = read_encoder_source(run)
     fam = family(src.contract["arch"])
     one = fam.build_encoder(src.contract["encoder"], 0.0)
-    load_encoder_weights(one, src, stem_key=fam.stem_key)
+    load_encoder_weights(one, src)
     two = fam.build_encoder({**src.contract["encoder"], "in_channels": 2}, 0.0)
-    report = load_encoder_weights(two, src, stem_key=fam.stem_key)
+    report = load_encoder_weights(two, src)
     assert report.reshaped == [fam.stem_key] and "1 to 2 input channels" in report.adaptations[0]
     x = torch.rand(1, 1, *src.contract["encoder"]["img_size"])
     with torch.no_grad():  # a grey image repeated over the channels gives the same features
@@ -141,7 +144,7 @@ def test_resenc_segmenter_takes_the_pretrained_decoder(resenc_run):
     cfg = ft.resolve_finetune_config(task="seg", preset="demo-resenc-3d", overrides=RESENC_DATA)
     model, report = ft.build_task_model(cfg, 3, str(resenc_run))
     assert isinstance(model, ResEncUNet)
-    notes = load_extra_parts(model, cfg.model.arch, report.source, report)
+    notes = load_extra_parts(model, family(cfg.model.arch).extra_parts, report.source, report)
     exported = load_file(str(resenc_run / "export" / "decoder.safetensors"))
     assert model.decoder.state_dict().keys() == exported.keys()
     assert all(torch.equal(model.decoder.state_dict()[k], v) for k, v in exported.items())
@@ -150,7 +153,7 @@ def test_resenc_segmenter_takes_the_pretrained_decoder(resenc_run):
     # the segmentation heads are new; a classifier has no decoder to fill
     assert not any(k.startswith("heads.") for k in report.loaded)
     classifier = Classifier(build_encoder(cfg.model), 2, pool="mean")
-    assert load_extra_parts(classifier, "resenc", report.source) == []
+    assert load_extra_parts(classifier, family("resenc").extra_parts, report.source) == []
 
 
 # ------------------------------------------------------------------------------------------------ overfitting

@@ -14,8 +14,7 @@ from medmae.data.pipeline import synthetic_dataset
 from medmae.data.preprocess import CaseError
 from medmae.engine import checkpoint as ckpt
 from medmae.errors import RunDirError
-from medmae.export import ExportError
-from medmae.models.convert import ContractError
+from medmae.errors import ContractError, ExportError
 from medmae.tasks import finetune as ft
 from medmae.tasks.inference import load_task_run
 from medmae.tasks.pretrain import pretrain
@@ -130,7 +129,7 @@ def test_contract_mismatch_fails_before_training(pretrained, tmp_path, preset, o
 def test_allowed_intensity_mismatch_loads_with_a_warning(pretrained, caplog):
     overrides = (*CXR, "data.intensity.name=xray_histeq", "init.allow_mismatch=[intensity]")
     cfg = ft.resolve_finetune_config(task="cls", preset="demo-2d", overrides=overrides)
-    with caplog.at_level(logging.WARNING, logger="medmae.tasks.finetune"):
+    with caplog.at_level(logging.WARNING, logger="medmae.models.adapt"):
         model, report = ft.build_task_model(cfg, 3, str(pretrained))
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("allowed contract difference: intensity" in w and "xray_histeq" in w for w in warnings), warnings

@@ -8,21 +8,24 @@ import torch
 from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock
 from torch import nn
 
+from medmae.models.encoder import Encoder
 from medmae.models.vit import ViT
 
 
 class Classifier(nn.Module):
-    """Encoder -> pooled features (cls token or mean of patch tokens) -> linear head.
+    """Encoder (any :class:`~medmae.models.encoder.Encoder`) -> pooled features (cls token or mean of patch
+    tokens) -> linear head.
 
     ``probe=True`` is MAE's linear-probing protocol: the encoder is frozen and a BatchNorm without affine
     parameters normalises the features before the head.
     """
 
-    def __init__(self, encoder: ViT, num_classes: int, *, pool: str = "cls", probe: bool = False, dropout: float = 0.0):
+    def __init__(self, encoder: Encoder, num_classes: int, *, pool: str = "cls", probe: bool = False,
+                 dropout: float = 0.0):
         super().__init__()
         if pool not in ("cls", "mean"):
             raise ValueError(f"pool must be 'cls' or 'mean', got {pool!r}")
-        if pool == "cls" and encoder.cls_token is None:
+        if pool == "cls" and encoder.num_prefix_tokens == 0:
             raise ValueError("pool='cls' needs an encoder with a cls token; use pool='mean'")
         self.encoder, self.pool, self.probe = encoder, pool, probe
         self.feature_norm = nn.BatchNorm1d(encoder.embed_dim, affine=False) if probe else nn.Identity()

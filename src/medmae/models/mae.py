@@ -8,31 +8,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medmae.models.masking import (
-    patchify,
-    random_token_mask,
-    seeded_uniform,
-    token_mask_to_image,
-    unpatchify,
-)
+from medmae.models.mae_base import MaskedAutoencoder, draw_seeds
+from medmae.models.masking import random_token_mask, seeded_uniform
 from medmae.models.vit import Block, LayerNorm, ViT, _gather_tokens, init_transformer_weights, sincos_pos_embed
 
 
-def normalize_patches(target_blp: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Per-patch normalised target (MAE's ``norm_pix_loss``): zero mean, unit variance in each patch."""
-    mean = target_blp.mean(dim=-1, keepdim=True)
-    var = target_blp.var(dim=-1, keepdim=True, unbiased=False)
-    return (target_blp - mean) / (var + eps).sqrt()
-
-
-def masked_patch_loss(pred_blp: torch.Tensor, target_blp: torch.Tensor, mask_bl: torch.Tensor) -> torch.Tensor:
-    """Mean squared error over masked patches only; predictions on visible patches do not count."""
-    per_patch = (pred_blp.float() - target_blp.float()).pow(2).mean(dim=-1)
-    weight = mask_bl.to(per_patch.dtype)
-    return (per_patch * weight).sum() / weight.sum().clamp_min(1.0)
-
-
-class MaskedAutoencoderViT(nn.Module):
+class MaskedAutoencoderViT(MaskedAutoencoder):
     """MAE with a ViT encoder (2D or 3D). ``forward(x, seeds)`` returns ``{"loss": ...}``.
 
     Masks come from per-sample seeds (:func:`seeded_uniform`), so a sample's mask does not depend on
@@ -67,11 +48,13 @@ class MaskedAutoencoderViT(nn.Module):
             m.apply(init_transformer_weights)
 
     def mask(self, batch: int, seeds_b: torch.Tensor | None, device: torch.device):
-        """Token masks for a batch; ``seeds_b`` None draws seeds from the global torch RNG."""
-        if seeds_b is None:
-            seeds_b = torch.randint(0, 2**62, (batch,))
-        noise = seeded_uniform(seeds_b.to(device), self.encoder.num_tokens)
+        """Token masks for a batch (ids_keep, mask_bl, ids_restore); ``seeds_b`` None draws seeds from the global
+        torch RNG."""
+        noise = seeded_uniform(draw_seeds(batch, seeds_b, device), self.encoder.num_tokens)
         return random_token_mask(noise, self.mask_ratio)
+
+    def token_mask(self, batch: int, seeds_b: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+        return self.mask(batch, seeds_b, device)[1]
 
     def forward_decoder(
         self, latent_bkd: torch.Tensor, ids_restore_bl: torch.Tensor, ids_masked_bm: torch.Tensor | None
@@ -92,11 +75,6 @@ class MaskedAutoencoderViT(nn.Module):
             x = _gather_tokens(x, ids_masked_bm)
         return self.decoder_pred(self.decoder_norm(x))
 
-    def target(self, x_bcs: torch.Tensor) -> torch.Tensor:
-        """Reconstruction target per patch (B, L, P), normalised per patch when ``norm_pix_loss``."""
-        t = patchify(x_bcs, self.encoder.patch_size)
-        return normalize_patches(t) if self.norm_pix_loss else t
-
     def forward(self, x_bcs: torch.Tensor, seeds_b: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         ids_keep, mask_bl, ids_restore = self.mask(x_bcs.shape[0], seeds_b, x_bcs.device)
         latent, _ = self.encoder.forward_tokens(x_bcs, ids_keep)
@@ -107,33 +85,8 @@ class MaskedAutoencoderViT(nn.Module):
         loss = F.mse_loss(pred.float(), target.float())
         return {"loss": loss}
 
-    @torch.no_grad()
-    def reconstruct(self, x_bcs: torch.Tensor, seeds_b: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reconstruction in image space (masked patches predicted, visible ones copied) and the pixel mask.
-
-        With ``norm_pix_loss`` the prediction is un-normalised with each patch's own mean and std, as in
-        MAE's visualisations (the model never sees those statistics for masked patches).
-
-        Returns:
-            recon_bcs (B, C, *S) and mask_b1s (B, 1, *S), 1.0 where masked.
-        """
+    def predict_patches(self, x_bcs: torch.Tensor, seeds_b: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decoder predictions for every token (visible ones included) and the token mask."""
         ids_keep, mask_bl, ids_restore = self.mask(x_bcs.shape[0], seeds_b, x_bcs.device)
         latent, _ = self.encoder.forward_tokens(x_bcs, ids_keep)
-        pred = self.forward_decoder(latent, ids_restore, None).float()
-        patches = patchify(x_bcs.float(), self.encoder.patch_size)
-        if self.norm_pix_loss:
-            mean = patches.mean(dim=-1, keepdim=True)
-            std = (patches.var(dim=-1, keepdim=True, unbiased=False) + 1e-6).sqrt()
-            pred = pred * std + mean
-        merged = torch.where(mask_bl[..., None], pred, patches)
-        enc = self.encoder
-        recon = unpatchify(merged, enc.patch_size, enc.grid, enc.in_channels)
-        return recon, token_mask_to_image(mask_bl, enc.patch_size, enc.grid)
-
-    @torch.no_grad()
-    def mean_patch_baseline(self, x_bcs: torch.Tensor, seeds_b: torch.Tensor | None = None) -> torch.Tensor:
-        """Loss of predicting each masked patch by its own mean value (same masks and target space)."""
-        _, mask_bl, _ = self.mask(x_bcs.shape[0], seeds_b, x_bcs.device)
-        target = self.target(x_bcs.float())
-        pred = target.mean(dim=-1, keepdim=True).expand_as(target)
-        return masked_patch_loss(pred, target, mask_bl)
+        return self.forward_decoder(latent, ids_restore, None), mask_bl

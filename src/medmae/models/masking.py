@@ -171,6 +171,17 @@ def upsample_mask(mask_bg: torch.Tensor, factor: Sequence[int]) -> torch.Tensor:
     return out
 
 
+def mask_to_grid(mask_bm: torch.Tensor, spatial: Sequence[int], unit: Sequence[int]) -> torch.Tensor:
+    """A (B, *M) mask on a coarse grid over an image of size ``spatial`` -> (B, *(spatial / unit)), the mask of
+    every ``unit``-sized cell (a patch, a feature voxel of stride ``unit``); each mask cell must cover whole units."""
+    cell = [s // m for s, m in zip(spatial, mask_bm.shape[1:])]
+    if len(cell) != len(unit) or any(s % m for s, m in zip(spatial, mask_bm.shape[1:])) or any(c % u for c, u in zip(cell, unit)):
+        raise ValueError(f"a mask of shape {tuple(mask_bm.shape[1:])} over an image of {tuple(spatial)} does not cover "
+                         f"whole units of {tuple(unit)}")
+    factor = [c // u for c, u in zip(cell, unit)]
+    return mask_bm if all(f == 1 for f in factor) else upsample_mask(mask_bm, factor)
+
+
 def block_grid_shape(spatial: Sequence[int], block: Sequence[int], what: str = "image") -> tuple[int, ...]:
     """Blocks along each axis; every side must be a multiple of the block side."""
     if len(spatial) != len(block):

@@ -1,64 +1,140 @@
 """Backbone families: the one place that maps ``model.arch`` to encoders, MAEs and task heads.
 
-A family is a handful of functions (see :class:`Family`); pretraining, fine-tuning, export and loading only
-talk to this interface, so adding a backbone means writing its modules and registering one ``Family``.
+A family is a :class:`Family` passed to :func:`register`; pretraining, fine-tuning, export and loading only talk to
+this interface, so adding a backbone means writing its modules (an encoder that passes
+:func:`medmae.models.encoder.check_encoder`, an MAE, a segmenter) and registering one ``Family``. The built-in
+families (``vit``, ``swin``, ``resenc``) are registered at the end of this module the same way.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load_file
+from pydantic import BaseModel
 from torch import nn
 
-from medmae.config import ConfigError
+from medmae.config import DecoderConfig, FinetuneConfig, ModelConfig, PretrainConfig, ResEncConfig, SwinConfig
+from medmae.errors import ConfigError
+from medmae.models.encoder import Encoder
 from medmae.models.heads import UNETR, Classifier, vit_layer_id
 from medmae.models.mae import MaskedAutoencoderViT
 from medmae.models.resenc import ResEncEncoder, ResEncMAE, ResEncUNet, resenc_layer_id
 from medmae.models.swin import SwinEncoder, SwinMAE, SwinUNet, swin_layer_id
 from medmae.models.vit import ViT
 
-log = logging.getLogger(__name__)
+
+def linear_classifier(encoder: Encoder, num_classes: int, cfg: FinetuneConfig) -> nn.Module:
+    """The default classification head of every family: pooled tokens -> linear layer (``mode=linear_probe``:
+    frozen encoder, BatchNorm-ed features)."""
+    return Classifier(encoder, num_classes, pool=cfg.head.pool, probe=cfg.mode == "linear_probe",
+                      dropout=cfg.head.dropout)
 
 
 @dataclass(frozen=True)
 class Family:
     """What medmae needs to know about a backbone family.
 
+    - ``config_key`` / ``config_section``: the section of ``model`` that only this family reads
+      (``model.swin``: :class:`~medmae.config.SwinConfig`), returned typed by :meth:`section`;
     - ``encoder_kwargs(model_cfg)``: constructor arguments of the encoder (stored in exports);
-    - ``build_encoder(kwargs, drop_path)``: the encoder;
-    - ``build_mae(encoder, cfg)``: the pretraining model (``forward(x, seeds) -> {"loss"}``,
-      ``reconstruct(x, seeds) -> (recon, mask)``, ``mean_patch_baseline(x, seeds)``, attribute ``encoder``);
-    - ``build_classifier(encoder, num_classes, cfg)`` / ``build_segmenter(encoder, num_classes, cfg)``: task models
-      with the encoder as attribute ``encoder``;
+    - ``build_encoder(kwargs, drop_path)``: the encoder, an :class:`~medmae.models.encoder.Encoder`;
+    - ``build_mae(encoder, cfg)``: the pretraining model (a :class:`~medmae.models.mae_base.MaskedAutoencoder`:
+      ``forward(x, seeds) -> {"loss"}``, ``reconstruct``, ``mean_patch_baseline``, attribute ``encoder``);
+    - ``build_segmenter(encoder, num_classes, cfg)`` / ``build_classifier`` (default :func:`linear_classifier`):
+      task models with the encoder as attribute ``encoder``;
     - ``layer_id(param_name, model)`` and ``num_layers(model)``: depth of each parameter for layer-wise lr decay;
     - ``stem_key``: the input-facing weight adapted when the channel count changes;
-    - ``extra_exports(mae)``: further pretrained parts to export besides the encoder (e.g. a U-Net decoder),
-      written as ``export/<name>.safetensors``;
-    - ``extra_targets(task_model)``: the task model's parts that take those exports when fine-tuning (same names).
+    - ``pos_embed_key``: the absolute position table interpolated to a new token grid (None: the family has none);
+    - ``extra_parts``: further pretrained parts of the MAE exported besides the encoder (the ResEnc U-Net
+      ``decoder``), written as ``export/<name>.safetensors`` and loaded into the task model's part of that name.
+
+    Its adaptation plan (:func:`medmae.models.adapt.family_plan`) is built from ``stem_key``, ``pos_embed_key``
+    and ``extra_parts``.
     """
 
     name: str
-    encoder_kwargs: Callable[[Any], dict[str, Any]]
-    build_encoder: Callable[[dict[str, Any], float], nn.Module]
-    build_mae: Callable[[nn.Module, Any], nn.Module]
-    build_classifier: Callable[[nn.Module, int, Any], nn.Module]
-    build_segmenter: Callable[[nn.Module, int, Any], nn.Module]
+    config_key: str
+    config_section: type[BaseModel]
+    encoder_kwargs: Callable[[ModelConfig], dict[str, Any]]
+    build_encoder: Callable[[dict[str, Any], float], Encoder]
+    build_mae: Callable[[Encoder, PretrainConfig], nn.Module]
+    build_segmenter: Callable[[Encoder, int, FinetuneConfig], nn.Module]
     layer_id: Callable[[str, nn.Module], int]
     num_layers: Callable[[nn.Module], int]
     stem_key: str
-    extra_exports: Callable[[nn.Module], dict[str, nn.Module]] = lambda mae: {}
-    extra_targets: Callable[[nn.Module], dict[str, nn.Module]] = lambda model: {}
+    pos_embed_key: str | None = None
+    extra_parts: tuple[str, ...] = ()
+    build_classifier: Callable[[Encoder, int, FinetuneConfig], nn.Module] = linear_classifier
+
+    def section(self, model_cfg: ModelConfig) -> BaseModel:
+        """This family's section of the ``model`` config (``model.<config_key>``)."""
+        sec = getattr(model_cfg, self.config_key)
+        if not isinstance(sec, self.config_section):
+            raise ConfigError(f"model.{self.config_key}: expected a {self.config_section.__name__} section")
+        return sec
+
+    def extra_exports(self, mae: nn.Module) -> dict[str, nn.Module]:
+        """The MAE's parts exported besides the encoder, by name."""
+        return {name: getattr(mae, name) for name in self.extra_parts}
+
+
+def part_targets(model: nn.Module, names: tuple[str, ...] | list[str]) -> dict[str, nn.Module]:
+    """The parts of ``model`` named ``names`` that it has (an attribute of that name, a module): the task model's
+    parts that take a family's extra exports (a segmenter's decoder; a classifier has none)."""
+    return {n: getattr(model, n) for n in names if isinstance(getattr(model, n, None), nn.Module)}
+
+
+FAMILIES: dict[str, Family] = {}
+
+
+def register(fam: Family) -> Family:
+    """Make ``fam`` known under ``fam.name`` (``model.arch``); a family registered again under its name replaces
+    the earlier one."""
+    FAMILIES[fam.name] = fam
+    return fam
+
+
+def family(arch: str) -> Family:
+    if arch not in FAMILIES:
+        raise ConfigError(f"model.arch: unknown architecture {arch!r}; known: {', '.join(sorted(FAMILIES))}")
+    return FAMILIES[arch]
+
+
+def encoder_kwargs(model_cfg: ModelConfig) -> dict[str, Any]:
+    """Encoder constructor arguments: derived from the config, then ``model.encoder`` overrides (set when
+    fine-tuning adopts a pretrained encoder's architecture)."""
+    kw = family(model_cfg.arch).encoder_kwargs(model_cfg)
+    kw.update({k: v for k, v in (model_cfg.encoder or {}).items() if k not in ("img_size", "in_channels", "pos_embed")})
+    return kw
+
+
+def build_encoder(model_cfg: ModelConfig) -> Encoder:
+    return family(model_cfg.arch).build_encoder(encoder_kwargs(model_cfg), model_cfg.drop_path)
+
+
+def build_mae(cfg: PretrainConfig) -> nn.Module:
+    """Pretraining model for a :class:`~medmae.config.PretrainConfig`."""
+    return family(cfg.model.arch).build_mae(build_encoder(cfg.model), cfg)
+
+
+def build_task_head(encoder: Encoder, num_outputs: int, cfg: FinetuneConfig) -> nn.Module:
+    """Classifier or segmenter for a :class:`~medmae.config.FinetuneConfig`."""
+    fam = family(cfg.model.arch)
+    build = fam.build_classifier if cfg.task == "cls" else fam.build_segmenter
+    return build(encoder, num_outputs, cfg)
+
+
+def _require_mask(cfg: PretrainConfig, kinds: tuple[str, ...]) -> None:
+    if cfg.mask.kind not in kinds:
+        raise ConfigError(f"mask.kind {cfg.mask.kind!r} does not apply to arch {cfg.model.arch!r}; use {' or '.join(kinds)}")
 
 
 # --------------------------------------------------------------------------------------------------- ViT
 
 
-def _vit_kwargs(m: Any) -> dict[str, Any]:
+def _vit_kwargs(m: ModelConfig) -> dict[str, Any]:
     embed_dim, depth, num_heads = m.dims
     return {
         "spatial_dims": m.spatial_dims,
@@ -75,36 +151,32 @@ def _vit_kwargs(m: Any) -> dict[str, Any]:
     }
 
 
-def _require_mask(cfg: Any, kinds: tuple[str, ...]) -> None:
-    if cfg.mask.kind not in kinds:
-        raise ConfigError(f"mask.kind {cfg.mask.kind!r} does not apply to arch {cfg.model.arch!r}; use {' or '.join(kinds)}")
-
-
-def _vit_mae(encoder: nn.Module, cfg: Any) -> nn.Module:
+def _vit_mae(encoder: Encoder, cfg: PretrainConfig) -> nn.Module:
     _require_mask(cfg, ("random",))
-    d = cfg.model.decoder
+    d = VIT.section(cfg.model)
     return MaskedAutoencoderViT(encoder, d.embed_dim, d.depth, d.num_heads, cfg.model.mlp_ratio, cfg.mask.ratio,
                                 cfg.loss.norm_pix)
 
 
-VIT = Family(
+VIT = register(Family(
     name="vit",
+    config_key="decoder",  # the MAE decoder; the encoder's keys (size, embed_dim, ...) are model's own
+    config_section=DecoderConfig,
     encoder_kwargs=_vit_kwargs,
     build_encoder=lambda kw, drop_path: ViT(**kw, drop_path=drop_path),
     build_mae=_vit_mae,
-    build_classifier=lambda enc, k, cfg: Classifier(enc, k, pool=cfg.head.pool, probe=cfg.mode == "linear_probe",
-                                                    dropout=cfg.head.dropout),
     build_segmenter=lambda enc, k, cfg: UNETR(enc, k, feature_size=cfg.head.feature_size),
     layer_id=lambda name, model: vit_layer_id(name, model.encoder.depth),
     num_layers=lambda model: model.encoder.depth,
     stem_key="patch_embed.proj.weight",
-)
+    pos_embed_key="pos_embed",
+))
 
 # -------------------------------------------------------------------------------------------------- Swin
 
 
-def _swin_kwargs(m: Any) -> dict[str, Any]:
-    s = m.swin
+def _swin_kwargs(m: ModelConfig) -> dict[str, Any]:
+    s = SWIN.section(m)
     return {
         "spatial_dims": m.spatial_dims,
         "img_size": list(m.img_size),
@@ -119,7 +191,7 @@ def _swin_kwargs(m: Any) -> dict[str, Any]:
     }
 
 
-def _swin_mask_block(encoder: SwinEncoder, cfg: Any) -> list[int]:
+def _swin_mask_block(encoder: SwinEncoder, cfg: PretrainConfig) -> list[int]:
     """Mask block in patches: ``window`` masking groups ``block_size`` px (VIS-MAE: 16 px = 4x4 patches of 4 px);
     ``random`` masks single patches."""
     _require_mask(cfg, ("window", "random"))
@@ -131,32 +203,32 @@ def _swin_mask_block(encoder: SwinEncoder, cfg: Any) -> list[int]:
     return [b // p for b, p in zip(px, encoder.patch_size)]
 
 
-def _swin_mae(encoder: nn.Module, cfg: Any) -> nn.Module:
+def _swin_mae(encoder: Encoder, cfg: PretrainConfig) -> nn.Module:
     return SwinMAE(encoder, mask_ratio=cfg.mask.ratio, mask_block=_swin_mask_block(encoder, cfg),
-                   norm_pix_loss=cfg.loss.norm_pix, decoder_depths=cfg.model.swin.decoder_depths,
+                   norm_pix_loss=cfg.loss.norm_pix, decoder_depths=SWIN.section(cfg.model).decoder_depths,
                    mlp_ratio=cfg.model.mlp_ratio)
 
 
-SWIN = Family(
+SWIN = register(Family(
     name="swin",
+    config_key="swin",
+    config_section=SwinConfig,
     encoder_kwargs=_swin_kwargs,
     build_encoder=lambda kw, drop_path: SwinEncoder(**kw, drop_path=drop_path),
     build_mae=_swin_mae,
-    build_classifier=lambda enc, k, cfg: Classifier(enc, k, pool=cfg.head.pool, probe=cfg.mode == "linear_probe",
-                                                    dropout=cfg.head.dropout),
-    build_segmenter=lambda enc, k, cfg: SwinUNet(enc, k, decoder_depths=cfg.model.swin.decoder_depths,
+    build_segmenter=lambda enc, k, cfg: SwinUNet(enc, k, decoder_depths=SWIN.section(cfg.model).decoder_depths,
                                                  mlp_ratio=cfg.model.mlp_ratio),
     layer_id=lambda name, model: swin_layer_id(name, model.encoder.depths),
     num_layers=lambda model: model.encoder.depth,
     stem_key="patch_embed.proj.weight",
-)
+))
 
 
 # ------------------------------------------------------------------------------------------------ ResEnc
 
 
-def _resenc_kwargs(m: Any) -> dict[str, Any]:
-    r = m.resenc
+def _resenc_kwargs(m: ModelConfig) -> dict[str, Any]:
+    r = RESENC.section(m)
     return {
         "spatial_dims": m.spatial_dims,
         "img_size": list(m.img_size),
@@ -168,101 +240,31 @@ def _resenc_kwargs(m: Any) -> dict[str, Any]:
     }
 
 
-def _resenc_mae(encoder: nn.Module, cfg: Any) -> nn.Module:
+def _resenc_mae(encoder: Encoder, cfg: PretrainConfig) -> nn.Module:
     _require_mask(cfg, ("block",))
     try:
         return ResEncMAE(encoder, mask_ratio=cfg.mask.ratio, mask_block=cfg.mask.block_shape(encoder.spatial_dims),
                          sparse=cfg.mask.sparse, norm_pix_loss=cfg.loss.norm_pix,
-                         decoder_blocks=cfg.model.resenc.decoder_blocks)
+                         decoder_blocks=RESENC.section(cfg.model).decoder_blocks)
     except ValueError as e:  # block size vs image size / stride: a configuration problem
         raise ConfigError(f"mask.block_size {cfg.mask.block_size}: {e}") from None
 
 
-RESENC = Family(
+def _resenc_unet(encoder: Encoder, num_classes: int, cfg: FinetuneConfig) -> nn.Module:
+    r = RESENC.section(cfg.model)
+    return ResEncUNet(encoder, num_classes, decoder_blocks=r.decoder_blocks, deep_supervision=r.deep_supervision)
+
+
+RESENC = register(Family(
     name="resenc",
+    config_key="resenc",
+    config_section=ResEncConfig,
     encoder_kwargs=_resenc_kwargs,
     build_encoder=lambda kw, drop_path: ResEncEncoder(**kw, drop_path=drop_path),
     build_mae=_resenc_mae,
-    build_classifier=lambda enc, k, cfg: Classifier(enc, k, pool=cfg.head.pool, probe=cfg.mode == "linear_probe",
-                                                    dropout=cfg.head.dropout),
-    build_segmenter=lambda enc, k, cfg: ResEncUNet(enc, k, decoder_blocks=cfg.model.resenc.decoder_blocks,
-                                                   deep_supervision=cfg.model.resenc.deep_supervision),
+    build_segmenter=_resenc_unet,
     layer_id=lambda name, model: resenc_layer_id(name, len(model.encoder.widths)),
     num_layers=lambda model: len(model.encoder.widths),
     stem_key="stem.conv.weight",
-    extra_exports=lambda mae: {"decoder": mae.decoder},
-    extra_targets=lambda model: {"decoder": model.decoder} if isinstance(model, ResEncUNet) else {},
-)
-
-FAMILIES: dict[str, Family] = {"vit": VIT, "swin": SWIN, "resenc": RESENC}
-
-
-def family(arch: str) -> Family:
-    if arch not in FAMILIES:
-        raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(sorted(FAMILIES))}")
-    return FAMILIES[arch]
-
-
-def register(fam: Family) -> None:
-    FAMILIES[fam.name] = fam
-
-
-def encoder_kwargs(model_cfg: Any) -> dict[str, Any]:
-    """Encoder constructor arguments: derived from the config, then ``model.encoder`` overrides (set when
-    fine-tuning adopts a pretrained encoder's architecture)."""
-    kw = family(model_cfg.arch).encoder_kwargs(model_cfg)
-    kw.update({k: v for k, v in (model_cfg.encoder or {}).items() if k not in ("img_size", "in_channels", "pos_embed")})
-    return kw
-
-
-def build_encoder(model_cfg: Any) -> nn.Module:
-    return family(model_cfg.arch).build_encoder(encoder_kwargs(model_cfg), model_cfg.drop_path)
-
-
-def build_mae(cfg: Any) -> nn.Module:
-    """Pretraining model for a :class:`~medmae.config.PretrainConfig`."""
-    return family(cfg.model.arch).build_mae(build_encoder(cfg.model), cfg)
-
-
-def build_task_head(encoder: nn.Module, num_outputs: int, cfg: Any) -> nn.Module:
-    """Classifier or segmenter for a :class:`~medmae.config.FinetuneConfig`."""
-    fam = family(cfg.model.arch)
-    build = fam.build_classifier if cfg.task == "cls" else fam.build_segmenter
-    return build(encoder, num_outputs, cfg)
-
-
-def load_extra_parts(model: nn.Module, arch: str, encoder_file: str | Path, report: Any = None) -> list[str]:
-    """Load a family's further pretrained parts (``export/<name>.safetensors`` beside the encoder export, e.g. the
-    ResEnc U-Net decoder) into the task model's matching parts.
-
-    Keys must match in shape (else :class:`~medmae.models.convert.ContractError`); keys only one side has are left
-    at their initialisation and listed. Returns one note per part, also appended to ``report.adaptations`` (and the
-    loaded keys, prefixed with the part name, to ``report.loaded``) when a report is given.
-    """
-    from medmae.models.convert import ContractError
-
-    notes = []
-    for name, part in family(arch).extra_targets(model).items():
-        path = Path(encoder_file).with_name(f"{name}.safetensors")
-        if not path.is_file():
-            notes.append(f"{name}: no pretrained {path.name} beside {encoder_file}; {name} left at its initialisation")
-            log.warning(notes[-1])
-            continue
-        state, target = load_file(str(path)), part.state_dict()
-        bad = [f"{k} {tuple(v.shape)} vs {tuple(target[k].shape)}" for k, v in state.items()
-               if k in target and v.shape != target[k].shape]
-        if bad:
-            raise ContractError(f"{path}: {name} weights do not fit the model: {', '.join(bad[:6])}")
-        usable = {k: v for k, v in state.items() if k in target}
-        part.load_state_dict(usable, strict=False)
-        missing = sorted(set(target) - set(usable))
-        unexpected = sorted(set(state) - set(target))
-        notes.append(f"{name}: {len(usable)} tensors loaded from {path}" + (f", {len(missing)} missing" if missing else "")
-                     + (f", {len(unexpected)} unexpected" if unexpected else ""))
-        if report is not None:
-            report.loaded.extend(f"{name}.{k}" for k in sorted(usable))
-            report.missing.extend(f"{name}.{k}" for k in missing)
-            report.unexpected.extend(f"{name}.{k}" for k in unexpected)
-    if report is not None:
-        report.adaptations.extend(notes)
-    return notes
+    extra_parts=("decoder",),
+))

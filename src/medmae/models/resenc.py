@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medmae.models.mae import masked_patch_loss, normalize_patches
-from medmae.models.masking import block_grid_shape, block_mask, patchify, unpatchify, upsample_mask
+from medmae.models.mae_base import MaskedAutoencoder, draw_seeds
+from medmae.models.masking import block_grid_shape, block_mask, mask_to_grid, patchify
 from medmae.models.vit import DropPath
 
 
@@ -143,8 +143,35 @@ class ResEncEncoder(nn.Module):
         return feats
 
     def forward_tokens(self, x_bcs: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Bottleneck as tokens (B, L, C) (the :class:`~medmae.models.heads.Classifier` interface)."""
+        """Bottleneck as tokens (B, L, C) (the :class:`~medmae.models.encoder.Encoder` interface)."""
         return self.forward_features(x_bcs)[-1].flatten(2).transpose(1, 2), []
+
+    @property
+    def feature_channels(self) -> tuple[int, ...]:
+        return self.widths
+
+    @property
+    def feature_strides(self) -> tuple[tuple[int, ...], ...]:
+        return tuple((s,) * self.spatial_dims for s in self.strides)
+
+    def feature_maps(self, x_bcs: torch.Tensor) -> list[torch.Tensor]:
+        return self.forward_features(x_bcs)
+
+    def forward_masked(self, x_bcs: torch.Tensor, mask_bm: torch.Tensor,
+                       fill: Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:
+        """SparK's sparse encoding: masked voxels zeroed in the input, and the mask (at each resolution) re-applied
+        after the stem and every residual block, so masked positions stay exactly zero; ``fill`` (one
+        (1, C_i, 1, ...) token per stage) then takes their place ("densify"). Mask cells must cover whole voxels
+        of the deepest stage."""
+        spatial = x_bcs.shape[2:]
+        visible = ~mask_to_grid(mask_bm, spatial, (1,) * self.spatial_dims)[:, None]
+        x_in = x_bcs * visible.to(x_bcs.dtype)
+        keeps = [(~mask_to_grid(mask_bm, spatial, (s,) * self.spatial_dims)[:, None]).to(x_bcs.dtype)
+                 .contiguous(memory_format=self.memory_format) for s in self.strides]
+        feats = self.forward_features(x_in, lambda f, i: f * keeps[i].to(f.dtype))
+        if fill is not None:
+            feats = [torch.where(k.bool(), f, t.to(f.dtype)) for f, k, t in zip(feats, keeps, fill)]
+        return feats
 
     def forward(self, x_bcs: torch.Tensor) -> torch.Tensor:
         return self.forward_features(x_bcs)[-1]
@@ -183,7 +210,7 @@ def _upsample_to_stem(y: torch.Tensor, stride: int) -> torch.Tensor:
     return y if stride == 1 else F.interpolate(y, scale_factor=stride, mode="nearest")
 
 
-class ResEncMAE(nn.Module):
+class ResEncMAE(MaskedAutoencoder):
     """CNN masked autoencoder (Revisiting MAE for 3D / nnssl): blocks of ``mask_block`` voxels are zeroed in the
     input, the U-Net (encoder + decoder) reconstructs the full image, the loss is the MSE on masked voxels.
 
@@ -212,65 +239,38 @@ class ResEncMAE(nn.Module):
         else:
             self.mask_tokens = None
 
+    @property
+    def target_patch(self) -> tuple[int, ...]:
+        return self.mask_block  # the loss's "patch" is the mask block
+
+    @property
+    def target_grid(self) -> tuple[int, ...]:
+        return self.block_grid
+
     def mask(self, batch: int, seeds_b: torch.Tensor | None, device: torch.device) -> torch.Tensor:
         """(B, *block_grid) bool block mask from per-sample seeds (None: seeds from the global torch RNG)."""
-        if seeds_b is None:
-            seeds_b = torch.randint(0, 2**62, (batch,))
-        return block_mask(seeds_b.to(device), self.block_grid, self.mask_ratio)
+        return block_mask(draw_seeds(batch, seeds_b, device), self.block_grid, self.mask_ratio)
+
+    def token_mask(self, batch: int, seeds_b: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+        return self.mask(batch, seeds_b, device).flatten(1)
 
     def _mask_at(self, mask_bg: torch.Tensor, stride: int) -> torch.Tensor:
         """Block mask at a feature resolution of ``stride``: (B, 1, *S / stride) bool."""
-        return upsample_mask(mask_bg, [b // stride for b in self.mask_block])[:, None]
+        return mask_to_grid(mask_bg, self.encoder.img_size, (stride,) * self.encoder.spatial_dims)[:, None]
 
     def predict(self, x_bcs: torch.Tensor, mask_bg: torch.Tensor) -> torch.Tensor:
         """Reconstruction (B, C, *S) of the whole image from its masked version."""
         enc = self.encoder
-        visible = ~self._mask_at(mask_bg, 1)
-        x_in = x_bcs * visible.to(x_bcs.dtype)
         if self.sparse:
-            keeps = [(~self._mask_at(mask_bg, s)).to(x_bcs.dtype).contiguous(memory_format=enc.memory_format)
-                     for s in enc.strides]
-            feats = enc.forward_features(x_in, lambda f, i: f * keeps[i].to(f.dtype))
-            feats = [torch.where(k.bool(), f, t.to(f.dtype)) for f, k, t in zip(feats, keeps, self.mask_tokens)]
+            feats = enc.forward_masked(x_bcs, mask_bg, self.mask_tokens)
         else:
-            feats = enc.forward_features(x_in)
+            feats = enc.forward_features(x_bcs * (~self._mask_at(mask_bg, 1)).to(x_bcs.dtype))
         y = self.recon_head(self.decoder(feats)[-1])
         return _upsample_to_stem(y, enc.patch_size[0])
 
-    def target(self, x_bcs: torch.Tensor) -> torch.Tensor:
-        """Per-block target (B, N_blocks, C * prod(block)), normalised per block with ``norm_pix_loss``."""
-        t = patchify(x_bcs, self.mask_block)
-        return normalize_patches(t) if self.norm_pix_loss else t
-
-    def forward(self, x_bcs: torch.Tensor, seeds_b: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def predict_patches(self, x_bcs: torch.Tensor, seeds_b: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         mask = self.mask(x_bcs.shape[0], seeds_b, x_bcs.device)
-        pred = patchify(self.predict(x_bcs, mask), self.mask_block)
-        return {"loss": masked_patch_loss(pred, self.target(x_bcs), mask.flatten(1))}
-
-    @torch.no_grad()
-    def reconstruct(self, x_bcs: torch.Tensor, seeds_b: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Masked blocks predicted (un-normalised with each block's own statistics), visible voxels copied.
-
-        Returns:
-            recon_bcs (B, C, *S) and mask_b1s (B, 1, *S), 1.0 where masked.
-        """
-        mask = self.mask(x_bcs.shape[0], seeds_b, x_bcs.device)
-        pred = patchify(self.predict(x_bcs, mask).float(), self.mask_block)
-        blocks = patchify(x_bcs.float(), self.mask_block)
-        if self.norm_pix_loss:
-            mean = blocks.mean(dim=-1, keepdim=True)
-            std = (blocks.var(dim=-1, keepdim=True, unbiased=False) + 1e-6).sqrt()
-            pred = pred * std + mean
-        merged = torch.where(mask.flatten(1)[..., None], pred, blocks)
-        recon = unpatchify(merged, self.mask_block, self.block_grid, self.encoder.in_channels)
-        return recon, self._mask_at(mask, 1).float()
-
-    @torch.no_grad()
-    def mean_patch_baseline(self, x_bcs: torch.Tensor, seeds_b: torch.Tensor | None = None) -> torch.Tensor:
-        """Loss of predicting each masked block by its own mean (same masks and target space)."""
-        mask = self.mask(x_bcs.shape[0], seeds_b, x_bcs.device)
-        target = self.target(x_bcs.float())
-        return masked_patch_loss(target.mean(dim=-1, keepdim=True).expand_as(target), target, mask.flatten(1))
+        return patchify(self.predict(x_bcs, mask), self.mask_block), mask.flatten(1)
 
 
 class ResEncUNet(nn.Module):

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medmae.models.masking import grid_shape, patchify
+from medmae.models.masking import grid_shape, mask_to_grid, patchify
 
 
 def sincos_pos_embed(grid: Sequence[int], dim: int) -> torch.Tensor:
@@ -247,6 +247,35 @@ class ViT(nn.Module):
         """Patch tokens (B, prefix + L, D) -> feature map (B, D, *grid), prefix tokens dropped."""
         x = tokens_bld[:, self.num_prefix_tokens :]
         return x.transpose(1, 2).reshape(x.shape[0], self.embed_dim, *self.grid)
+
+    @property
+    def feature_channels(self) -> tuple[int, ...]:
+        return (self.embed_dim,)
+
+    @property
+    def feature_strides(self) -> tuple[tuple[int, ...], ...]:
+        return (self.patch_size,)
+
+    def feature_maps(self, x_bcs: torch.Tensor) -> list[torch.Tensor]:
+        """One map: the final tokens on the patch grid, (B, D, *grid)."""
+        return [self.tokens_to_map(self.forward_tokens(x_bcs)[0])]
+
+    def forward_masked(self, x_bcs: torch.Tensor, mask_bm: torch.Tensor, fill: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """The visible patches alone through the encoder (masked ones are dropped before the patch projection; every
+        sample must hide as many), returned on the patch grid (B, D, *grid) with ``fill`` (a (D,) token; zeros when
+        None) at the masked patches. The MAE calls :meth:`forward_tokens` with its own ``ids_keep`` instead, which
+        keeps the visible tokens in its mask's (random) order."""
+        mask_bl = mask_to_grid(mask_bm, x_bcs.shape[2:], self.patch_size).flatten(1)
+        n_keep = (~mask_bl).sum(dim=1)
+        if bool((n_keep != n_keep[0]).any()):
+            raise ValueError(f"every sample must mask as many patches, got {(mask_bl.shape[1] - n_keep).tolist()} masked")
+        ids_keep = torch.argsort(mask_bl.to(torch.int8), dim=1, stable=True)[:, : int(n_keep[0])]
+        visible = self.forward_tokens(x_bcs, ids_keep)[0][:, self.num_prefix_tokens :]
+        out = visible.new_zeros(mask_bl.shape[0], self.num_tokens, self.embed_dim)
+        if fill is not None:
+            out = out + fill.reshape(1, 1, -1).to(out.dtype)
+        out = out.scatter(1, ids_keep[..., None].expand(-1, -1, self.embed_dim), visible)
+        return [out.transpose(1, 2).reshape(out.shape[0], self.embed_dim, *self.grid)]
 
     def forward(self, x_bcs: torch.Tensor) -> torch.Tensor:
         return self.forward_tokens(x_bcs)[0]

@@ -32,9 +32,9 @@ from medmae.data.splits import kfold, label_fraction, require_both_classes, save
 from medmae.engine.distributed import check_batch, barrier, init_distributed
 from medmae.engine.loop import StepFn, Trainer
 from medmae.engine.optim import param_groups
-from medmae.errors import ExportError, Interrupted, MedmaeError
-from medmae.models.convert import EncoderSource, LoadReport, check_contract, load_encoder_weights, read_encoder_source
-from medmae.models.registry import build_encoder, build_task_head, family, load_extra_parts
+from medmae.errors import Interrupted
+from medmae.models.adapt import build_task_model
+from medmae.models.registry import family
 from medmae.models.resenc import deep_supervision_loss
 from medmae.run_layout import CONFIG_FILE, EXPORT_DIR, PRETRAIN_CASES, SPLITS_FILE, TASK_FILE
 from medmae.tasks.run_dir import prepare_run_dir, write_bad_cases
@@ -66,49 +66,6 @@ def resolve_finetune_config(config: ConfigSource = None, *, task: str | None = N
     return cfg
 
 
-def adopt_architecture(cfg: FinetuneConfig, contract: dict[str, Any]) -> None:
-    """Take the encoder architecture from a pretrained export; image size and channels stay the fine-tuning
-    ones (position embeddings are interpolated, the stem is adapted), and position embeddings follow
-    ``model.pos_embed`` (learnable: initialised from the pretrained table). Recorded in ``model.encoder``."""
-    cfg.model.arch = contract["arch"]
-    keep_own = ("img_size", "in_channels", "pos_embed")
-    cfg.model.encoder = {k: v for k, v in contract["encoder"].items() if k not in keep_own}
-
-
-def build_adopted_encoder(cfg: FinetuneConfig, src: EncoderSource | None) -> nn.Module:
-    """The encoder; arguments from an export's contract that do not build one are that file's fault."""
-    if src is None or src.contract is None:
-        return build_encoder(cfg.model)
-    try:
-        return build_encoder(cfg.model)
-    except MedmaeError:
-        raise
-    except (TypeError, ValueError) as e:
-        raise ExportError(f"{src.path}: the encoder arguments in its medmae_contract do not build a "
-                          f"{cfg.model.arch} encoder ({type(e).__name__}: {(str(e).splitlines() or [''])[0]})") from None
-
-
-def build_task_model(cfg: FinetuneConfig, num_outputs: int, init: str | None) -> tuple[nn.Module, LoadReport | None]:
-    """Encoder (pretrained or scratch) + the task head; ``init`` None or 'scratch' means random initialisation."""
-    report = None
-    src = None if init in (None, "scratch") else read_encoder_source(init)
-    if src is not None and src.contract is not None:
-        prep = Preprocessing.from_config(cfg.data, cfg.model)
-        notes = check_contract(src.contract, arch=cfg.model.arch,
-                               preprocessing={**prep.contract(), "patch_size": list(cfg.model.patch)},
-                               allow=tuple(cfg.init.allow_mismatch))
-        for n in notes:
-            log.warning("allowed contract difference: %s", n)
-        adopt_architecture(cfg, src.contract)
-    encoder = build_adopted_encoder(cfg, src)
-    if src is not None:
-        report = load_encoder_weights(encoder, src, stem_key=family(cfg.model.arch).stem_key)
-    model = build_task_head(encoder, num_outputs, cfg)
-    if src is not None and src.contract is not None:
-        load_extra_parts(model, cfg.model.arch, src.path, report)  # e.g. the ResEnc U-Net decoder
-    if report is not None:
-        log.info(report.summary())
-    return model, report
 
 
 def foreground_points(mask: np.ndarray, limit: int = 4096, seed: int = 0) -> np.ndarray:

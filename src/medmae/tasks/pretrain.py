@@ -16,14 +16,13 @@ from medmae.data.cache import ArrayCache
 from medmae.data.dataset import Augment, CaseDataset, Prepared
 from medmae.data.labels import class_targets
 from medmae.data.pipeline import PoolPart, PreparedPool, prepare_pool, resolve_parts
-from medmae.data.preprocess import Preprocessing
 from medmae.engine.distributed import check_batch, DistInfo, barrier, init_distributed
 from medmae.engine.loop import FitResult, Trainer
 from medmae.engine.optim import param_groups
 from medmae.errors import Interrupted
-from medmae.export import make_contract, save_encoder
 from medmae.figures import save_reconstruction_figure
-from medmae.models.registry import build_mae, encoder_kwargs, family
+from medmae.models.adapt import export_encoder
+from medmae.models.registry import build_mae
 from medmae.run_layout import CONFIG_FILE, FIGURES_DIR, PRETRAIN_CASES, SUMMARY_FILE, export_path
 from medmae.tasks.monitor import KnnProbe
 from medmae.tasks.run_dir import prepare_run_dir, write_bad_cases
@@ -73,25 +72,6 @@ class ReconstructionFigures:
 
     def on_fit_end(self, trainer: Trainer) -> None:
         self.write(trainer, f"recon_step{trainer.step:07d}")
-
-
-def export_encoder(run_dir: Path, model: nn.Module, cfg: PretrainConfig, preps: list[Preprocessing], step: int) -> Path:
-    """``export/encoder.safetensors`` with the contract; a pool with several intensity presets records all of them."""
-    contract_prep = preps[0].contract()
-    presets = [p.intensity for p in preps]
-    if any(i != presets[0] for i in presets):
-        contract_prep["intensity"] = [dict(t) for t in {tuple(sorted(i.items())) for i in presets}]
-    contract = make_contract(
-        arch=cfg.model.arch,
-        encoder=encoder_kwargs(cfg.model),
-        preprocessing=contract_prep,
-        pretraining={"preset": cfg.name, "mask_ratio": cfg.mask.ratio, "mask_kind": cfg.mask.kind,
-                     "norm_pix_loss": cfg.loss.norm_pix, "steps": step, "data": cfg.data.path or f"synthetic:{cfg.data.synthetic.kind}"},
-    )
-    path = save_encoder(export_path(run_dir), model.encoder.state_dict(), contract)
-    for name, part in family(cfg.model.arch).extra_exports(model).items():  # e.g. the ResEnc U-Net decoder
-        save_encoder(export_path(run_dir, name), part.state_dict(), {**contract, "part": name})
-    return path
 
 
 def pretrain(

@@ -1,50 +1,31 @@
+"""Loading pretrained weights into a model: sources, the adaptation plan and applying it, the load report."""
+
 import argparse
 import math
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
-from medmae.data.preprocess import Preprocessing
-from medmae.export import ExportError, make_contract, save_encoder
-from medmae.models.convert import (
-    ContractError,
+from exports import DIM, export, smooth_table, vit
+from medmae.config import FinetuneConfig, finetune_raw_from_preset, load_config
+from medmae.errors import ContractError, ExportError
+from medmae.models.adapt import (
     EncoderSource,
     adapt_channels,
-    check_contract,
+    build_task_model,
+    family_plan,
     interpolate_pos_embed,
     load_encoder_weights,
+    plan_of,
     read_encoder_source,
 )
+from medmae.models.contract import AdaptationPlan, PosEmbedPlan, make_contract, read_contract, save_encoder
 from medmae.models.heads import Classifier
+from medmae.models.registry import family
 from medmae.models.vit import ViT
-
-DIM = 32
-
-
-def vit(dims: int = 2, img: int = 32, patch: int = 8, in_channels: int = 1, **kw) -> ViT:
-    return ViT(dims, (img,) * dims, (patch,) * dims, in_channels, embed_dim=DIM, depth=2, num_heads=2, **kw)
-
-
-def export(path, enc: ViT, *, intensity: dict | None = None, state: dict | None = None):
-    """A medmae export of ``enc`` with the contract pretraining writes."""
-    prep = Preprocessing(spatial_dims=enc.spatial_dims, in_channels=enc.in_channels,
-                         intensity=intensity or {"name": "minmax"},
-                         orientation="RAS" if enc.spatial_dims == 3 else None)
-    kwargs = {"spatial_dims": enc.spatial_dims, "img_size": list(enc.img_size), "patch_size": list(enc.patch_size),
-              "in_channels": enc.in_channels, "embed_dim": DIM, "depth": 2, "num_heads": 2, "mlp_ratio": 4.0,
-              "qkv_bias": True, "pos_embed": "sincos", "cls_token": enc.cls_token is not None}
-    contract = make_contract(arch="vit", encoder=kwargs, preprocessing=prep.contract())
-    return save_encoder(path, state if state is not None else enc.state_dict(), contract)
-
-
-def smooth_table(grid: tuple[int, ...], dim: int = 16) -> torch.Tensor:
-    """(1, prod(grid), dim): per channel a plane wave of at most 0.35 rad per token, a different one per axis."""
-    g = torch.Generator().manual_seed(0)
-    freqs = (torch.rand(dim, len(grid), generator=g) * 0.7 - 0.35) * torch.tensor([1.0, 0.5, 0.25][: len(grid)])
-    phase = torch.rand(dim, generator=g) * 6.28
-    coords = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float32) for n in grid], indexing="ij"), -1)
-    return torch.cos(coords.reshape(-1, len(grid)) @ freqs.T + phase)[None]
 
 
 # ----------------------------------------------------------------------------------- pos-embed interpolation
@@ -235,43 +216,111 @@ def test_unusable_files_are_errors_naming_the_file(tmp_path):
         assert str(err.value).startswith(str(path)) and why in str(err.value), str(err.value)
 
 
-# --------------------------------------------------------------------------------------------- contract
+# ------------------------------------------------------------------------------------ the adaptation plan
+
+FIXTURES = Path(__file__).parent / "fixtures" / "export_v1"  # written by medmae before the plan existed
 
 
-def contract_of(tmp_path, **kw) -> dict:
-    from medmae.export import read_contract
-
-    return read_contract(export(tmp_path / "enc.safetensors", vit(**kw)))
-
-
-def test_contract_mismatches_name_the_field(tmp_path):
-    c2d = contract_of(tmp_path)
-    same = {**Preprocessing(2, 1, {"name": "minmax"}, orientation=None).contract(), "patch_size": [8, 8]}
-    assert check_contract(c2d, arch="vit", preprocessing=same) == []
-    ct = {**same, "intensity": {"name": "ct_window", "lo": -175.0, "hi": 250.0}}
-    with pytest.raises(ContractError,
-                       match=r"intensity: encoder \{'name': 'minmax'\}, fine-tuning \{'name': 'ct_window'"):
-        check_contract(c2d, arch="vit", preprocessing=ct)
-    with pytest.raises(ContractError, match=r"patch_size: encoder \[8, 8\], fine-tuning \[16, 16\]"):
-        check_contract(c2d, arch="vit", preprocessing={**same, "patch_size": [16, 16]})
-    three_d = {**Preprocessing(3, 1, {"name": "minmax"}).contract(), "patch_size": [8, 8, 8]}
-    with pytest.raises(ContractError, match="spatial_dims: encoder 2, fine-tuning 3") as err:
-        check_contract(c2d, arch="vit", preprocessing=three_d)
-    assert "init.allow_mismatch" in str(err.value)
-    notes = check_contract(c2d, arch="vit", preprocessing=ct, allow=("intensity",))
-    assert len(notes) == 1 and notes[0].startswith("intensity:")
-    # allowing one field does not let another through
-    with pytest.raises(ContractError, match="patch_size") as err:
-        check_contract(c2d, arch="vit", preprocessing={**ct, "patch_size": [16, 16]}, allow=("intensity",))
-    assert "intensity" not in str(err.value)
+def test_a_version_1_export_gets_its_familys_plan():
+    vit_src = read_encoder_source(FIXTURES / "vit" / "encoder.safetensors")
+    assert vit_src.contract["format_version"] == 1 and "adaptation" not in vit_src.contract
+    assert plan_of(vit_src, 2) == AdaptationPlan(stem_key="patch_embed.proj.weight",
+                                                 pos_embed=PosEmbedPlan("pos_embed", (4, 4), True, False))
+    res_src = read_encoder_source(FIXTURES / "resenc" / "encoder.safetensors")
+    assert plan_of(res_src, 3) == AdaptationPlan(stem_key="stem.conv.weight", extra_parts=("decoder",))
+    assert plan_of(res_src, 3).key_prefix == "encoder."
 
 
-def test_contract_compares_ct_window_values(tmp_path):
-    c = contract_of(tmp_path)
-    c["preprocessing"]["intensity"] = {"name": "ct_window", "lo": -175.0, "hi": 250.0}
-    mine = {**Preprocessing(2, 1, {"name": "ct_window", "lo": -175.0, "hi": 250.0}, orientation=None).contract(),
-            "patch_size": [8, 8]}
-    assert check_contract(c, arch="vit", preprocessing=mine) == []
-    mine["intensity"] = {"name": "ct_window", "lo": -1000.0, "hi": 1000.0}
-    with pytest.raises(ContractError, match="intensity"):
-        check_contract(c, arch="vit", preprocessing=mine)
+def ft_config(task: str, preset: str, *overrides: str) -> FinetuneConfig:
+    """A preset's fine-tuning config for ``task`` (as ``medmae finetune --preset``)."""
+    return load_config(FinetuneConfig, {**finetune_raw_from_preset(preset, task), "task": task}, overrides=overrides)
+
+
+def test_a_version_1_vit_export_still_fine_tunes():
+    """An export written before the plan existed loads as before: architecture adopted, position table
+    interpolated to the new grid, stem adapted to three channels, every tensor loaded."""
+    cfg = ft_config("cls", "demo-2d", "model.img_size=[48,48]", "model.in_channels=3")
+    model, report = build_task_model(cfg, 2, str(FIXTURES / "vit" / "encoder.safetensors"))
+    exported = load_file(str(FIXTURES / "vit" / "encoder.safetensors"))
+    assert cfg.model.encoder["embed_dim"] == 8 and cfg.model.encoder["depth"] == 1
+    assert report.loaded == sorted(exported) and report.missing == [] and report.unexpected == []
+    assert report.adaptations == ["pos_embed interpolated from grid (4, 4) to (6, 6)",
+                                  "patch_embed.proj.weight adapted from 1 to 3 input channels"]
+    torch.testing.assert_close(model.encoder.blocks[0].attn.qkv.weight.detach(), exported["blocks.0.attn.qkv.weight"])
+
+
+def test_a_version_1_resenc_export_still_fine_tunes_with_its_decoder():
+    cfg = ft_config("seg", "demo-resenc-3d", "model.img_size=[32,32,32]")
+    model, report = build_task_model(cfg, 3, str(FIXTURES / "resenc" / "encoder.safetensors"))
+    decoder = load_file(str(FIXTURES / "resenc" / "decoder.safetensors"))
+    assert set(report.loaded) == set(load_file(str(FIXTURES / "resenc" / "encoder.safetensors"))) | {
+        f"decoder.{k}" for k in decoder}
+    assert all(torch.equal(model.decoder.state_dict()[k], v) for k, v in decoder.items())
+
+
+def rewrite_with_plan(src_dir: Path, dst_dir: Path, **plan_changes) -> Path:
+    """The ResEnc fixture as a version-2 export whose plan differs from the family's by ``plan_changes``."""
+    contract = read_contract(src_dir / "encoder.safetensors")
+    plan = replace(family_plan(family("resenc"), contract["encoder"]), **plan_changes)
+    contract = {**{k: v for k, v in contract.items() if k != "format_version"},
+                **make_contract(arch="resenc", encoder=contract["encoder"], preprocessing=contract["preprocessing"],
+                                pretraining=contract["pretraining"], adaptation=plan)}
+    for name in ("encoder", "decoder"):
+        save_encoder(dst_dir / f"{name}.safetensors", load_file(str(src_dir / f"{name}.safetensors")),
+                     contract if name == "encoder" else {**contract, "part": name})
+    return dst_dir / "encoder.safetensors"
+
+
+def test_fine_tuning_follows_the_plan_in_the_export(tmp_path):
+    """``extra_parts`` empty: the decoder beside the export is not loaded, though the task model has one."""
+    path = rewrite_with_plan(FIXTURES / "resenc", tmp_path, extra_parts=())
+    assert read_contract(path)["adaptation"]["extra_parts"] == [] and read_contract(path)["format_version"] == 2
+    cfg = ft_config("seg", "demo-resenc-3d", "model.img_size=[32,32,32]")
+    torch.manual_seed(0)
+    model, report = build_task_model(cfg, 3, str(path))
+    assert report.loaded == sorted(load_file(str(path))) and not any(k.startswith("decoder.") for k in report.loaded)
+    torch.manual_seed(0)
+    scratch, _ = build_task_model(ft_config("seg", "demo-resenc-3d", "model.img_size=[32,32,32]",
+                                            "model.resenc.widths=[2,4]", "model.resenc.blocks=[1,1]"), 3, None)
+    assert all(torch.equal(v, scratch.decoder.state_dict()[k]) for k, v in model.decoder.state_dict().items())
+    # the family's own plan loads it
+    full = rewrite_with_plan(FIXTURES / "resenc", tmp_path / "full")
+    _, report = build_task_model(ft_config("seg", "demo-resenc-3d", "model.img_size=[32,32,32]"), 3, str(full))
+    assert any(k.startswith("decoder.") for k in report.loaded)
+
+
+def test_a_plan_that_forbids_interpolation_is_kept(tmp_path):
+    pre = vit(img=32)
+    kwargs = read_contract(export(tmp_path / "a.safetensors", pre))["encoder"]
+    plan = replace(family_plan(family("vit"), kwargs), pos_embed=PosEmbedPlan("pos_embed", (4, 4), interpolate=False))
+    prep = read_contract(tmp_path / "a.safetensors")["preprocessing"]
+    path = save_encoder(tmp_path / "b.safetensors", pre.state_dict(),
+                        make_contract(arch="vit", encoder=kwargs, preprocessing=prep, adaptation=plan))
+    assert load_encoder_weights(vit(img=32), read_encoder_source(path)).adaptations == []
+    with pytest.raises(ContractError, match=r"b\.safetensors: pos_embed was trained on the token grid \(4, 4\), the "
+                                            r"model's is \(6, 6\).*does not allow interpolating"):
+        load_encoder_weights(vit(img=48), read_encoder_source(path))
+
+
+def test_a_plan_that_does_not_fit_the_file_is_an_error_naming_it(tmp_path):
+    pre = vit(img=32)
+    contract = read_contract(export(tmp_path / "a.safetensors", pre))
+    plan = replace(family_plan(family("vit"), contract["encoder"]), pos_embed=PosEmbedPlan("pos_embed", (3, 3)))
+    path = save_encoder(tmp_path / "grid.safetensors", pre.state_dict(),
+                        make_contract(arch="vit", encoder=contract["encoder"], preprocessing=contract["preprocessing"],
+                                      adaptation=plan))
+    with pytest.raises(ContractError, match=r"grid\.safetensors: pos_embed of shape \(1, 16, 32\) does not fit the "
+                                            r"token grid \(3, 3\) of its adaptation plan"):
+        load_encoder_weights(vit(img=32), read_encoder_source(path))
+    path = rewrite_with_plan(FIXTURES / "resenc", tmp_path / "prefix", key_prefix="backbone.")
+    with pytest.raises(ExportError, match=r"prefix/encoder\.safetensors: its adaptation plan puts the encoder at "
+                                          r"'backbone\.', which the resenc seg model does not have"):
+        build_task_model(ft_config("seg", "demo-resenc-3d", "model.img_size=[32,32,32]"), 3, str(path))
+
+
+def test_a_foreign_checkpoint_gets_an_inferred_plan(tmp_path):
+    state, _ = timm_state(vit(img=32))
+    torch.save(state, tmp_path / "timm.pth")
+    plan = plan_of(read_encoder_source(tmp_path / "timm.pth"), 2)
+    assert plan == AdaptationPlan(stem_key="patch_embed.proj.weight",
+                                  pos_embed=PosEmbedPlan("pos_embed", (4, 4), True, cls_slot=True))
