@@ -5,7 +5,7 @@ from dataclasses import replace
 import pytest
 
 from medmae.config import ModelConfig
-from medmae.config_checks import ARCH_ONLY_KEYS
+from medmae.config.checks import ARCH_ONLY_KEYS
 from medmae.errors import ConfigError
 from medmae.models import registry
 from medmae.models.registry import FAMILIES, RESENC, SWIN, VIT, family, linear_classifier, register
