@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from medmae.config import DataConfig
 from medmae.config.filters import DEFAULT_EXCLUDE, FILTER_KEYWORDS, with_default_exclude
 from medmae.errors import ConfigError
 
@@ -34,7 +35,7 @@ class SeriesFilter:
     exclude: Mapping[str, str | None] = field(default_factory=lambda: dict(DEFAULT_EXCLUDE))
 
     @classmethod
-    def from_config(cls, data_cfg: Any) -> SeriesFilter:
+    def from_config(cls, data_cfg: DataConfig) -> SeriesFilter:
         return cls(dict(data_cfg.include or {}), with_default_exclude(data_cfg.exclude))
 
     def reason_to_drop(self, attributes: Mapping[str, str]) -> str | None:
