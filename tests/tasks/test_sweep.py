@@ -73,8 +73,12 @@ def test_sweep_resumes_only_unfinished_cells_and_reports(tmp_path, pretrained, m
     assert (out / "report_files" / "label_efficiency.png").stat().st_size > 5000
     assert html.count("data:image/png;base64,") >= 2  # plot + reconstruction figure of the MAE
     assert "Paired comparison with scratch" in md and "| mae | 50 % |" in md
+    # the MAE pretrained on the same synthetic images: every evaluation's leakage check says so
+    assert "| mae | 4 of 4 | 16 of 16 | every evaluated case was in the pretraining data" in md
+    assert "## Setup" in md and "| cells finished | 8 of 8 |" in md and "<details>" in html
+    assert {p.suffix for p in (out / "report_files").glob("label_efficiency.*")} == {".png", ".svg", ".pdf"}
     # every secondary metric carries its CI over the two seeds
-    assert re.search(r"\| mae \| 50 % \| accuracy \| [\d.]+ \| [\d.]+ \| [\d.]+ - [\d.]+ \|", md)
+    assert re.search(r"\| accuracy \| mae \| [\d.]+ \([\d.]+-[\d.]+\) \| [\d.]+ \([\d.]+-[\d.]+\) \|", md)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["headline"] == {"metric": "macro_auroc", "where": ""}
     assert {p["init"] for p in summary["paired"]} == {"mae"} and all(p["n_pairs"] == 2 for p in summary["paired"])
