@@ -104,3 +104,18 @@ def test_report_mask_ratio_ablation(tmp_path, pretrained):
     assert "0.1000" in md  # paired difference
     assert "Mask-ratio ablation" not in md  # one pretrained model, one ratio
     assert math.isclose(json.loads((out / "summary.json").read_text())["paired"][0]["mean_diff"], 0.1)
+
+
+def test_a_folds_sweep_begun_with_the_old_round_robin_folds_is_not_continued(tmp_path):
+    """Folds are made by StratifiedGroupKFold now: new cells of an older --folds sweep would get other folds."""
+    out = tmp_path / "W"
+    cell = out / "cells" / "cls_frac0.5_seed0_scratch_fold0" / "eval" / "test"
+    cell.mkdir(parents=True)
+    cell.joinpath("summary.json").write_text(json.dumps({"split": "test", "rows": []}))
+    kw = dict(task="cls", inits=["scratch"], run_dir=out, preset="demo-2d", fractions=[0.5], seeds=1, folds=2,
+              overrides=TINY, max_steps=1)
+    old = {"task": "cls", "preset": "demo-2d", "data": None, "overrides": list(TINY), "max_steps": 1, "folds": 2}
+    (out / "sweep.json").write_text(json.dumps(old))
+    with pytest.raises(ConfigError, match="older medmae .*round-robin"):
+        sweep(**kw)
+    assert json.loads((out / "sweep.json").read_text()) == old  # refused before anything was rewritten
