@@ -7,9 +7,13 @@ import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 from PIL import Image
+
+if TYPE_CHECKING:  # tensors are only read (.float().cpu().numpy()): the report and predict need no torch import here
+    import torch
 
 # label 0 black, then well-separated colours (matplotlib's tab10), repeated for labels past 10
 MASK_COLOURS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
