@@ -265,3 +265,9 @@ def test_config_errors_are_printed_without_markup_and_mean_over_is_checked_befor
                      *set_args((*TINY_3D, "eval.mean_over=[nope]")), "--max-steps", "1"])
     assert result.exit_code == 2, result.output
     assert "['nope']" in flat(result.output) and not (tmp_path / "F" / "checkpoints").exists()
+
+
+def test_the_help_of_training_commands_names_the_tracking_keys():
+    for command in ("pretrain", "finetune", "sweep"):
+        text = flat(invoke([command, "--help"]).output)
+        assert "logging.tensorboard=true" in text and "logging.mlflow_uri=URI" in text, command

@@ -26,7 +26,7 @@ def test_every_sweep_directory_name_is_in_the_sweeps_section():
     own = {k: v for k, v in names(report).items() if k not in names(layout)}
     assert {"SWEEP_FILE", "RESULTS_CSV", "CELLS_DIR"} <= set(own)
     missing = {k: v for k, v in own.items() if f"W/{v}" not in sweeps}
-    assert not missing, f"names in medmae/report.py missing from the Sweeps section of run-dir.md: {missing}"
+    assert not missing, f"names in medmae.report missing from the Sweeps section of run-dir.md: {missing}"
 
 
 def test_paths_are_the_documented_ones(tmp_path):

@@ -76,7 +76,8 @@ def main_callback(
     setup_cli_logging(verbose, int(os.environ.get("RANK", "0")))
 
 
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a config value: key.path=value (repeatable).")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a config value: key.path=value (repeatable). "
+                                                     "Tracking: logging.tensorboard=true, logging.mlflow_uri=URI.")]
 MaxSteps = Annotated[Optional[int], typer.Option("--max-steps", min=1, help="Stop after N optimizer steps (the schedule is fitted to N).")]
 Resume = Annotated[Optional[str], typer.Option("--resume", help="'auto' continues the newest valid checkpoint in the run dir; or a checkpoint path.")]
 Threads = Annotated[Optional[int], typer.Option("--threads", min=1, help="torch CPU threads (like train.threads); default: torch's.")]
@@ -187,7 +188,7 @@ def predict(
     out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("predictions"),
     threads: Threads = None,
 ) -> None:
-    """Segmentation masks in each input's geometry (NIfTI/NRRD/PNG), or class probabilities as CSV."""
+    """Segmentation masks in each input's geometry (NIfTI/NRRD; 2D: palette PNG + <name>_overlay.png), or class probabilities as CSV."""
     from medmae.tasks.predict import predict as run
 
     written = _run(run, run_dir, inputs, out=out, threads=threads)
@@ -224,7 +225,8 @@ def sweep(
 
 @app.command()
 def report(run_dir: Annotated[Path, typer.Argument(help="A sweep directory.")]) -> None:
-    """Aggregate a sweep (mean ± std, CIs, paired comparison with scratch) into report.md / report.html + plots."""
+    """Aggregate a sweep (mean ± std, CIs, paired comparison with scratch, leakage check, setup) into report.md /
+    report.html + plots (PNG, SVG, PDF)."""
     from medmae.report import write_report
 
     path = _run(write_report, run_dir)

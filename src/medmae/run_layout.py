@@ -28,6 +28,8 @@ EXPORT_DIR = "export"
 ENCODER_PART = "encoder"
 EVAL_DIR = "eval"
 PER_CASE_FILE = "per_case.csv"
+TENSORBOARD_DIR = "tensorboard"
+TRACKING_FILE = "tracking.json"
 
 
 def export_path(run_dir: str | Path, part: str = ENCODER_PART) -> Path:

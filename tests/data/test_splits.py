@@ -1,6 +1,8 @@
 import math
+import warnings
 from collections import Counter
 
+import numpy as np
 import pytest
 
 from medmae.data.cases import Case
@@ -145,3 +147,30 @@ def test_label_fraction_takes_whole_subjects():
 def test_label_fraction_range(bad):
     with pytest.raises(ValueError, match=f"label fraction must be in \\(0, 1\\], got {bad}"):
         label_fraction(one_case_per_subject(), bad)
+
+
+def test_kfold_balances_cases_when_subjects_have_several_images():
+    """Subjects with 1-4 images: each fold gets its share of every stratum's images, not only of its subjects
+    (the round-robin dealing of subjects used before was off by 15 images of 150 per fold here)."""
+    rng = np.random.default_rng(1)
+    cases = []
+    for s in range(120):
+        lab = str(rng.choice(["normal", "pneumonia"], p=[0.26, 0.74]))
+        cases += [Case(f"p{s:03d}_{j}", (f"p{s:03d}_{j}.png",), f"p{s:03d}", label=lab) for j in range(1 + s % 4)]
+    folds = kfold(cases, 5, seed=0)
+    total = strata_of(cases, [c.case_id for c in cases])
+    sizes = [len(f["val"]) for f in folds]
+    assert max(sizes) - min(sizes) <= 2, sizes
+    for f in folds:
+        got = strata_of(cases, f["val"])
+        assert all(abs(got[key] - n / 5) <= 2 for key, n in total.items()), (got, total)
+        assert not subjects_of(cases, f["train"]) & subjects_of(cases, f["val"])
+    assert kfold(cases, 5, seed=0) == folds and kfold(cases, 5, seed=1) != folds
+
+
+def test_kfold_says_in_one_line_when_a_stratum_is_too_small(caplog):
+    cases = one_case_per_subject()[:35] + one_case_per_subject()[38:]  # 3 subjects without finding, 0 'a|b'
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no Python warning escapes
+        kfold(cases, 5, seed=0)
+    assert any("k-fold: The least populated class in y has only 3 members" in r.getMessage() for r in caplog.records)

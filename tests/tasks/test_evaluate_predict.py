@@ -14,6 +14,7 @@ from helpers import flat, invoke
 
 from medmae.config import ConfigError
 from medmae.data.pipeline import resolve_spec
+from medmae.data.readers import read_label
 from medmae.data.synthetic import abdomen_ct, chest_xray
 from medmae.engine.checkpoint import CheckpointError
 from medmae.errors import SourceError
@@ -149,9 +150,20 @@ def test_predict_png_has_the_input_size(seg2d_run, tmp_path):
     Image.fromarray(image).save(tmp_path / "cxr.png")
     (out,) = predict(run, [tmp_path / "cxr.png"], out=tmp_path / "out")
     assert out == tmp_path / "out" / "cxr_seg.png"
-    with Image.open(out) as mask:
-        assert mask.size == (48, 40) and mask.mode == "L"
-        assert set(np.unique(np.asarray(mask))) <= {0, 1, 2}
+    with Image.open(out) as mask:  # a palette PNG: the values are the labels, the palette makes them visible
+        assert mask.size == (48, 40) and mask.mode == "P"
+        labels = np.asarray(mask)
+        assert set(np.unique(labels)) <= {0, 1, 2}
+        assert mask.getpalette()[:9] == [0, 0, 0, 31, 119, 180, 255, 127, 14]
+    assert np.array_equal(read_label(out)[0], labels)  # medmae (and any tool) reads the labels back unchanged
+    with Image.open(tmp_path / "out" / "cxr_overlay.png") as overlay:  # the mask on the image
+        assert overlay.size == (48, 40) and overlay.mode == "RGB"
+        rgb = np.asarray(overlay).astype(int)
+    grey = rgb[labels == 0]
+    assert np.array_equal(grey[:, 0], grey[:, 1]) and np.array_equal(grey[:, 1], grey[:, 2])  # background stays grey
+    if (labels == 1).any():
+        tinted = rgb[labels == 1]
+        assert (tinted[:, 2] > tinted[:, 0]).all()  # label 1 is tinted blue
 
 
 def test_predict_classification_csv_matches_evaluation(cls_run, tmp_path):

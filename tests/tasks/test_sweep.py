@@ -73,8 +73,12 @@ def test_sweep_resumes_only_unfinished_cells_and_reports(tmp_path, pretrained, m
     assert (out / "report_files" / "label_efficiency.png").stat().st_size > 5000
     assert html.count("data:image/png;base64,") >= 2  # plot + reconstruction figure of the MAE
     assert "Paired comparison with scratch" in md and "| mae | 50 % |" in md
+    # the MAE pretrained on the same synthetic images: every evaluation's leakage check says so
+    assert "| mae | 4 of 4 | 16 of 16 | every evaluated case was in the pretraining data" in md
+    assert "## Setup" in md and "| cells finished | 8 of 8 |" in md and "<details>" in html
+    assert {p.suffix for p in (out / "report_files").glob("label_efficiency.*")} == {".png", ".svg", ".pdf"}
     # every secondary metric carries its CI over the two seeds
-    assert re.search(r"\| mae \| 50 % \| accuracy \| [\d.]+ \| [\d.]+ \| [\d.]+ - [\d.]+ \|", md)
+    assert re.search(r"\| accuracy \| mae \| [\d.]+ \([\d.]+-[\d.]+\) \| [\d.]+ \([\d.]+-[\d.]+\) \|", md)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["headline"] == {"metric": "macro_auroc", "where": ""}
     assert {p["init"] for p in summary["paired"]} == {"mae"} and all(p["n_pairs"] == 2 for p in summary["paired"])
@@ -100,3 +104,18 @@ def test_report_mask_ratio_ablation(tmp_path, pretrained):
     assert "0.1000" in md  # paired difference
     assert "Mask-ratio ablation" not in md  # one pretrained model, one ratio
     assert math.isclose(json.loads((out / "summary.json").read_text())["paired"][0]["mean_diff"], 0.1)
+
+
+def test_a_folds_sweep_begun_with_the_old_round_robin_folds_is_not_continued(tmp_path):
+    """Folds are made by StratifiedGroupKFold now: new cells of an older --folds sweep would get other folds."""
+    out = tmp_path / "W"
+    cell = out / "cells" / "cls_frac0.5_seed0_scratch_fold0" / "eval" / "test"
+    cell.mkdir(parents=True)
+    cell.joinpath("summary.json").write_text(json.dumps({"split": "test", "rows": []}))
+    kw = dict(task="cls", inits=["scratch"], run_dir=out, preset="demo-2d", fractions=[0.5], seeds=1, folds=2,
+              overrides=TINY, max_steps=1)
+    old = {"task": "cls", "preset": "demo-2d", "data": None, "overrides": list(TINY), "max_steps": 1, "folds": 2}
+    (out / "sweep.json").write_text(json.dumps(old))
+    with pytest.raises(ConfigError, match="older medmae .*round-robin"):
+        sweep(**kw)
+    assert json.loads((out / "sweep.json").read_text()) == old  # refused before anything was rewritten

@@ -9,6 +9,7 @@ code 2).
 ``data``      the ``data`` section; ``filters``: the keys and defaults of ``data.include`` / ``exclude``
 ``model``     the ``model`` (with each backbone family's own section) and ``mask`` sections
 ``train``     ``loss``, ``optim``, ``train``, ``monitor``, ``head``, ``eval``, ``init``
+``tracking``  the ``logging`` section (TensorBoard / MLflow sinks, progress lines)
 ``runs``      :class:`PretrainConfig`, :class:`FinetuneConfig`
 ``checks``    checks across keys, and the per-architecture ``model`` keys of ``config.yaml``
 ``loading``   presets, YAML files, overrides, validation messages, :func:`dump_yaml`
@@ -42,6 +43,7 @@ from medmae.config.runs import (
     RunConfig,
     RunSections,
 )
+from medmae.config.tracking import LoggingConfig
 from medmae.config.train import (
     EvalConfig,
     HeadConfig,
@@ -56,7 +58,7 @@ from medmae.errors import ConfigError
 
 __all__ = [
     "VIT_SIZES", "ConfigError", "DataConfig", "DecoderConfig", "EvalConfig", "FinetuneConfig", "FinetuneModelConfig",
-    "FinetuneOptimConfig", "FinetuneTrainConfig", "HeadConfig", "InitConfig", "IntensityConfig", "LossConfig",
+    "FinetuneOptimConfig", "FinetuneTrainConfig", "HeadConfig", "InitConfig", "IntensityConfig", "LoggingConfig", "LossConfig",
     "MaskConfig", "ModelConfig", "MonitorConfig", "OptimConfig", "PretrainConfig", "ResEncConfig", "RunConfig",
     "RunSections", "SourceEntry", "Strict", "SwinConfig", "SyntheticConfig", "TaskLossConfig", "TrainConfig",
     "apply_overrides", "deep_merge", "dump_yaml", "finetune_raw_from_preset", "load_config", "load_raw",

@@ -10,6 +10,7 @@ from medmae.config.base import Strict, refuse
 from medmae.config.checks import data_model_problems
 from medmae.config.data import DataConfig
 from medmae.config.model import MaskConfig, ModelConfig
+from medmae.config.tracking import LoggingConfig
 from medmae.config.train import (
     EvalConfig,
     HeadConfig,
@@ -45,6 +46,7 @@ class PretrainConfig(RunSections):
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
     monitor: MonitorConfig = MonitorConfig()
+    logging: LoggingConfig = LoggingConfig()
     finetune: dict[str, Any] = Field(default_factory=dict, description="fine-tuning settings of a preset (common, cls, seg)")
 
 
@@ -84,6 +86,7 @@ class FinetuneConfig(RunSections):
     train: FinetuneTrainConfig = FinetuneTrainConfig()
     eval: EvalConfig = EvalConfig()
     init: InitConfig = InitConfig()
+    logging: LoggingConfig = LoggingConfig()
 
 
 RunConfig = PretrainConfig | FinetuneConfig

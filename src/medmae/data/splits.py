@@ -1,4 +1,5 @@
-"""Patient-level, stratified splits and nested label fractions, reproducible from a seed.
+"""Patient-level, stratified splits and nested label fractions, reproducible from a seed (k-fold: for a given
+scikit-learn version).
 
 Splits are saved as JSON in the run directory (case ids per split), so evaluation and later sweeps reuse
 exactly the cases a model was trained on. k-fold files use nnU-Net's ``splits_final.json`` shape
@@ -8,7 +9,9 @@ exactly the cases a model was trained on. k-fold files use nnU-Net's ``splits_fi
 from __future__ import annotations
 
 import json
+import logging
 import math
+import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +20,8 @@ import numpy as np
 
 from medmae.data.cases import Case
 from medmae.errors import SourceError
+
+log = logging.getLogger(__name__)
 
 
 def stratum(case: Case) -> str:
@@ -40,30 +45,26 @@ def _subject_stratum(cases: Sequence[Case], members: list[int]) -> str:
 
 
 def kfold(cases: Sequence[Case], k: int = 5, *, seed: int = 0) -> list[dict[str, list[str]]]:
-    """k folds, patient-disjoint and stratified: subjects of each stratum are dealt round-robin in a seeded order."""
+    """k folds, patient-disjoint and stratified: scikit-learn's ``StratifiedGroupKFold`` (groups: subjects,
+    classes: each case's stratum, shuffled with ``seed``). It balances the cases of each stratum over the folds
+    also when subjects have several images (``benchmarks/metrics_vs_sklearn.py``); the folds of a run are saved
+    in its ``splits.json``."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
     if k < 2:
         raise ValueError(f"k-fold needs k >= 2, got {k}")
-    subjects, groups = _subject_groups(cases)
+    subjects, _ = _subject_groups(cases)
     if len(subjects) < k:
         raise ValueError(f"{len(subjects)} subjects cannot make {k} folds")
-    rng = np.random.default_rng(seed)
-    by_stratum: dict[str, list[str]] = defaultdict(list)
-    for s in subjects:
-        by_stratum[_subject_stratum(cases, groups[s])].append(s)
-    fold_of: dict[str, int] = {}
-    offset = 0
-    for key in sorted(by_stratum):
-        members = by_stratum[key]
-        order = rng.permutation(len(members))
-        for j, idx in enumerate(order):
-            fold_of[members[idx]] = (offset + j) % k
-        offset += len(members)
-    folds = []
-    for f in range(k):
-        val = [cases[i].case_id for s in subjects if fold_of[s] == f for i in groups[s]]
-        train = [cases[i].case_id for s in subjects if fold_of[s] != f for i in groups[s]]
-        folds.append({"train": sorted(train), "val": sorted(val)})
-    return folds
+    y = [stratum(c) for c in cases]
+    ids = np.array([c.case_id for c in cases])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        parts = list(StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+                     .split(np.zeros(len(cases)), y, [c.subject_id for c in cases]))
+    for w in caught:  # "the least populated class in y has only 2 members": one line, not a Python warning
+        log.warning("k-fold: %s", str(w.message).split("\n")[0])
+    return [{"train": sorted(ids[train].tolist()), "val": sorted(ids[val].tolist())} for train, val in parts]
 
 
 def train_test_split(cases: Sequence[Case], *, test_fraction: float, val_fraction: float = 0.0,

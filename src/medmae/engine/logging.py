@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from medmae.engine.tracking import Tracker
 from medmae.errors import environment_problem
 from medmae.run_layout import METRICS_CSV, METRICS_JSONL
 
@@ -23,12 +24,14 @@ def json_line(row: dict[str, Any]) -> str:
 
 
 class MetricsLog:
-    """Append-only metrics files; on resume, rows after the restored step are dropped first."""
+    """Append-only metrics files; on resume, rows after the restored step are dropped first. Every row written
+    also goes to ``tracker`` (TensorBoard / MLflow, :mod:`medmae.engine.tracking`) when one is set."""
 
-    def __init__(self, run_dir: Path, *, enabled: bool = True):
+    def __init__(self, run_dir: Path, *, enabled: bool = True, tracker: Tracker | None = None):
         self.jsonl = run_dir / METRICS_JSONL
         self.csv = run_dir / METRICS_CSV
         self.enabled = enabled
+        self.tracker = tracker
 
     def rows(self) -> list[dict[str, Any]]:
         if not self.jsonl.is_file():
@@ -58,16 +61,17 @@ class MetricsLog:
         try:
             with self.jsonl.open("a") as f:
                 f.write(json_line(row))
-            if row.get("kind", "train") != "train":
-                return
-            new = not self.csv.is_file()
-            with self.csv.open("a", newline="") as f:
-                w = csv.DictWriter(f, CSV_COLUMNS, extrasaction="ignore")
-                if new:
-                    w.writeheader()
-                w.writerow(row)
+            if row.get("kind", "train") == "train":
+                new = not self.csv.is_file()
+                with self.csv.open("a", newline="") as f:
+                    w = csv.DictWriter(f, CSV_COLUMNS, extrasaction="ignore")
+                    if new:
+                        w.writeheader()
+                    w.writerow(row)
         except OSError as e:  # a full disk: name the file (write() does not)
             raise (environment_problem(e, str(self.jsonl.parent / "metrics.*")) or e) from None
+        if self.tracker is not None:
+            self.tracker.row(row)
 
 
 def is_interactive() -> bool:

@@ -20,15 +20,17 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from medmae.config import OptimConfig, TrainConfig
+from medmae.config import LoggingConfig, OptimConfig, TrainConfig
 from medmae.data.dataset import EpochBatchSampler
 from medmae.engine import checkpoint as ckpt
 from medmae.engine.distributed import DistInfo, all_reduce_max, all_reduce_sum, barrier, gather_objects, on_main
-from medmae.engine.logging import MetricsLog, is_interactive
+from medmae.engine.logging import MetricsLog
 from medmae.engine.optim import build_optimizer, scheduled_lr, set_lr
+from medmae.engine.progress import Progress
 from medmae.engine.resume import choose as choose_resume
 from medmae.engine.resume import drop_newer, restore, rng_state
 from medmae.engine.signals import StopRequest, ignore_stop_signals
+from medmae.engine.tracking import Tracker, open_tracker
 from medmae.errors import EXIT_INTERRUPTED, NonFiniteLossError
 from medmae.run_layout import checkpoints_dir
 
@@ -103,8 +105,11 @@ class Trainer:
     num_workers: int = 0
     sample_weights: Sequence[float] | None = None
     run_files: dict[str, str] = field(default_factory=dict)  # written into run_dir once the resume point is restored
+    logging_cfg: LoggingConfig = field(default_factory=LoggingConfig)  # the `logging` section: sinks, progress lines
     step: int = 0
     epoch: int = 0
+    tracker: Tracker = field(default_factory=Tracker, init=False, repr=False)  # rank 0's sinks while fit() runs
+    metrics: MetricsLog | None = field(default=None, init=False, repr=False)  # hooks write their rows through it
 
     @property
     def ckpt_root(self) -> Path:
@@ -157,6 +162,13 @@ class Trainer:
         return chosen.get("loaded") or ckpt.load_checkpoint(path)
 
     def fit(self, *, max_steps: int | None = None, resume: str | None = None) -> FitResult:
+        """Train to the schedule's end (or a stop signal); the tracking sinks are closed however it ends."""
+        try:
+            return self._fit(max_steps, resume)
+        finally:
+            self.tracker.close()
+
+    def _fit(self, max_steps: int | None, resume: str | None) -> FitResult:
         cfg, dev = self.train_cfg, self.dist.device
         schedule = Schedule.build(len(self.dataset), cfg, self.optim_cfg, max_steps, self.dist.world_size)
         self.model.to(dev)
@@ -177,6 +189,8 @@ class Trainer:
             drop_newer(self.ckpt_root, self.step)
             for name, text in self.run_files.items():
                 (self.run_dir / name).write_text(text)
+            self.tracker = metrics.tracker = open_tracker(self.run_dir, self.logging_cfg, start_step=self.step)
+        self.metrics = metrics
         model = self.model
         if self.dist.enabled:
             model = DistributedDataParallel(self.model, device_ids=[dev.index] if dev.type == "cuda" else None)
@@ -186,7 +200,8 @@ class Trainer:
         clip = self.optim_cfg.clip_grad if self.optim_cfg.clip_grad else math.inf
         amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
         consecutive, last_loss, last_saved, good_since = 0, None, None, self.step
-        progress = _Progress(schedule.total_steps, self.step, enabled=self.dist.is_main, log_every=cfg.log_every)
+        progress = Progress(schedule.total_steps, self.step, enabled=self.dist.is_main, log_every=cfg.log_every,
+                            every_s=self.logging_cfg.progress_every_s, batch=schedule.global_batch)
         self.model.train()
         with StopRequest() as stop, progress:
             spe = schedule.steps_per_epoch
@@ -263,34 +278,3 @@ class Trainer:
         if idx is None or self.case_ids is None:
             return []
         return [self.case_ids[int(i)] for i in idx]
-
-
-class _Progress:
-    """rich progress bar on a terminal, a log line every ``log_every`` steps otherwise."""
-
-    def __init__(self, total: int, start: int, *, enabled: bool, log_every: int):
-        self.total, self.start, self.enabled, self.log_every = total, start, enabled, log_every
-        self.bar = None
-
-    def __enter__(self) -> _Progress:
-        if self.enabled and is_interactive():
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("{task.fields[info]}"), TimeRemainingColumn(), transient=True)
-            self.bar.start()
-            self.task = self.bar.add_task("train", total=self.total, completed=self.start, info="")
-        return self
-
-    def update(self, step: int, row: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        info = f"loss {row['loss']:.4f} lr {row['lr']:.2e} {row['items_per_s']:.1f} it/s"
-        if self.bar is not None:
-            self.bar.update(self.task, completed=step, info=info)
-        elif step % self.log_every == 0 or step == self.total:
-            log.info("step %d/%d %s", step, self.total, info)
-
-    def __exit__(self, *exc) -> None:
-        if self.bar is not None:
-            self.bar.stop()

@@ -1,6 +1,6 @@
 """Evaluation metrics for medmae: classification, per-case segmentation, bootstrap CIs, summaries.
 
-Everything here is NumPy/SciPy (no torch), so ``medmae evaluate`` and the sweep/report code can
+Everything here is NumPy/SciPy/scikit-learn (no torch), so ``medmae evaluate`` and the sweep/report code can
 run it on saved predictions anywhere. Summaries share one row shape, :class:`MetricRow`.
 
 Conventions

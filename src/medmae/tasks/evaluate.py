@@ -24,8 +24,9 @@ from medmae.data.readers import split_virtual
 from medmae.data.sources import load_source
 from medmae.data.splits import require_both_classes
 from medmae.errors import SourceError
+from medmae.engine.tracking import track_summary
 from medmae.metrics import regions_from_labels, segmentation_case_metrics, summarize_classification, summarize_segmentation
-from medmae.run_layout import PER_CASE_FILE, SPLITS_FILE, SUMMARY_FILE
+from medmae.run_layout import EVAL_DIR, PER_CASE_FILE, SPLITS_FILE, SUMMARY_FILE
 from medmae.tasks.inference import classify, load_task_run, segment, set_threads
 from medmae.tasks.run_dir import eval_dir
 from medmae.tasks.task_labels import check_mask_values
@@ -105,6 +106,7 @@ def evaluate(run_dir: str | Path, *, data: str | Path | None = None, split: str 
     out.mkdir(parents=True, exist_ok=True)
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=1, default=_json_default))
     write_csv(out / PER_CASE_FILE, per_case)
+    track_summary(run_dir, cfg.logging, summary, f"{EVAL_DIR}/{out.name}", out / SUMMARY_FILE)
     log.info("evaluation of %d cases written to %s", len(prepared), out)
     return summary
 

@@ -235,7 +235,7 @@ def finetune(
             run_dir=run_dir, dist=dist, step_fn=loss_fn(cfg, info),
             checkpoint_metadata={"stage": "finetune", "task": cfg.task, "arch": cfg.model.arch},
             case_ids=[p.case.case_id for p in prepared], num_workers=cfg.data.num_workers,
-            run_files={CONFIG_FILE: dump_yaml(cfg)},
+            run_files={CONFIG_FILE: dump_yaml(cfg)}, logging_cfg=cfg.logging,
         )
         result = trainer.fit(max_steps=max_steps, resume=resume)
         if result.preempted:

@@ -79,7 +79,8 @@ class KnnProbe:
         if (epoch + 1) % self.every or not trainer.dist.is_main:
             return
         auc = self.evaluate(trainer.model.encoder, trainer.dist.device)
-        self.log.write({"kind": "probe", "step": trainer.step, "epoch": epoch + 1, "knn_auroc": auc, "k": self.k})
+        (trainer.metrics or self.log).write({"kind": "probe", "step": trainer.step, "epoch": epoch + 1, "knn_auroc": auc,
+                                             "k": self.k})
         log.info("epoch %d: kNN probe ROC-AUC %.4f", epoch + 1, auc)
 
     def on_fit_end(self, trainer: Trainer) -> None:

@@ -10,11 +10,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from medmae.config import ConfigError
 from medmae.data.cases import Case, strip_suffix
 from medmae.data.preprocess import Preprocessing, load_image
+from medmae.data.readers import read_image
 from medmae.data.writers import write_like
+from medmae.figures import save_mask_overlay, save_palette_mask
 from medmae.tasks.inference import classify, load_task_run, segment, set_threads
 from medmae.tasks.run_dir import output_dir
 
@@ -73,5 +76,21 @@ def predict(run_dir: str | Path, inputs: Sequence[str | Path], *, out: str | Pat
             probs = F.interpolate(probs[None], size=loaded.read_shape, mode=mode, align_corners=False)[0]
         labels = probs.argmax(0).to(torch.uint8 if probs.shape[0] < 256 else torch.int16).numpy()
         written.append(write_like(labels, loaded.meta, out / name))
-    log.info("%d masks written to %s", len(written), out)
+        if cfg.model.spatial_dims == 2 and probs.shape[0] < 256:
+            viewable_2d(written[-1], case.path)
+    log.info("%d masks written to %s%s", len(written), out,
+             " (palette PNGs, and <name>_overlay.png on each image)" if cfg.model.spatial_dims == 2 else "")
     return written
+
+
+def viewable_2d(mask_png: Path, image_path: str) -> Path | None:
+    """Make a written 2D mask viewable: the PNG becomes a palette PNG (same label values), and
+    ``<stem>_overlay.png`` shows it on the input image. Returns the overlay (None when the sizes disagree)."""
+    with Image.open(mask_png) as img:
+        labels_hw = np.asarray(img)
+    save_palette_mask(labels_hw, mask_png)
+    image_chw, _ = read_image(image_path)
+    if tuple(image_chw.shape[1:]) != labels_hw.shape:
+        log.warning("%s: no overlay, the image is %s and its mask %s", image_path, image_chw.shape[1:], labels_hw.shape)
+        return None
+    return save_mask_overlay(image_chw, labels_hw, mask_png.with_name(mask_png.name.replace("_seg.png", "_overlay.png")))

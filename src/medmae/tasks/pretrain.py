@@ -64,7 +64,9 @@ class ReconstructionFigures:
         recon, mask = model.reconstruct(x, seeds)
         model.train(was_training)
         self.last_step = trainer.step
-        return save_reconstruction_figure(x, recon, mask, self.out_dir / f"{name}.png", titles=self.titles)
+        path = save_reconstruction_figure(x, recon, mask, self.out_dir / f"{name}.png", titles=self.titles)
+        trainer.tracker.figure("reconstruction", path, trainer.step)
+        return path
 
     def on_epoch_end(self, trainer: Trainer, epoch: int) -> None:
         if (epoch + 1) % self.every == 0:
@@ -132,6 +134,7 @@ def _pretrain_locked(cfg: PretrainConfig, model: nn.Module, run_dir: Path, dist:
         num_workers=cfg.data.num_workers,
         sample_weights=pool.weights,
         run_files={CONFIG_FILE: dump_yaml(cfg)},
+        logging_cfg=cfg.logging,
     )
     result = trainer.fit(max_steps=max_steps, resume=resume)
     if result.preempted:

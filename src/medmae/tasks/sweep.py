@@ -23,6 +23,7 @@ from medmae.tasks.run_dir import output_dir
 log = logging.getLogger(__name__)
 
 DEFAULT_FRACTIONS = (0.05, 0.1, 0.25, 0.5, 0.8, 1.0)
+KFOLD_METHOD = "StratifiedGroupKFold"  # how --folds are made (recorded in sweep.json; older sweeps: round-robin)
 
 
 @dataclass(frozen=True)
@@ -101,12 +102,16 @@ def sweep(
     run_dir = output_dir(run_dir, "--run-dir")
     meta = {"task": task, "preset": preset, "config": str(config) if config else None, "data": str(data) if data else None,
             "inits": dict(init_names([str(i) for i in inits])), "fractions": list(fractions), "seeds": seed_list,
-            "folds": folds, "overrides": list(overrides), "max_steps": max_steps, "cells": [c.name for c in cells]}
+            "folds": folds, "overrides": list(overrides), "max_steps": max_steps, "cells": [c.name for c in cells],
+            **({"kfold": KFOLD_METHOD} if folds else {})}
     old = read_sweep(run_dir)
     if old is not None:
         changed = [k for k in ("task", "preset", "data", "overrides", "max_steps") if old.get(k) != meta[k]]
         if changed:
             raise ConfigError(f"{run_dir} holds a sweep with different {changed}; use another --run-dir")
+        if folds and old.get("kfold") != KFOLD_METHOD and any(find_summary(d) for d in (run_dir / CELLS_DIR).glob("*")):
+            raise ConfigError(f"{run_dir}: its folds were made by an older medmae (round-robin, not {KFOLD_METHOD}); "
+                              "new cells would use other folds. Finish it with that version or use another --run-dir")
     write_sweep(run_dir, meta)
     for i, cell in enumerate(cells, start=1):
         cell_dir = run_dir / CELLS_DIR / cell.name
