@@ -1,0 +1,40 @@
+"""Export formats for other libraries (floor 6): a medmae encoder or fine-tuned model as weights that load into
+timm, MONAI, nnU-Net (``dynamic_network_architectures``), TorchScript or ONNX, each with a strict-load report and
+an output-equivalence check (:mod:`medmae.export.report`). ``medmae.tasks.export`` resolves a run directory or an
+``encoder.safetensors`` into an :class:`ExportSource` and calls :func:`export_source`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from medmae.errors import ConfigError
+from medmae.export.common import ExportSource, output_dir
+from medmae.export.deploy import export_onnx, export_torchscript
+from medmae.export.nnunet import export_nnunet
+from medmae.export.report import ExportReport
+from medmae.export.swin import export_monai_swinunetr
+from medmae.export.vit import export_monai_unetr, export_monai_vit, export_timm
+
+FORMATS: dict[str, Callable[[ExportSource, Path], ExportReport]] = {
+    "timm": export_timm,
+    "monai-vit": export_monai_vit,
+    "monai-unetr": export_monai_unetr,
+    "monai-swinunetr": export_monai_swinunetr,
+    "nnunet": export_nnunet,
+    "torchscript": export_torchscript,
+    "onnx": export_onnx,
+}
+
+__all__ = ["FORMATS", "ExportReport", "ExportSource", "export_source"]
+
+
+def export_source(src: ExportSource, fmt: str, out: str | Path) -> ExportReport:
+    """Write ``src`` in format ``fmt`` into the folder ``out`` with ``report.json`` beside it."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"--to {fmt!r}: unknown export format; known: {', '.join(FORMATS)}")
+    folder = output_dir(out)
+    report = FORMATS[fmt](src, folder)
+    report.files.append(str(folder / "report.json"))
+    report.write(folder)
+    return report
