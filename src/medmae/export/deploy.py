@@ -4,7 +4,6 @@ the preprocessing contract and the labels beside it (``preprocessing.json``)."""
 from __future__ import annotations
 
 import importlib
-import logging
 import warnings
 from pathlib import Path
 
@@ -14,7 +13,6 @@ from medmae.errors import EnvironmentProblem, environment_problem
 from medmae.export.common import ExportSource, require, write_preprocessing
 from medmae.export.report import ExportReport, max_abs_diff, random_input
 
-log = logging.getLogger(__name__)
 ONNX_OPSET = 17
 
 
@@ -32,13 +30,15 @@ def export_torchscript(src: ExportSource, out: Path) -> ExportReport:
     path = out / "model.pt"
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
         traced = torch.jit.trace(model, random_input(src.in_channels, src.img_size, batch=1, seed=1), check_trace=False)
-    try:
-        traced.save(str(path))
-    except (OSError, RuntimeError) as e:
-        problem = environment_problem(e, str(path)) if isinstance(e, OSError) else None
-        raise (problem or e) from None
-    loaded = torch.jit.load(str(path)).eval()
+        try:
+            traced.save(str(path))
+        except OSError as e:
+            raise (environment_problem(e, str(path)) or e) from None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated upstream, still loads
+        loaded = torch.jit.load(str(path)).eval()
     x = random_input(src.in_channels, src.img_size)
     report.compared, report.input_shape = "task model outputs (reloaded model.pt)", list(x.shape)
     report.max_abs_diff = max_abs_diff(model, loaded, x)

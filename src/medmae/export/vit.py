@@ -60,6 +60,8 @@ def export_timm(src: ExportSource, out: Path) -> ExportReport:
     """A 2D ViT as a timm ``VisionTransformer`` state dict (names unchanged) and its kwargs; a fine-tuned
     classifier's head comes along (``global_pool`` 'token' for cls pooling, 'avg' for the mean)."""
     fmt = "timm"
+    require(src.arch != "swin", fmt, src, "Swin encoders to timm's SwinTransformer are not supported (its stages "
+            "merge patches first and window its maps differently); use monai-swinunetr")
     _vit_only(fmt, src)
     require(src.encoder.spatial_dims == 2, fmt, src, "timm's VisionTransformer is 2D; this ViT is 3D (use monai-vit)")
     state = {k: v for k, v in src.encoder.state_dict().items()}
