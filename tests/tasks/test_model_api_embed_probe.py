@@ -134,3 +134,18 @@ def test_export_acceptance_path_on_runs(runs, tmp_path):
     assert medmae.export(cls, to="monai-vit", out=tmp_path / "cls-vit").strict  # the fine-tuned encoder
     refused = invoke(["export", mae, "--to", "onnx", "--out", tmp_path / "onnx"])
     assert refused.exit_code == 2 and "fine-tuning run directory" in refused.output
+
+
+def test_probe_classifiers_give_one_column_per_class_also_for_classes_missing_from_training():
+    from medmae.tasks.probe import knn_probs, logistic_probs
+
+    train_f = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+    test_f = np.array([[1.0, 0.05], [0.05, 1.0]])
+    y = np.array([0, 0, 2, 2])  # class 1 has no training case
+    for probs in (knn_probs(train_f, y, test_f, 2, 3), logistic_probs(train_f, y, test_f, False, 0, 3)):
+        assert probs.shape == (2, 3) and np.allclose(probs.sum(1), 1) and (probs[:, 1] == 0).all()
+        assert probs[0].argmax() == 0 and probs[1].argmax() == 2
+    multi = np.array([[1, 0], [1, 0], [0, 1], [0, 0]], np.float32)  # multi-label, one column per finding
+    knn = knn_probs(train_f, multi, test_f, 2, 2)
+    assert knn.tolist() == [[1.0, 0.0], [0.0, 0.5]]
+    assert logistic_probs(train_f, multi, test_f, True, 0, 2).shape == (2, 2)

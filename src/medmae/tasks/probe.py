@@ -1,5 +1,5 @@
 """``medmae probe``: a frozen encoder judged in seconds, MedMNIST+ style: embeddings of a labelled dataset, a
-k-nearest-neighbour classifier (cosine) and a logistic regression (scikit-learn) fitted on the training cases,
+k-nearest-neighbour classifier (cosine) and a logistic regression (both scikit-learn) fitted on the training cases,
 scored on the test cases with the metrics and bootstrap CIs of ``medmae evaluate``."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
+from sklearn.neighbors import KNeighborsClassifier
 from sklearn.preprocessing import StandardScaler
 
 from medmae.data.cases import Case, DatasetSpec
@@ -23,7 +24,6 @@ from medmae.errors import ConfigError, SourceError
 from medmae.metrics import summarize_classification
 from medmae.tasks.inference import set_threads
 from medmae.tasks.model_api import embed_cases, export_source_of
-from medmae.tasks.monitor import knn_scores
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +39,26 @@ def probe_split(cases: Sequence[Case], test_fraction: float, seed: int) -> tuple
     return {"train": split["train"] + split["val"], "test": split["test"]}, f"stratified, seed {seed}"
 
 
-def logistic_probs(train_f: np.ndarray, train_y: np.ndarray, test_f: np.ndarray, multilabel: bool, seed: int) -> np.ndarray:
+def knn_probs(train_f: np.ndarray, train_y: np.ndarray, test_f: np.ndarray, k: int, n_classes: int) -> np.ndarray:
+    """Class probabilities of a k-nearest-neighbour classifier (cosine distance, uniform votes): the share of the
+    k nearest training cases in each class (multi-label: carrying each label)."""
+    clf = KNeighborsClassifier(n_neighbors=min(k, len(train_f)), metric="cosine", algorithm="brute").fit(train_f, train_y)
+    proba = clf.predict_proba(test_f)
+    if train_y.ndim == 1:
+        out = np.zeros((len(test_f), n_classes))
+        out[:, clf.classes_] = proba
+        return out
+    return np.stack([p[:, list(c).index(1)] if 1 in c else np.zeros(len(test_f)) for p, c in zip(proba, clf.classes_)], 1)
+
+
+def logistic_probs(train_f: np.ndarray, train_y: np.ndarray, test_f: np.ndarray, multilabel: bool, seed: int,
+                   n_classes: int) -> np.ndarray:
     """Class probabilities of a logistic regression on standardised features (one per class when multi-label)."""
     scaler = StandardScaler().fit(train_f)
     a, b = scaler.transform(train_f), scaler.transform(test_f)
     if not multilabel:
         clf = LogisticRegression(max_iter=2000, random_state=seed).fit(a, train_y)
-        probs = np.zeros((len(b), int(train_y.max()) + 1))
+        probs = np.zeros((len(b), n_classes))
         probs[:, clf.classes_] = clf.predict_proba(b)
         return probs
     cols = []
@@ -81,10 +94,8 @@ def probe(model: str | Path, *, data: str | Path, k: int = 20, test_fraction: fl
                            batch_size=batch_size)
     y = class_targets(train + test, info)
     n = len(train)
-    onehot = y if info["multilabel"] else np.eye(len(info["classes"]), dtype=np.float32)[y]
-    scores = knn_scores(feats[:n], onehot[:n].astype(np.float32), feats[n:], k)
-    knn = scores if info["multilabel"] else scores / scores.sum(1, keepdims=True).clip(1e-8)
-    results = {"knn": knn, "logistic": logistic_probs(feats[:n], y[:n], feats[n:], info["multilabel"], seed)}
+    results = {"knn": knn_probs(feats[:n], y[:n], feats[n:], k, len(info["classes"])),
+               "logistic": logistic_probs(feats[:n], y[:n], feats[n:], info["multilabel"], seed, len(info["classes"]))}
     summary: dict[str, Any] = {"model": str(model), "data": str(data), "split": how, "n_train": n, "n_test": len(test),
                                "embedding_dim": int(feats.shape[1]), "classes": info["classes"],
                                "multilabel": info["multilabel"], "k": k}
