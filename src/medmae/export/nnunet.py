@@ -118,7 +118,7 @@ def export_nnunet(src: ExportSource, out: Path) -> ExportReport:
     report.files = [str(path), str(write_json(out / PLAN_FILE, plan)), str(write_json(out / "build.json", build)),
                     str(write_preprocessing(out, src))]
     try:
-        net_cls = pydoc.locate(DNA_CLASS) or importlib.import_module("dynamic_network_architectures.architectures.unet").ResidualEncoderUNet
+        net_cls = importlib.import_module("dynamic_network_architectures.architectures.unet").ResidualEncoderUNet
     except Exception as e:  # noqa: BLE001
         report.skipped = (f"dynamic_network_architectures is not importable here ({type(e).__name__}: {e}); "
                           "pip install 'medmae[nnunet]'")
@@ -126,11 +126,13 @@ def export_nnunet(src: ExportSource, out: Path) -> ExportReport:
     net = build_network(net_cls, src.in_channels, arch_kwargs(src))
     encoder_state = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
     load_report(report, net, encoder_state, "encoder")
-    report.left_to_target = sum(1 for k in net.state_dict() if k.startswith("decoder.") and not k.startswith("decoder.encoder."))
+    report.left_to_target = sum(1 for k in net.state_dict()
+                                if k.startswith("decoder.") and not k.startswith("decoder.encoder."))
     x = random_input(src.in_channels, [min(s, 2 * enc.strides[-1]) for s in src.img_size])
     report.compared, report.input_shape = "every encoder stage's output", list(x.shape)
     flat = lambda feats: torch.cat([f.flatten(1) for f in feats], 1)  # noqa: E731
-    report.max_abs_diff = max_abs_diff(lambda t: flat(enc.forward_features(t)), lambda t: flat(net.encoder(t)), x, (enc, net))
+    report.max_abs_diff = max_abs_diff(lambda t: flat(enc.forward_features(t)), lambda t: flat(net.encoder(t)), x,
+                                       (enc, net))
     return report
 
 

@@ -76,13 +76,14 @@ def export_monai_swinunetr(src: ExportSource, out: Path) -> ExportReport:
     report.strict = not report.unexpected and report.missing == extra
     x = random_input(src.in_channels, src.img_size)
     report.compared, report.input_shape = "every stage's output before merging", list(x.shape)
-    report.max_abs_diff = max_abs_diff(lambda t: _stage_outputs(enc, [s.blocks[-1] for s in enc.layers], enc, t),
-                                       lambda t: _stage_outputs(model.swinViT, [getattr(model.swinViT, f"layers{i}")[0].blocks[-1]
-                                                                                for i in range(1, 5)], model.swinViT, t), x, (enc, model))
+    ours = [s.blocks[-1] for s in enc.layers]
+    theirs = [getattr(model.swinViT, f"layers{i}")[0].blocks[-1] for i in range(1, 5)]
+    report.max_abs_diff = max_abs_diff(lambda t: _stage_outputs(ours, enc, t),
+                                       lambda t: _stage_outputs(theirs, model.swinViT, t), x, (enc, model))
     return report
 
 
-def _stage_outputs(model: torch.nn.Module, blocks: list[torch.nn.Module], run: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _stage_outputs(blocks: list[torch.nn.Module], run: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The outputs of ``blocks`` (each stage's last block, (B, H, W, C)) during ``run(x)``, flattened and joined."""
     seen: list[torch.Tensor] = []
     handles = [b.register_forward_hook(lambda mod, inp, out: seen.append(out.flatten(1))) for b in blocks]
