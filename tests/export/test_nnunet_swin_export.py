@@ -77,3 +77,30 @@ def test_a_swin_encoder_goes_into_swinunetr_with_the_fifth_merge_left_to_monai(t
 def test_swin_shapes_swinunetr_cannot_hold_name_the_constraint(tmp_path, change, constraint):
     with pytest.raises(ExportError, match=constraint):
         export_source(source("swin", {**SWIN, **change}), "monai-swinunetr", tmp_path)
+
+
+def test_a_swin_classifier_loads_strictly_into_timms_swin_transformer(tmp_path):
+    st = pytest.importorskip("timm.models.swin_transformer", exc_type=ImportError)
+    from medmae.models.heads import Classifier
+    from medmae.models.registry import family
+
+    task = Classifier(family("swin").build_encoder(SWIN, 0.0), 3, pool="mean", probe=True)
+    task.feature_norm.running_mean.uniform_(-1, 1)
+    src = source("swin", SWIN, task_model=task, task={"task": "cls"})
+    report = export_source(src, "timm", tmp_path)
+    assert report.strict and report.equivalent and report.reshaped == ["head.fc.weight", "head.fc.bias"], report.lines()
+    b = json.loads((tmp_path / "build.json").read_text())
+    model = st.SwinTransformer(**b["kwargs"]).eval()
+    for m in model.modules():
+        if isinstance(m, torch.nn.LayerNorm):
+            m.eps = b["layer_norm_eps"]
+    model.load_state_dict(load_file(str(tmp_path / "model.safetensors")), strict=True)
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(model(x), src.task_model(x), atol=1e-5)
+
+
+def test_a_swin_whose_last_map_is_smaller_than_the_window_is_refused_for_timm(tmp_path):
+    demo = {**SWIN, "patch_size": [4, 4]}  # demo-swin-2d: maps 16, 8, 4, 2 with window 4
+    with pytest.raises(ExportError, match="multiple of the window 4"):
+        export_source(source("swin", demo), "timm", tmp_path)

@@ -13,11 +13,18 @@ from medmae.export.common import ExportSource, output_dir
 from medmae.export.deploy import export_onnx, export_torchscript
 from medmae.export.nnunet import export_nnunet
 from medmae.export.report import ExportReport
-from medmae.export.swin import export_monai_swinunetr
+from medmae.export.swin import export_monai_swinunetr, export_timm_swin
 from medmae.export.vit import export_monai_unetr, export_monai_vit, export_timm
 
+
+
+def _timm(src: ExportSource, out: Path) -> ExportReport:
+    """timm's VisionTransformer for a ViT, its SwinTransformer for a Swin encoder."""
+    return export_timm_swin(src, out) if src.arch == "swin" else export_timm(src, out)
+
+
 FORMATS: dict[str, Callable[[ExportSource, Path], ExportReport]] = {
-    "timm": export_timm,
+    "timm": _timm,
     "monai-vit": export_monai_vit,
     "monai-unetr": export_monai_unetr,
     "monai-swinunetr": export_monai_swinunetr,

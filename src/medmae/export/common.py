@@ -15,6 +15,7 @@ from torch import nn
 from medmae.errors import ConfigError, ExportError, environment_problem
 from medmae.models.heads import Classifier
 
+LN_EPS = 1e-6  # medmae's LayerNorms; MONAI and timm's Swin build theirs with 1e-5 (set after construction)
 WEIGHTS_FILE = "model.safetensors"
 BUILD_FILE = "build.json"
 PREPROCESSING_FILE = "preprocessing.json"

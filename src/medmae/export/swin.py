@@ -1,4 +1,5 @@
-"""A VIS-MAE Swin encoder as the ``swinViT`` of MONAI's ``SwinUNETR`` (2D), where SwinUNETR can hold it.
+"""A VIS-MAE Swin encoder as timm's ``SwinTransformer`` or as the ``swinViT`` of MONAI's ``SwinUNETR`` (2D), where
+they can hold it. timm's keys are medmae's except that a stage's patch merging belongs to the next stage.
 
 SwinUNETR's Swin has the same blocks (window attention with a relative position bias table, patch merging in the
 same 2x2 order) but four stages that each end with a patch merging (medmae's last stage has none: SwinUNETR's
@@ -8,14 +9,22 @@ fifth-level merge stays at MONAI's initialisation), a LayerNorm after the patch 
 
 from __future__ import annotations
 
+import importlib
 import re
 from pathlib import Path
 
 import torch
 
-from medmae.export.common import ExportSource, filled_from_target, require, set_layer_norm_eps, write_model_files
+from medmae.export.common import (
+    LN_EPS,
+    ExportSource,
+    classifier_head,
+    filled_from_target,
+    require,
+    set_layer_norm_eps,
+    write_model_files,
+)
 from medmae.export.report import ExportReport, load_report, max_abs_diff, random_input
-from medmae.export.vit import LN_EPS
 
 _LAYER = re.compile(r"^layers\.(\d+)\.(.+)$")
 
@@ -49,10 +58,8 @@ def export_monai_swinunetr(src: ExportSource, out: Path) -> ExportReport:
             f"patch_size**5 = {p**5} (it merges patches 5 times), this encoder's is {list(enc.img_size)}")
     require(enc.stage_dims[0] % 12 == 0, fmt, src, f"SwinUNETR's feature_size must be divisible by 12, this "
             f"encoder's embed_dim is {enc.stage_dims[0]}")
-    maps = [[g // 2**i for g in enc.grid] for i in range(4)]
-    require(all(m % enc.window_size == 0 for mp in maps for m in mp), fmt, src, f"every stage's token map must be a "
-            f"multiple of the window {enc.window_size} (SwinUNETR pads windows without masking the padding and "
-            f"shrinks small windows with another bias), the maps are {maps}")
+    _windows_fit(fmt, src, "SwinUNETR pads windows without masking the padding and shrinks small windows with "
+                 "another bias")
     report = ExportReport(fmt, "monai.networks.nets.SwinUNETR", src.path)
     seg_classes = int(src.task["num_outputs"]) if src.task and src.task.get("task") == "seg" else None
     kwargs = {"in_channels": enc.in_channels, "out_channels": seg_classes or 2, "patch_size": p,
@@ -80,6 +87,67 @@ def export_monai_swinunetr(src: ExportSource, out: Path) -> ExportReport:
     theirs = [getattr(model.swinViT, f"layers{i}")[0].blocks[-1] for i in range(1, 5)]
     report.max_abs_diff = max_abs_diff(lambda t: _stage_outputs(ours, enc, t),
                                        lambda t: _stage_outputs(theirs, model.swinViT, t), x, (enc, model))
+    return report
+
+
+def _windows_fit(fmt: str, src: ExportSource, why: str) -> None:
+    """Every stage's token map a multiple of the window: then medmae's and the target's windows are the same."""
+    enc = src.encoder
+    maps = [[g // 2**i for g in enc.grid] for i in range(len(enc.depths))]
+    require(all(m % enc.window_size == 0 for mp in maps for m in mp), fmt, src, f"every stage's token map must be a "
+            f"multiple of the window {enc.window_size} ({why}), the maps are {maps}")
+
+
+def timm_swin_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """medmae Swin keys -> timm ``SwinTransformer`` keys: stage i's patch merging is timm's stage i + 1's."""
+    out = {}
+    for k, v in state.items():
+        m = _LAYER.match(k)
+        if m and m.group(2).startswith("downsample."):
+            k = f"layers.{int(m.group(1)) + 1}.{m.group(2)}"
+        out[k] = v
+    return out
+
+
+def export_timm_swin(src: ExportSource, out: Path) -> ExportReport:
+    """A Swin encoder (and a fine-tuned classifier's head) as ``timm.models.swin_transformer.SwinTransformer``."""
+    fmt = "timm"
+    enc = src.encoder
+    require(len(set(enc.patch_size)) == 1, fmt, src, f"timm's SwinTransformer needs a square patch, got {list(enc.patch_size)}")
+    _windows_fit(fmt, src, "timm shrinks windows larger than a map and builds their bias table for the smaller size")
+    report = ExportReport(fmt, "timm.models.swin_transformer.SwinTransformer", src.path)
+    state = timm_swin_state(enc.state_dict())
+    head, num_classes = classifier_head(src), 0
+    if head is not None:
+        state.update({"head.fc.weight": head[1], "head.fc.bias": head[2]})
+        num_classes, report.reshaped = head[1].shape[0], ["head.fc.weight", "head.fc.bias"] if head[3] else []
+    kwargs = {"img_size": list(enc.img_size), "patch_size": enc.patch_size[0], "in_chans": enc.in_channels,
+              "num_classes": num_classes, "global_pool": "avg", "embed_dim": enc.stage_dims[0],
+              "depths": list(enc.depths), "num_heads": list(enc.num_heads), "window_size": enc.window_size,
+              "mlp_ratio": float(src.encoder_kwargs.get("mlp_ratio", 4.0)),
+              "qkv_bias": bool(src.encoder_kwargs.get("qkv_bias", True)), "drop_path_rate": 0.0}
+    snippet = ("import json, torch, timm.models.swin_transformer as st; from safetensors.torch import load_file\n"
+               "b = json.load(open('build.json'))\nmodel = st.SwinTransformer(**b['kwargs'])\n"
+               "for m in model.modules():\n    if isinstance(m, torch.nn.LayerNorm): m.eps = b['layer_norm_eps']\n"
+               "model.load_state_dict(load_file('model.safetensors'), strict=True)")
+    report.files = write_model_files(out, src, state, {"library": "timm", "class": report.target, "kwargs": kwargs,
+                                                       "layer_norm_eps": LN_EPS, "snippet": snippet})
+    try:
+        st = importlib.import_module("timm.models.swin_transformer")
+    except Exception as e:  # noqa: BLE001 - timm missing, or its torchvision broken
+        report.skipped = f"timm is not importable here ({type(e).__name__}: {e}); pip install 'medmae[timm]'"
+        return report
+    model = set_layer_norm_eps(st.SwinTransformer(**kwargs), LN_EPS).eval()
+    load_report(report, model, state)
+    x = random_input(src.in_channels, src.img_size)
+    report.input_shape = list(x.shape)
+    if head is not None:
+        report.compared = "class logits"
+        report.max_abs_diff = max_abs_diff(src.task_model, model, x, (src.task_model, model))
+    else:
+        report.compared = "normed last-stage map (forward_features)"
+        report.max_abs_diff = max_abs_diff(lambda t: enc.forward_features(t)[-1], model.forward_features, x,
+                                           (enc, model))
     return report
 
 

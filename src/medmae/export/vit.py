@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from medmae.export.common import (
+    LN_EPS,
     ExportSource,
     classifier_head,
     filled_from_target,
@@ -24,7 +25,6 @@ from medmae.export.common import (
 )
 from medmae.export.report import ExportReport, load_report, max_abs_diff, random_input
 
-LN_EPS = 1e-6
 MONAI_RENAMES = (("patch_embed.proj.", "patch_embedding.patch_embeddings."),
                  ("pos_embed", "patch_embedding.position_embeddings"),
                  (".attn.proj.", ".attn.out_proj."), (".mlp.fc1.", ".mlp.linear1."), (".mlp.fc2.", ".mlp.linear2."))
@@ -60,8 +60,6 @@ def export_timm(src: ExportSource, out: Path) -> ExportReport:
     """A 2D ViT as a timm ``VisionTransformer`` state dict (names unchanged) and its kwargs; a fine-tuned
     classifier's head comes along (``global_pool`` 'token' for cls pooling, 'avg' for the mean)."""
     fmt = "timm"
-    require(src.arch != "swin", fmt, src, "Swin encoders to timm's SwinTransformer are not supported (its stages "
-            "merge patches first and window its maps differently); use monai-swinunetr")
     _vit_only(fmt, src)
     require(src.encoder.spatial_dims == 2, fmt, src, "timm's VisionTransformer is 2D; this ViT is 3D (use monai-vit)")
     state = {k: v for k, v in src.encoder.state_dict().items()}
