@@ -243,7 +243,7 @@ def export_(
     report = _run(run, source, to=to, out=out)
     for line in report.lines():
         console.print(line, markup=False, highlight=False, soft_wrap=True)
-    if report.strict is False or report.equivalent is False:
+    if not report.ok:
         raise _fail(f"{out}: written, but the check against the target failed (see {out / 'report.json'})", EXIT_CONFIG)
 
 

@@ -104,3 +104,65 @@ def test_a_swin_whose_last_map_is_smaller_than_the_window_is_refused_for_timm(tm
     demo = {**SWIN, "patch_size": [4, 4]}  # demo-swin-2d: maps 16, 8, 4, 2 with window 4
     with pytest.raises(ExportError, match="multiple of the window 4"):
         export_source(source("swin", demo), "timm", tmp_path)
+
+
+def test_the_pretrained_decoder_goes_with_the_encoder_into_residual_unet(tmp_path):
+    unet = pytest.importorskip("dynamic_network_architectures.architectures.unet")
+    from export_sources import perturb
+
+    from medmae.models.resenc import ResEncDecoder
+
+    src = source("resenc", RESENC)
+    decoder = perturb(ResEncDecoder(src.encoder, 2), seed=1)
+    src.parts = {"decoder": decoder.state_dict()}
+    report = export_source(src, "nnunet", tmp_path)
+    (full,) = report.also
+    assert report.ok and full["strict"] and full["max_abs_diff"] < 1e-9
+    assert full["missing"] and all(".seg_layers." in k for k in full["missing"])
+    b = json.loads((tmp_path / "build.json").read_text())["residual_unet"]
+    kwargs = {k: (pydoc.locate(v) if k in b["_kw_requires_import"] and v else v) for k, v in b["arch_kwargs"].items()}
+    net = unet.ResidualUNet(input_channels=1, num_classes=2, deep_supervision=False, **kwargs).eval()
+    weights = torch.load(tmp_path / "residual_unet_checkpoint.pth", weights_only=True)["network_weights"]
+    net.load_state_dict(weights, strict=False)
+    seen = []
+    net.decoder.stages[-1].register_forward_hook(lambda m, i, o: seen.append(o))
+    x = torch.randn(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        net(x)
+        assert torch.allclose(seen[-1], decoder(src.encoder.forward_features(x))[-1], atol=1e-5)
+
+
+def test_a_fine_tuned_resenc_unet_exports_with_its_segmentation_head(tmp_path):
+    pytest.importorskip("dynamic_network_architectures.architectures.unet")
+    from medmae.models.registry import family
+    from medmae.models.resenc import ResEncUNet
+
+    model = ResEncUNet(family("resenc").build_encoder(RESENC, 0.0), 3)
+    src = source("resenc", RESENC, task_model=model, task={"task": "seg", "num_outputs": 3})
+    src.parts = {"decoder": model.decoder.state_dict()}
+    report = export_source(src, "nnunet", tmp_path)
+    (full,) = report.also
+    assert full["compared"] == "segmentation logits" and full["max_abs_diff"] < 1e-9 and full["strict"]
+    assert "decoder.seg_layers.1.weight" not in full["missing"]  # the fine-tuned head is the last seg layer
+
+
+def test_a_wrong_decoder_tensor_fails_the_residual_unet_check(tmp_path, monkeypatch):
+    pytest.importorskip("dynamic_network_architectures.architectures.unet")
+    import medmae.export.nnunet_full as full_export
+    from medmae.models.resenc import ResEncDecoder
+
+    mapped = full_export.decoder_state
+
+    def shifted(state):
+        out = mapped(state)
+        w = out["decoder.stages.1.blocks.0.conv2.conv.weight"]
+        w = w + 0.1 * torch.randn(w.shape)  # a scale would vanish in the InstanceNorm after it
+        for alias in ("conv.weight", "all_modules.0.weight"):  # the same Parameter in ResidualUNet
+            out[f"decoder.stages.1.blocks.0.conv2.{alias}"] = w
+        return out
+
+    monkeypatch.setattr(full_export, "decoder_state", shifted)
+    src = source("resenc", RESENC)
+    src.parts = {"decoder": ResEncDecoder(src.encoder, 1).state_dict()}
+    report = export_source(src, "nnunet", tmp_path)
+    assert report.also[0]["max_abs_diff"] > 1e-3 and not report.ok

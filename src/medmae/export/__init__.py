@@ -12,6 +12,7 @@ from medmae.errors import ConfigError
 from medmae.export.common import ExportSource, output_dir
 from medmae.export.deploy import export_onnx, export_torchscript
 from medmae.export.nnunet import export_nnunet
+from medmae.export.nnunet_full import export_residual_unet
 from medmae.export.report import ExportReport
 from medmae.export.swin import export_monai_swinunetr, export_timm_swin
 from medmae.export.vit import export_monai_unetr, export_monai_vit, export_timm
@@ -23,12 +24,19 @@ def _timm(src: ExportSource, out: Path) -> ExportReport:
     return export_timm_swin(src, out) if src.arch == "swin" else export_timm(src, out)
 
 
+def _nnunet(src: ExportSource, out: Path) -> ExportReport:
+    """The nnssl checkpoint (encoder) and, with a pretrained decoder, the whole U-Net as ``ResidualUNet``."""
+    report = export_nnunet(src, out)
+    export_residual_unet(src, out, report)
+    return report
+
+
 FORMATS: dict[str, Callable[[ExportSource, Path], ExportReport]] = {
     "timm": _timm,
     "monai-vit": export_monai_vit,
     "monai-unetr": export_monai_unetr,
     "monai-swinunetr": export_monai_swinunetr,
-    "nnunet": export_nnunet,
+    "nnunet": _nnunet,
     "torchscript": export_torchscript,
     "onnx": export_onnx,
 }

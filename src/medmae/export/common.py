@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,9 @@ class ExportSource:
     """A medmae encoder (eval mode) with its contract; for a fine-tuning run also its task model and ``task.json``.
 
     ``encoder_kwargs`` are the encoder's constructor arguments and ``preprocessing`` the contract's preprocessing
-    (:meth:`medmae.data.preprocess.Preprocessing.contract`), as in an ``encoder.safetensors`` header.
+    (:meth:`medmae.data.preprocess.Preprocessing.contract`), as in an ``encoder.safetensors`` header; ``parts`` the
+    state dicts of further pretrained parts (the ResEnc U-Net ``decoder``: ``decoder.safetensors`` beside the
+    encoder, or a fine-tuned U-Net's).
     """
 
     path: str
@@ -36,6 +38,7 @@ class ExportSource:
     preprocessing: dict[str, Any]
     task_model: nn.Module | None = None
     task: dict[str, Any] | None = None
+    parts: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
     @property
     def img_size(self) -> tuple[int, ...]:

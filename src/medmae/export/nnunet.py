@@ -99,8 +99,8 @@ def export_nnunet(src: ExportSource, out: Path) -> ExportReport:
     state = dna_state(enc.state_dict())
     plan = adaptation_plan(src)
     report.notes += [
-        "the decoder is not exported: medmae's is residual (UNetResDecoder body), ResidualEncoderUNet's is plain "
-        "convolutions; nnU-Net's fine-tuning trains a new decoder",
+        "checkpoint_final.pth holds the encoder (nnU-Net's nnssl fine-tuning trains a new decoder): "
+        "ResidualEncoderUNet's decoder is plain convolutions, medmae's is residual (UNetResDecoder body)",
         f"nnU-Net preprocesses with Z-score normalisation in its own axis order; this encoder was pretrained with "
         f"intensity {src.preprocessing.get('intensity')} in {src.preprocessing.get('orientation') or 'file'} orientation",
     ]
@@ -136,10 +136,11 @@ def export_nnunet(src: ExportSource, out: Path) -> ExportReport:
     return report
 
 
-def build_network(net_cls: type, in_channels: int, plan_kwargs: dict[str, Any]) -> torch.nn.Module:
-    """``ResidualEncoderUNet`` from plans-form kwargs (classes located by import path), as nnU-Net builds it."""
+def build_network(net_cls: type, in_channels: int, plan_kwargs: dict[str, Any], num_classes: int = 2) -> torch.nn.Module:
+    """A ``dynamic_network_architectures`` U-Net from plans-form kwargs (classes located by import path), as nnU-Net
+    builds it."""
     kw = dict(plan_kwargs)
     for key in REQUIRES_IMPORT:
         if kw.get(key) is not None:
             kw[key] = pydoc.locate(kw[key])
-    return net_cls(input_channels=in_channels, num_classes=2, deep_supervision=False, **kw).eval()
+    return net_cls(input_channels=in_channels, num_classes=num_classes, deep_supervision=False, **kw).eval()

@@ -54,10 +54,18 @@ class ExportReport:
     tolerance: float = TOLERANCE
     skipped: str | None = None  # why the load and equivalence check did not run (target library not installed)
     notes: list[str] = field(default_factory=list)
+    also: list[dict[str, Any]] = field(default_factory=list)  # further files of the export, each with its own check
 
     @property
     def equivalent(self) -> bool | None:
         return None if self.max_abs_diff is None else self.max_abs_diff <= self.tolerance
+
+    @property
+    def ok(self) -> bool:
+        """No check failed (a skipped check is not a failure): strict loads and equal outputs, also of ``also``."""
+        checks = [self.strict, self.equivalent] + [a.get("strict") for a in self.also] + [
+            None if a.get("max_abs_diff") is None else a["max_abs_diff"] <= self.tolerance for a in self.also]
+        return all(c is not False for c in checks)
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "equivalent": self.equivalent}
@@ -87,6 +95,11 @@ class ExportReport:
                 verdict = "equal" if self.equivalent else "DIFFERENT"
                 out.append(f"outputs {verdict}: max |medmae - target| = {self.max_abs_diff:.2e} on {self.compared}, "
                            f"random input {tuple(self.input_shape)} (tolerance {self.tolerance:g})")
+        for a in self.also:
+            check = "not checked" if a.get("max_abs_diff") is None else (
+                f"strict {'ok' if a['strict'] else 'FAILED'}, {len(a['missing'])} missing, max |medmae - target| = "
+                f"{a['max_abs_diff']:.2e} on {a['compared']}")
+            out.append(f"also: {a['file']} for {a['target']}: {check}")
         out += [f"note: {n}" for n in self.notes]
         return out
 

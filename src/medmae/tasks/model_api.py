@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from medmae.config import DataConfig, FinetuneConfig
@@ -28,7 +29,7 @@ from medmae.errors import CheckpointError, ExportError
 from medmae.export import ExportSource
 from medmae.models.adapt import read_encoder_source
 from medmae.models.heads import Classifier
-from medmae.models.registry import encoder_kwargs, family
+from medmae.models.registry import encoder_kwargs, family, part_targets
 from medmae.run_layout import EXPORT_DIR, TASK_FILE, export_path
 from medmae.tasks.inference import load_task_run
 from medmae.tasks.monitor import pooled_features
@@ -122,8 +123,9 @@ def export_source_of(path: str | Path, device: str = "cpu") -> ExportSource:
     if path.is_dir() and (path / TASK_FILE).is_file():
         task = load_task_model(path, device)
         kwargs = encoder_kwargs(task.config.model)
+        parts = {n: p.state_dict() for n, p in part_targets(task.model, family(task.config.model.arch).extra_parts).items()}
         return ExportSource(str(path), task.config.model.arch, task.model.encoder, kwargs,
-                            task.preprocess.prep.contract(), task.model, task.labels)
+                            task.preprocess.prep.contract(), task.model, task.labels, parts)
     if path.is_dir():
         if not export_path(path).is_file():
             raise CheckpointError(f"{path}: neither a fine-tuning run (no {TASK_FILE}) nor a pretraining run with "
@@ -142,7 +144,9 @@ def export_source_of(path: str | Path, device: str = "cpu") -> ExportSource:
     if result.missing_keys or result.unexpected_keys:
         raise ExportError(f"{path}: weights do not fit its own contract's encoder (missing "
                           f"{result.missing_keys[:4]}, unexpected {result.unexpected_keys[:4]})")
-    return ExportSource(str(path), arch, encoder.to(device).eval(), kwargs, src.contract["preprocessing"])
+    beside = {n: path.with_name(f"{n}.safetensors") for n in src.contract.get("adaptation", {}).get("extra_parts", [])}
+    parts = {n: load_file(str(p)) for n, p in beside.items() if p.is_file()}
+    return ExportSource(str(path), arch, encoder.to(device).eval(), kwargs, src.contract["preprocessing"], parts=parts)
 
 
 def load_encoder(path: str | Path, device: str = "cpu") -> LoadedEncoder:
