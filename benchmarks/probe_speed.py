@@ -77,7 +77,7 @@ def main() -> None:
               "n_train": summary["n_train"], "n_test": summary["n_test"], "split": summary["split"],
               "embedding_dim": summary["embedding_dim"], "seconds": runs, "headline": headline,
               "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "machine": platform.machine(),
-              "torch": torch.__version__}
+              "torch": torch.__version__, "load_average_1_5_15": [round(v, 1) for v in os.getloadavg()]}
     print(json.dumps(result, indent=1))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
