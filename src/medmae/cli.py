@@ -273,7 +273,7 @@ def probe(
     out: Annotated[Optional[Path], typer.Option("--out", help="Write the summary as JSON.")] = None,
     threads: Threads = None,
 ) -> None:
-    """Judge a frozen encoder in seconds: kNN and logistic regression on its embeddings, with evaluate's metrics."""
+    """Judge a frozen encoder without fine-tuning: kNN and logistic regression on its embeddings, with evaluate's metrics."""
     from medmae.tasks.probe import probe as run
 
     s = _run(run, model, data=data, k=k, test_fraction=test_fraction, seed=seed, bootstrap=bootstrap, out=out,

@@ -1,4 +1,4 @@
-"""``medmae probe``: a frozen encoder judged in seconds, MedMNIST+ style: embeddings of a labelled dataset, a
+"""``medmae probe``: a frozen encoder judged without fine-tuning, MedMNIST+ style: embeddings of a labelled dataset, a
 k-nearest-neighbour classifier (cosine) and a logistic regression (both scikit-learn) fitted on the training cases,
 scored on the test cases with the metrics and bootstrap CIs of ``medmae evaluate``."""
 
