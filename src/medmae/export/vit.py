@@ -62,7 +62,7 @@ def export_timm(src: ExportSource, out: Path) -> ExportReport:
     fmt = "timm"
     _vit_only(fmt, src)
     require(src.encoder.spatial_dims == 2, fmt, src, "timm's VisionTransformer is 2D; this ViT is 3D (use monai-vit)")
-    state = {k: v for k, v in src.encoder.state_dict().items()}
+    state = dict(src.encoder.state_dict())
     report = ExportReport(fmt, "timm.models.vision_transformer.VisionTransformer", src.path)
     head = classifier_head(src)
     pool = "token" if src.encoder.cls_token is not None else "avg"
@@ -77,8 +77,8 @@ def export_timm(src: ExportSource, out: Path) -> ExportReport:
     snippet = ("import json, timm.models.vision_transformer as vt; from safetensors.torch import load_file\n"
                "b = json.load(open('build.json'))\nmodel = vt.VisionTransformer(**b['kwargs'])\n"
                "model.load_state_dict(load_file('model.safetensors'), strict=True)")
-    report.files = write_model_files(out, src, state, {"library": "timm", "class": report.target, "kwargs": kwargs,
-                                            "snippet": snippet})
+    build = {"library": "timm", "class": report.target, "kwargs": kwargs, "snippet": snippet}
+    report.files = write_model_files(out, src, state, build)
     try:
         vt = importlib.import_module("timm.models.vision_transformer")
     except Exception as e:  # noqa: BLE001 - timm missing, or its torchvision broken
