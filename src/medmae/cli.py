@@ -233,6 +233,62 @@ def report(run_dir: Annotated[Path, typer.Argument(help="A sweep directory.")]) 
     console.print(f"report: {path} and {path.with_suffix('.html')}")
 
 
+@app.command("export")
+def export_(
+    source: Annotated[Path, typer.Argument(help="A pretraining run, an encoder.safetensors, or a fine-tuning run (torchscript, onnx).")],
+    to: Annotated[str, typer.Option("--to", help="timm, monai-vit, monai-unetr, monai-swinunetr, nnunet, torchscript or onnx.")],
+    out: Annotated[Path, typer.Option("--out", help="Output folder (weights, build.json, preprocessing.json, report.json).")],
+) -> None:
+    """Weights for another library, with a strict-load report and an output-equivalence check (report.json)."""
+    from medmae.tasks.export import export as run
+
+    report = _run(run, source, to=to, out=out)
+    for line in report.lines():
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+    if not report.ok:
+        raise _fail(f"{out}: written, but the check against the target failed (see {out / 'report.json'})", EXIT_CONFIG)
+
+
+@app.command()
+def embed(
+    model: Annotated[Path, typer.Argument(help="A pretraining run, an encoder.safetensors or a fine-tuning run.")],
+    data: Annotated[str, typer.Argument(help="Dataset folder, manifest (.csv/.json), dataset.json or MedMNIST .npz.")],
+    out: Annotated[Path, typer.Option("--out", help="OUT.npy (N x D), with OUT.csv of case ids (and OUT.parquet with pyarrow).")] = Path("embeddings.npy"),
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 32,
+    threads: Threads = None,
+) -> None:
+    """One pooled embedding per case (the mean of the encoder's final tokens; a classifier's own pooling)."""
+    from medmae.tasks.embed import embed as run
+
+    written = _run(run, model, data, out=out, batch_size=batch_size, threads=threads)
+    console.print("wrote " + ", ".join(map(str, written)), highlight=False, soft_wrap=True)
+
+
+@app.command()
+def probe(
+    model: Annotated[Path, typer.Argument(help="A pretraining run, an encoder.safetensors or a fine-tuning run.")],
+    data: Annotated[str, typer.Option("--data", help="A labelled dataset (its own train/test split, else a seeded stratified one).")],
+    k: Annotated[int, typer.Option("--k", min=1, help="Neighbours of the kNN probe (cosine).")] = 20,
+    test_fraction: Annotated[float, typer.Option("--test-fraction", help="Test share when the data has no train/test split.")] = 0.3,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of that split and of the bootstrap.")] = 0,
+    bootstrap: Annotated[int, typer.Option("--bootstrap", min=0, help="Bootstrap resamples for the 95 % CIs.")] = 1000,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Write the summary as JSON.")] = None,
+    threads: Threads = None,
+) -> None:
+    """Judge a frozen encoder without fine-tuning: kNN and logistic regression on its embeddings, with evaluate's metrics."""
+    from medmae.tasks.probe import probe as run
+
+    s = _run(run, model, data=data, k=k, test_fraction=test_fraction, seed=seed, bootstrap=bootstrap, out=out,
+             threads=threads)
+    t = Table("probe", "metric", "value", "95 % CI", title=f"{s['n_train']} train / {s['n_test']} test cases ({s['split']}), "
+              f"{s['embedding_dim']}-d embeddings, {s['seconds']} s")
+    for name in ("knn", "logistic"):
+        for r in s[name]:
+            ci = "" if r.get("ci_low") is None else f"{r['ci_low']:.3f}-{r['ci_high']:.3f}"
+            t.add_row(name, r["metric"] + (f" ({r['class']})" if r.get("class") else ""), f"{r['value']:.3f}", ci)
+    console.print(t)
+
+
 # ------------------------------------------------------------------------------------- medmae data ...
 
 data_app = typer.Typer(help="Check datasets and prepare them into the cache.", no_args_is_help=True)
