@@ -26,7 +26,7 @@ from medmae.data.intensity import apply_intensity
 from medmae.data.pipeline import prepare
 from medmae.data.preprocess import Preprocessing, load_image, resize_array
 from medmae.errors import CheckpointError, ExportError
-from medmae.export import ExportSource
+from medmae.interop import ExportSource
 from medmae.models.adapt import read_encoder_source
 from medmae.models.heads import Classifier
 from medmae.models.registry import encoder_kwargs, family, part_targets

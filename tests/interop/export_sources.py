@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from medmae.data.preprocess import Preprocessing
-from medmae.export import ExportSource
+from medmae.interop import ExportSource
 from medmae.models.adapt import family_plan
 from medmae.models.contract import make_contract, save_encoder
 from medmae.models.registry import family

@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 
 from medmae.errors import EnvironmentProblem, environment_problem
-from medmae.export.common import ExportSource, require, write_preprocessing
-from medmae.export.report import ExportReport, max_abs_diff, random_input
+from medmae.interop.common import ExportSource, require, write_preprocessing
+from medmae.interop.report import ExportReport, max_abs_diff, random_input
 
 ONNX_OPSET = 17
 

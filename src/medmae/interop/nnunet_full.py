@@ -18,9 +18,9 @@ from typing import Any
 import torch
 
 from medmae.errors import environment_problem
-from medmae.export.common import BUILD_FILE, ExportSource, write_json
-from medmae.export.nnunet import REQUIRES_IMPORT, arch_kwargs, build_network, dna_state
-from medmae.export.report import ExportReport, max_abs_diff, random_input
+from medmae.interop.common import BUILD_FILE, ExportSource, write_json
+from medmae.interop.nnunet import REQUIRES_IMPORT, arch_kwargs, build_network, dna_state
+from medmae.interop.report import ExportReport, max_abs_diff, random_input
 from medmae.models.resenc import ResEncDecoder
 
 RESUNET_CLASS = "dynamic_network_architectures.architectures.unet.ResidualUNet"

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from medmae.export.common import (
+from medmae.interop.common import (
     LN_EPS,
     ExportSource,
     classifier_head,
@@ -23,7 +23,7 @@ from medmae.export.common import (
     set_layer_norm_eps,
     write_model_files,
 )
-from medmae.export.report import ExportReport, load_report, max_abs_diff, random_input
+from medmae.interop.report import ExportReport, load_report, max_abs_diff, random_input
 
 MONAI_RENAMES = (("patch_embed.proj.", "patch_embedding.patch_embeddings."),
                  ("pos_embed", "patch_embedding.position_embeddings"),

@@ -10,9 +10,9 @@ from helpers import invoke
 from monai.networks.nets import UNETR, ViT
 from safetensors.torch import load_file
 
-import medmae.export.vit as vit_export
+import medmae.interop.vit as vit_export
 from medmae.errors import ExportError
-from medmae.export import export_source
+from medmae.interop import export_source
 from medmae.models.heads import Classifier
 from medmae.models.registry import family
 

@@ -1,6 +1,6 @@
 """Export formats for other libraries (floor 6): a medmae encoder or fine-tuned model as weights that load into
 timm, MONAI, nnU-Net (``dynamic_network_architectures``), TorchScript or ONNX, each with a strict-load report and
-an output-equivalence check (:mod:`medmae.export.report`). ``medmae.tasks.export`` resolves a run directory or an
+an output-equivalence check (:mod:`medmae.interop.report`). ``medmae.tasks.export`` resolves a run directory or an
 ``encoder.safetensors`` into an :class:`ExportSource` and calls :func:`export_source`."""
 
 from __future__ import annotations
@@ -9,13 +9,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from medmae.errors import ConfigError
-from medmae.export.common import ExportSource, output_dir
-from medmae.export.deploy import export_onnx, export_torchscript
-from medmae.export.nnunet import export_nnunet
-from medmae.export.nnunet_full import export_residual_unet
-from medmae.export.report import ExportReport
-from medmae.export.swin import export_monai_swinunetr, export_timm_swin
-from medmae.export.vit import export_monai_unetr, export_monai_vit, export_timm
+from medmae.interop.common import ExportSource, output_dir
+from medmae.interop.deploy import export_onnx, export_torchscript
+from medmae.interop.nnunet import export_nnunet
+from medmae.interop.nnunet_full import export_residual_unet
+from medmae.interop.report import ExportReport
+from medmae.interop.swin import export_monai_swinunetr, export_timm_swin
+from medmae.interop.vit import export_monai_unetr, export_monai_vit, export_timm
 
 
 

@@ -8,7 +8,7 @@ import torch
 from export_sources import source, vit_kwargs
 
 from medmae.errors import ExportError
-from medmae.export import export_source
+from medmae.interop import export_source
 from medmae.models.heads import Classifier
 from medmae.models.registry import family
 

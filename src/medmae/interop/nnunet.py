@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from medmae.export.common import ExportSource, require, write_json, write_preprocessing
-from medmae.export.report import ExportReport, load_report, max_abs_diff, random_input
+from medmae.interop.common import ExportSource, require, write_json, write_preprocessing
+from medmae.interop.report import ExportReport, load_report, max_abs_diff, random_input
 from medmae.errors import environment_problem
 
 DNA_CLASS = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"

@@ -11,7 +11,7 @@ from monai.networks.nets import SwinUNETR
 from safetensors.torch import load_file
 
 from medmae.errors import ExportError
-from medmae.export import export_source
+from medmae.interop import export_source
 
 
 def load_like_nnunet(checkpoint, net):
@@ -148,7 +148,7 @@ def test_a_fine_tuned_resenc_unet_exports_with_its_segmentation_head(tmp_path):
 
 def test_a_wrong_decoder_tensor_fails_the_residual_unet_check(tmp_path, monkeypatch):
     pytest.importorskip("dynamic_network_architectures.architectures.unet")
-    import medmae.export.nnunet_full as full_export
+    import medmae.interop.nnunet_full as full_export
     from medmae.models.resenc import ResEncDecoder
 
     mapped = full_export.decoder_state

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from medmae.export.common import (
+from medmae.interop.common import (
     LN_EPS,
     ExportSource,
     classifier_head,
@@ -24,7 +24,7 @@ from medmae.export.common import (
     set_layer_norm_eps,
     write_model_files,
 )
-from medmae.export.report import ExportReport, load_report, max_abs_diff, random_input
+from medmae.interop.report import ExportReport, load_report, max_abs_diff, random_input
 
 _LAYER = re.compile(r"^layers\.(\d+)\.(.+)$")
 
