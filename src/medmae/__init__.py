@@ -12,6 +12,7 @@ from typing import Any
 from medmae.version import __version__
 
 _VERBS = {
+    "plan": "medmae.tasks.plan",
     "pretrain": "medmae.tasks.pretrain",
     "finetune": "medmae.tasks.finetune",
     "evaluate": "medmae.tasks.evaluate",

@@ -81,3 +81,25 @@ def check_summary_table(s: dict[str, Any]) -> Table:
         counts = ", ".join(f"{k}: {n}" for k, n in cls["counts"].items()) + (f", no class: {cls['no_class']}" if cls["no_class"] else "")
         t.add_row("classes" + (" (multi-label)" if cls["multilabel"] else ""), escape(counts))
     return t
+
+
+def plan_table(path: Path, plan: dict[str, Any]) -> Table:
+    """What ``medmae plan`` decided, one row per decision, with the reason where there is one."""
+    m = plan["plan"]
+    d = m["decisions"]
+    t = Table(show_header=False, title=f"plan for {m['task']} ({m['family']}, {m['budget_minutes']:g} min per run "
+                                       f"on {m['device']}) -> {path}")
+    t.add_row("spacing", escape(f"{d['spacing']['value']}  ({d['spacing']['why']})"))
+    t.add_row("crop", escape(f"{d['crop']['value']}  (median shape {d['crop']['median_shape']}, at most "
+                             f"{d['crop']['max_voxels']} voxels)"))
+    t.add_row("intensity", escape(f"{d['intensity']['value']}  ({d['intensity']['why']})"))
+    t.add_row("channels", escape(f"{d['in_channels']['value']}  ({d['in_channels']['why']})"))
+    t.add_row("network", escape(f"{d['network']}, batch {d['batch']}"))
+    t.add_row("device", escape(f"{d['device']['memory']}; {d['device']['tflops']:.3g} TFLOP/s ({d['device']['speed']})"))
+    t.add_row("predicted", f"{d['predicted_step_s']:.3g} s per step, {d['predicted_steps']} steps, "
+                           f"{d['predicted_epochs']:g} epochs, {d['memory_gib']:g} GiB")
+    if d.get("label_map"):
+        t.add_row("label map", escape(str(d["label_map"])))
+    for w in m.get("warnings", []):
+        t.add_row("warning", escape(w))
+    return t

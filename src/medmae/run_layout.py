@@ -28,6 +28,7 @@ EXPORT_DIR = "export"
 ENCODER_PART = "encoder"
 EVAL_DIR = "eval"
 PER_CASE_FILE = "per_case.csv"
+PLAN_FILE = "plan.yaml"
 
 
 def export_path(run_dir: str | Path, part: str = ENCODER_PART) -> Path:
