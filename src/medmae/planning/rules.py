@@ -105,8 +105,8 @@ def intensity_preset(modality: str | None, foreground: tuple[float, float] | Non
 
 
 def label_map(values: Sequence[int], declared: dict[str, str]) -> dict[int, int] | None:
-    """``{255: 1}`` for 0/255 mask images with no declared labels; None otherwise."""
-    if not declared and set(values) == {0, 255}:
+    """``{255: 1}`` for 0/255 mask images that do not declare 255 as a label; None otherwise."""
+    if set(values) == {0, 255} and "255" not in declared:
         return {255: 1}
     return None
 
