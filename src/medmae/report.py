@@ -25,14 +25,13 @@ import yaml
 
 from medmae.errors import RunDirError
 from medmae.metrics import bootstrap_ci
-from medmae.report_arms import LEARNED_COLUMN, baseline_comparisons, cell_learned, learned_label, not_learned
-from medmae.report_arms import markdown as arms_markdown
+from medmae import report_arms as arms
 from medmae.run_layout import CONFIG_FILE, EVAL_DIR, FIGURES_DIR, SUMMARY_FILE, eval_split_dir
 
 SWEEP_FILE = "sweep.json"
 RESULTS_CSV = "results.csv"
 RESULT_COLUMNS = ("task", "fold", "fraction", "seed", "init", "metric", "class", "region", "value", "ci_low", "ci_high", "n",
-                  LEARNED_COLUMN)
+                  arms.LEARNED_COLUMN)
 CELLS_DIR = "cells"
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
@@ -96,11 +95,11 @@ def collect(run_dir: str | Path) -> list[dict[str, Any]]:
             continue
         summary = json.loads(summary_path.read_text())
         cfg = parse_cell(cell_dir.name, meta)
-        learned = cell_learned(cell_dir)
+        learned = arms.cell_learned(cell_dir)
         for r in summary["rows"]:
             rows.append({**cfg, "metric": r["metric"], "class": r.get("class", ""), "region": r.get("region", ""),
                          "value": r["value"], "ci_low": r["ci_low"], "ci_high": r["ci_high"], "n": r["n"],
-                         LEARNED_COLUMN: learned})
+                         arms.LEARNED_COLUMN: learned})
     with (run_dir / RESULTS_CSV).open("w", newline="") as f:
         w = csv.DictWriter(f, RESULT_COLUMNS)
         w.writeheader()
@@ -269,8 +268,8 @@ def write_report(run_dir: str | Path) -> Path:
     metric, where = headline_key(rows, task)
     agg = aggregate(rows)
     paired = paired_comparison(rows, metric, where) if "scratch" in meta["inits"] else []
-    vs_baseline = baseline_comparisons(rows, meta, metric, where, paired_comparison)
-    flagged = not_learned(rows)
+    vs_baseline = arms.baseline_comparisons(rows, meta, metric, where, paired_comparison)
+    flagged = arms.not_learned(rows)
     files = run_dir / REPORT_FILES
     files.mkdir(exist_ok=True)
     label = _label(metric, where)
@@ -295,9 +294,9 @@ def write_report(run_dir: str | Path) -> Path:
           "", f"![label efficiency]({REPORT_FILES}/label_efficiency.png)", "", "## Results", "",
           _table(["init", "labels", label, "± std", "95 % CI", "runs", "MAE learned"],
                  [[a["init"], f"{100 * a['fraction']:g} %", _fmt(a["mean"]), _fmt(a["std"]) if a["n_runs"] > 1 else "-",
-                   f"{_fmt(a['ci_low'])} - {_fmt(a['ci_high'])}", str(a["n_runs"]), learned_label(rows, a["init"], meta)]
+                   f"{_fmt(a['ci_low'])} - {_fmt(a['ci_high'])}", str(a["n_runs"]), arms.learned_label(rows, a["init"], meta)]
                   for a in head])]
-    md += arms_markdown(vs_baseline, flagged, rows, _table, _fmt)
+    md += arms.markdown(vs_baseline, flagged, rows, _table, _fmt)
     if paired:
         md += ["", "## Paired comparison with scratch", "",
                "Difference on the same label subset, seed and fold; positive = better than scratch.", "",

@@ -96,6 +96,7 @@ def test_a_bigger_budget_buys_a_bigger_network_and_the_search_shrinks_the_crop_o
 
 
 def test_segmentation_batches_cover_at_most_5_percent_of_the_data():
-    assert batch_options(Problem("seg", 3, 208, 64000.0, 60), [40, 56, 40]) == [4, 2]  # 5 % of 208 x 64k = 7.4 crops
+    # MSD Hippocampus: 5 % of 260 cases x 63k voxels = 9.1 crops of 40 x 56 x 40 (nnU-Net's batch: 9)
+    assert batch_options(Problem("seg", 3, 208, 63000.0, 60, dataset_cases=260), [40, 56, 40]) == [9, 8, 4, 2]
     assert batch_options(Problem("seg", 2, 16, 330000.0, 60), [512, 512]) == [2]
     assert batch_options(Problem("cls", 2, 5000, 50176.0, 60), [224, 224]) == [64, 32, 16, 8]

@@ -94,7 +94,8 @@ def make_plan(fp: Fingerprint, *, task: str, budget_minutes: float, device: str 
     if budget_minutes <= 0:
         raise ConfigError(f"--budget must be positive, got {budget_minutes} minutes")
     family = family or DEFAULT_FAMILY[task]
-    n_train = max(1, int(labelled_cases(fp, task) * TRAIN_SHARE))
+    labelled = labelled_cases(fp, task)
+    n_train = max(1, int(labelled * TRAIN_SHARE))
     geo = geometry(fp, task)
     channels = 1 if fp.grey_as_rgb else fp.channels
     mapping = rules.label_map(fp.label_values, fp.label_names)
@@ -103,7 +104,7 @@ def make_plan(fp: Fingerprint, *, task: str, budget_minutes: float, device: str 
     if geo["capped"] == geo["median_shape"]:  # the whole median image fits: pad up rather than crop it
         crop = rules.round_to(geo["median_shape"], unit(crop))
     problem = Problem(task, fp.spatial_dims, n_train, float(nets.voxels(geo["median_shape"])), budget_minutes * 60.0,
-                      bf16=device == "cuda")
+                      bf16=device == "cuda", dataset_cases=labelled)
     dev = measured_device(device, (networks(crop)[0], crop), task, fp.spatial_dims, channels, outputs, 1,
                           memory_bytes, flops_per_s)
     counted = cost_cache(lambda net, c: nets.cost(nets.task_config(net.model, task, fp.spatial_dims, c, channels),

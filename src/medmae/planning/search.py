@@ -49,6 +49,7 @@ class Problem:
     budget_s: float
     margin: float = 0.1
     bf16: bool = False
+    dataset_cases: int = 0  # labelled cases of the dataset (the 5 % batch rule); 0: train_cases
 
 
 @dataclass
@@ -71,11 +72,13 @@ class Choice:
 
 
 def batch_options(problem: Problem, crop: Sequence[int]) -> list[int]:
-    """Batch sizes to try, largest first; segmentation caps a batch at 5 % of the dataset's voxels."""
+    """Batch sizes to try, largest first; segmentation caps a batch at 5 % of the dataset's voxels (the cap itself
+    is the first option when it falls between two)."""
     options = list(BATCHES[(problem.task, problem.dims)])
     if problem.task == "seg":
-        cap = max(2, int(BATCH_SHARE * problem.train_cases * problem.image_voxels / max(voxels(crop), 1)))
-        options = [b for b in options if b <= cap] or [options[-1]]
+        cases = problem.dataset_cases or problem.train_cases
+        cap = max(2, int(BATCH_SHARE * cases * problem.image_voxels / max(voxels(crop), 1)))
+        options = sorted({min(cap, b) for b in options}, reverse=True)
     options = [b for b in options if b <= max(problem.train_cases, 1)] or [min(options)]
     return options
 
