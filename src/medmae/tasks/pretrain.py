@@ -217,5 +217,5 @@ def learning_verdict(masked_loss: float, baseline: float) -> dict[str, Any]:
     if not learned:
         log.warning("the MAE did not learn: its masked loss %.4g does not beat predicting each masked patch by its "
                     "own mean (%.4g) on the figure cases; its encoder is unlikely to help fine-tuning (train longer, "
-                    "lower the lr, or check the data and intensity preset)", masked_loss, baseline)
+                    "lower the lr, or check the data and its intensity normalisation)", masked_loss, baseline)
     return {"learned": learned, "masked_loss": masked_loss, "patch_mean_baseline": baseline}
