@@ -4,6 +4,8 @@ lr schedule spans it, the calibration leaves no trace, and a crashed run resumes
 from __future__ import annotations
 
 import itertools
+import json
+import signal
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from helpers import train_rows
+from helpers import TINY_2D, CliProcess, loss_reprs, pretrain_args, train_rows
 from medmae.config import OptimConfig, TrainConfig
 from medmae.engine import budget
 from medmae.engine import checkpoint as ckpt
@@ -137,11 +139,31 @@ def test_a_crashed_budgeted_run_resumes_with_its_step_count_bit_for_bit(tmp_path
     assert all(torch.equal(final["run"][k], final["ref"][k]) for k in final["ref"])
 
 
+@pytest.mark.timeout(240)
+def test_sigkill_of_a_budgeted_pretraining_then_resume_auto_is_bitwise_the_run_of_its_step_count(tmp_path):
+    """A real ``kill -9`` of ``medmae pretrain`` with ``train.max_minutes``: the resumed process (its clock ten
+    times faster) keeps the 9 budgeted steps and ends bit for bit where ``--max-steps 9`` ends."""
+    budgeted = pretrain_args(tmp_path / "run", "demo-2d", (*TINY_2D, "train.max_minutes=0.1"))  # 5.4 s / 0.6 s
+    p = CliProcess(budgeted, tmp_path / "crash.log", pause_at=6, clock_tick=1.8)  # 0.6 s per step -> 9 steps
+    p.wait_for_step(tmp_path / "run", 6)
+    p.proc.send_signal(signal.SIGKILL)
+    assert p.wait() == -signal.SIGKILL
+    p.kill_group()
+    resumed = CliProcess([*budgeted, "--resume", "auto"], tmp_path / "resume.log", clock_tick=0.18)
+    assert resumed.wait() == 0, resumed.output()[-2000:]
+    ref = CliProcess(pretrain_args(tmp_path / "ref", "demo-2d", TINY_2D, "--max-steps", "9"), tmp_path / "ref.log")
+    assert ref.wait() == 0, ref.output()[-2000:]
+    assert [s for s, _ in loss_reprs(tmp_path / "run")] == list(range(1, 10))
+    assert loss_reprs(tmp_path / "run") == loss_reprs(tmp_path / "ref")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["training"]["budget_steps"] == 9 and summary["training"]["measured_step_s"] == pytest.approx(0.6)
+    assert summary["training"]["max_minutes"] == 0.1
+    assert budget.steps_in_budget(0.1, 0.6) == 9
+
+
 def losses(run_dir: Path) -> list[tuple[int, str]]:
-    return [(r["step"], repr(r["loss"])) for r in train_rows(run_dir)]
+    return loss_reprs(run_dir)
 
 
 def budget_rows(run_dir: Path) -> list[dict]:
-    import json
-
     return [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if r.get("kind") == "budget"]

@@ -58,7 +58,7 @@ def steps_in_budget(max_minutes: float, step_s: float, margin: float = MARGIN) -
     """Optimizer steps of ``step_s`` seconds that fit in ``(1 - margin) * max_minutes`` (at least one)."""
     if step_s <= 0 or not math.isfinite(step_s):
         raise ValueError(f"a measured step time must be positive and finite, got {step_s} s")
-    return max(1, int(max_minutes * 60.0 * (1.0 - margin) / step_s))
+    return max(1, int(max_minutes * 60.0 * (1.0 - margin) / step_s + 1e-9))  # 5.4 / 0.6 is 8.999...: 9 steps
 
 
 def time_steps(run_step: Callable[[], None], steps: int = CALIBRATION_STEPS,

@@ -286,7 +286,8 @@ class Trainer:
         step_s = measure_step_time(self.model, self.dataset, self.param_groups, self.optim_cfg, self.step_fn,
                                    batch=schedule.global_batch // self.dist.world_size, device=self.dist.device,
                                    lr=schedule.lr, bf16=self.train_cfg.precision == "bf16")
-        return float(all_reduce_max(torch.tensor([step_s], device=self.dist.device), self.dist).item())
+        slowest = all_reduce_max(torch.tensor([step_s], dtype=torch.float64, device=self.dist.device), self.dist)
+        return float(slowest.item())  # float64: 0.6 s must stay 0.6, not 0.6000000238
 
     def usage(self) -> dict[str, Any]:
         """Steps reached, training minutes over all sessions, and the budget (``summary.json`` / ``task.json``)."""
