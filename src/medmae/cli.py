@@ -81,6 +81,7 @@ MaxSteps = Annotated[Optional[int], typer.Option("--max-steps", min=1, help="Sto
 Resume = Annotated[Optional[str], typer.Option("--resume", help="'auto' continues the newest valid checkpoint in the run dir; or a checkpoint path.")]
 Threads = Annotated[Optional[int], typer.Option("--threads", min=1, help="torch CPU threads (like train.threads); default: torch's.")]
 PlanOpt = Annotated[Optional[Path], typer.Option("--plan", help="A `medmae plan` file: its settings replace the defaults (give it instead of CONFIG / --preset; --set still applies). Without CONFIG, --preset or --plan the built-in defaults are used (ViT-B/16, 224 px): run `medmae plan` for settings fitted to your data.")]
+PretrainPlanOpt = Annotated[Optional[Path], typer.Option("--plan", help="A `medmae plan` file: its top level is the config (give it instead of CONFIG / --preset; --set still applies); one of the three is needed.")]
 
 
 @app.command()
@@ -144,7 +145,7 @@ def pretrain(
     set_: SetOpt = None,
     max_steps: MaxSteps = None,
     resume: Resume = None,
-    plan: PlanOpt = None,
+    plan: PretrainPlanOpt = None,
 ) -> None:
     """Pretrain a masked autoencoder. Also runs under `torchrun --nproc-per-node N -m medmae.cli pretrain ...`.
     With --plan the plan file's top level is the config and it is saved as RUN_DIR/plan.yaml."""

@@ -34,8 +34,10 @@ log = logging.getLogger(__name__)
 def resolve_pretrain_config(config: str | Path | PretrainConfig | Mapping[str, Any] | None = None, *,
                             preset: str | None = None, data: str | Path | None = None,
                             overrides: Iterable[str] = (), plan: PlanFile | None = None) -> PretrainConfig:
-    if plan is not None and (config is not None or preset is not None):
-        raise ConfigError("give one of CONFIG, --preset or --plan")
+    given = [x for x in (config, preset, plan) if x is not None]
+    if len(given) != 1:
+        raise ConfigError("give one of CONFIG, --preset or --plan (`medmae plan SOURCE --task T` makes a plan from "
+                          "your data)")
     cfg = pretrain_config_from_plan(plan, list(overrides)) if plan is not None else \
         load_config(PretrainConfig, config, preset=preset, overrides=overrides)
     if data is not None:
