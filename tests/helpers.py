@@ -6,7 +6,9 @@ set by environment variables, that make crashes land at an exact point of a run:
 - ``MEDMAE_TEST_PAUSE_AT=k``: after the metrics row of step ``k`` is written, block until the file named by
   ``MEDMAE_TEST_GO`` exists (the test meanwhile sends SIGKILL or SIGTERM);
 - ``MEDMAE_TEST_KILL_IN_SAVE=k``: SIGKILL itself while checkpoint ``k`` is half written (weights written,
-  no train state, no manifest).
+  no train state, no manifest);
+- ``MEDMAE_TEST_CLOCK_TICK=s``: the budget's calibration clock advances ``s`` seconds per call, so
+  ``train.max_minutes`` gives a known step count (3 timed steps between two calls: ``s / 3`` s per step).
 """
 
 from __future__ import annotations
@@ -143,7 +145,7 @@ class CliProcess:
     """``medmae`` (with the test hooks of this module) as a subprocess; output goes to ``log``."""
 
     def __init__(self, args: Sequence[str], log: Path, *, pause_at: int | None = None,
-                 kill_in_save: int | None = None, env: dict[str, str] | None = None):
+                 kill_in_save: int | None = None, env: dict[str, str] | None = None, clock_tick: float | None = None):
         self.log = Path(log)
         self.go = self.log.with_suffix(".go")
         extra = {}
@@ -151,6 +153,8 @@ class CliProcess:
             extra.update(MEDMAE_TEST_PAUSE_AT=str(pause_at), MEDMAE_TEST_GO=str(self.go))
         if kill_in_save is not None:
             extra["MEDMAE_TEST_KILL_IN_SAVE"] = str(kill_in_save)
+        if clock_tick is not None:
+            extra["MEDMAE_TEST_CLOCK_TICK"] = str(clock_tick)
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen([sys.executable, str(HERE), *map(str, args)], stdout=out,
@@ -233,6 +237,15 @@ def _install_test_hooks() -> None:
                 os.kill(os.getpid(), signal.SIGKILL)
 
         checkpoint._write_synced = write_then_die
+
+    tick = os.environ.get("MEDMAE_TEST_CLOCK_TICK")
+    if tick is not None:
+        import itertools
+
+        from medmae.engine import budget
+
+        calls = itertools.count()
+        budget.CLOCK = lambda: next(calls) * float(tick)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from typing import Any
 from medmae.version import __version__
 
 _VERBS = {
+    "plan": "medmae.tasks.plan",
     "pretrain": "medmae.tasks.pretrain",
     "finetune": "medmae.tasks.finetune",
     "evaluate": "medmae.tasks.evaluate",

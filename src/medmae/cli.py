@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from medmae.version import __version__
-from medmae.cli_tables import check_summary_table, print_demo, print_evaluation
+from medmae.cli_tables import plan_table, print_check, print_demo, print_evaluation, print_probe
 from medmae.errors import EXIT_CONFIG, EXIT_DATA, EXIT_ENVIRONMENT, EXIT_INTERRUPTED, MedmaeError, environment_problem
 from medmae.run_layout import export_path
 
@@ -81,6 +81,8 @@ SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a c
 MaxSteps = Annotated[Optional[int], typer.Option("--max-steps", min=1, help="Stop after N optimizer steps (the schedule is fitted to N).")]
 Resume = Annotated[Optional[str], typer.Option("--resume", help="'auto' continues the newest valid checkpoint in the run dir; or a checkpoint path.")]
 Threads = Annotated[Optional[int], typer.Option("--threads", min=1, help="torch CPU threads (like train.threads); default: torch's.")]
+PlanOpt = Annotated[Optional[Path], typer.Option("--plan", help="A `medmae plan` file: its settings replace the defaults (give it instead of CONFIG / --preset; --set still applies). Without CONFIG, --preset or --plan the built-in defaults are used (ViT-B/16, 224 px): run `medmae plan` for settings fitted to your data.")]
+PretrainPlanOpt = Annotated[Optional[Path], typer.Option("--plan", help="A `medmae plan` file: its top level is the config (give it instead of CONFIG / --preset; --set still applies); one of the three is needed.")]
 
 
 @app.command()
@@ -112,6 +114,30 @@ def presets() -> None:
 
 
 @app.command()
+def plan(
+    source: Annotated[str, typer.Argument(help="Dataset folder, manifest CSV/JSON, dataset.json, nnU-Net/MSD folder.")],
+    task: Annotated[str, typer.Option("--task", help="seg or cls.")],
+    budget: Annotated[str, typer.Option("--budget", help="Time of each training run: 90s, 30m, 2h, 1d (pretraining, each fine-tuning run, each sweep cell).")] = "30m",
+    device: Annotated[str, typer.Option("--device", help="cpu or cuda: what the runs will train on (speed measured here when it is this machine's).")] = "cpu",
+    family: Annotated[Optional[str], typer.Option("--family", help="resenc (default: ResEnc U-Net CNN / its encoder), vit or swin (2D).")] = None,
+    out: Annotated[Path, typer.Option("--out", help="Plan file to write.")] = Path("plan.yaml"),
+    full: Annotated[bool, typer.Option("--full/--quick", help="Fingerprint every case, or 32 (default).")] = False,
+    memory_gb: Annotated[Optional[float], typer.Option("--memory-gb", min=0.1, help="Memory a run may use (default: 90 % of the GPU's, half the RAM on CPU).")] = None,
+) -> None:
+    """Plan from the data (nnU-Net style): spacing, crop, intensity, network, batch and schedule that fit --device and
+    --budget, written as a config for `pretrain --plan`, `finetune --plan` and `sweep --plan`."""
+    from medmae.tasks.plan import plan as run
+
+    if task not in ("cls", "seg"):
+        raise _fail(f"--task must be cls or seg, got {task!r}", EXIT_CONFIG)
+    path, result = _run(run, source, task=task, budget=budget, device=device, family=family, out=out, full=full,
+                        memory_gb=memory_gb)
+    console.print(plan_table(path, result))
+    console.print(f"next: medmae pretrain --plan {path} --run-dir R   |   medmae finetune --plan {path} --task {task} "
+                  f"--init R|scratch|baseline:NAME", highlight=False, soft_wrap=True)
+
+
+@app.command()
 def pretrain(
     config: Annotated[Optional[Path], typer.Argument(help="Config YAML (or use --preset).")] = None,
     preset: Annotated[Optional[str], typer.Option("--preset", help="Preset name (see `medmae presets`).")] = None,
@@ -120,11 +146,14 @@ def pretrain(
     set_: SetOpt = None,
     max_steps: MaxSteps = None,
     resume: Resume = None,
+    plan: PretrainPlanOpt = None,
 ) -> None:
-    """Pretrain a masked autoencoder. Also runs under `torchrun --nproc-per-node N -m medmae.cli pretrain ...`."""
+    """Pretrain a masked autoencoder. Also runs under `torchrun --nproc-per-node N -m medmae.cli pretrain ...`.
+    With --plan the plan file's top level is the config and it is saved as RUN_DIR/plan.yaml."""
     from medmae.tasks.pretrain import pretrain as run
 
-    out = _run(run, config, preset=preset, data=data, run_dir=run_dir, overrides=set_ or [], max_steps=max_steps, resume=resume)
+    out = _run(run, config, preset=preset, data=data, run_dir=run_dir, overrides=set_ or [], max_steps=max_steps,
+               resume=resume, plan=plan)
     if _is_main_process():
         console.print(f"run directory: {out}  (encoder: {export_path(out)})")
 
@@ -148,21 +177,24 @@ def reconstruct(
 def finetune(
     config: Annotated[Optional[Path], typer.Argument(help="Fine-tuning config YAML (or use --preset).")] = None,
     task: Annotated[Optional[str], typer.Option("--task", help="cls (classification) or seg (segmentation).")] = None,
-    init: Annotated[str, typer.Option("--init", help="Pretraining run dir, encoder.safetensors, a timm/MAE ViT checkpoint, or 'scratch'.")] = "scratch",
+    init: Annotated[str, typer.Option("--init", help="Pretraining run dir, encoder.safetensors, a timm/MAE ViT checkpoint, 'scratch', or 'baseline:NAME' (a MONAI network from scratch: basicunet, dynunet for seg; densenet121, resnet18 for cls).")] = "scratch",
     preset: Annotated[Optional[str], typer.Option("--preset", help="Preset whose finetune.<task> section to use.")] = None,
     data: Annotated[Optional[str], typer.Option("--data", help="Labelled dataset (folder, manifest CSV, dataset.json); omit for synthetic data.")] = None,
     run_dir: Annotated[Path, typer.Option("--run-dir", help="Run directory (created).")] = Path("runs/finetune"),
     set_: SetOpt = None,
     max_steps: MaxSteps = None,
     resume: Resume = None,
+    plan: PlanOpt = None,
 ) -> None:
-    """Fine-tune a pretrained encoder (or train from scratch with the identical setup) for classification or segmentation."""
+    """Fine-tune a pretrained encoder (or train from scratch with the identical setup, or a MONAI baseline) for
+    classification or segmentation. With --plan: the plan's finetune.<task> settings (task: --task, else the
+    plan's), saved as RUN_DIR/plan.yaml. Scratch and baseline runs never apply optim.layer_decay."""
     from medmae.tasks.finetune import finetune as run
 
     if task not in (None, "cls", "seg"):
         raise _fail(f"--task must be cls or seg, got {task!r}", EXIT_CONFIG)
     out = _run(run, config, task=task, init=init, preset=preset, data=data, run_dir=run_dir, overrides=set_ or [],
-               max_steps=max_steps, resume=resume)
+               max_steps=max_steps, resume=resume, plan=plan)
     if _is_main_process():
         console.print(f"run directory: {out}   next: medmae evaluate {out}")
 
@@ -198,7 +230,7 @@ def predict(
 @app.command()
 def sweep(
     task: Annotated[str, typer.Option("--task", help="cls or seg.")],
-    init: Annotated[list[str], typer.Option("--init", help="An initialisation (repeatable): 'scratch', a pretraining run dir, an encoder file.")],
+    init: Annotated[list[str], typer.Option("--init", help="An initialisation (repeatable): 'scratch', a pretraining run dir, an encoder file, 'baseline:NAME' (MONAI basicunet / dynunet / densenet121 / resnet18 from scratch).")],
     run_dir: Annotated[Path, typer.Option("--run-dir", help="Sweep directory (cells, results.csv, report).")] = Path("runs/sweep"),
     preset: Annotated[Optional[str], typer.Option("--preset", help="Preset whose finetune.<task> section to use.")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", help="Fine-tuning config YAML instead of a preset.")] = None,
@@ -208,8 +240,10 @@ def sweep(
     folds: Annotated[Optional[int], typer.Option("--folds", min=2, help="k-fold cross-validation (patient-level).")] = None,
     set_: SetOpt = None,
     max_steps: MaxSteps = None,
+    plan: PlanOpt = None,
 ) -> None:
-    """Label-efficiency grid: fractions x seeds x initialisations (x folds), resumable; ends with `medmae report`."""
+    """Label-efficiency grid: fractions x seeds x initialisations (x folds), resumable; ends with `medmae report`.
+    Baselines (--init baseline:NAME) are arms of their own, compared with every pretrained init in the report."""
     from medmae.tasks.sweep import sweep as run
 
     if task not in ("cls", "seg"):
@@ -219,14 +253,14 @@ def sweep(
     except ValueError:
         raise _fail(f"--fractions must be comma-separated numbers, got {fractions!r}", EXIT_CONFIG) from None
     out = _run(run, task=task, inits=init, run_dir=run_dir, preset=preset, config=config, data=data, fractions=fracs,
-               seeds=seeds, folds=folds, overrides=set_ or [], max_steps=max_steps)
+               seeds=seeds, folds=folds, overrides=set_ or [], max_steps=max_steps, plan=plan)
     console.print(f"sweep results: {out / 'results.csv'}  report: {out / 'report.md'}")
 
 
 @app.command()
 def report(run_dir: Annotated[Path, typer.Argument(help="A sweep directory.")]) -> None:
-    """Aggregate a sweep (mean ± std, CIs, paired comparison with scratch, leakage check, setup) into report.md /
-    report.html + plots (PNG, SVG, PDF)."""
+    """Aggregate a sweep (mean ± std, CIs, paired comparisons with scratch and with each baseline, cells whose
+    pretraining did not learn flagged, leakage check, setup) into report.md / report.html + plots (PNG, SVG, PDF)."""
     from medmae.report import write_report
 
     path = _run(write_report, run_dir)
@@ -280,13 +314,7 @@ def probe(
 
     s = _run(run, model, data=data, k=k, test_fraction=test_fraction, seed=seed, bootstrap=bootstrap, out=out,
              threads=threads)
-    t = Table("probe", "metric", "value", "95 % CI", title=f"{s['n_train']} train / {s['n_test']} test cases ({s['split']}), "
-              f"{s['embedding_dim']}-d embeddings, {s['seconds']} s")
-    for name in ("knn", "logistic"):
-        for r in s[name]:
-            ci = "" if r.get("ci_low") is None else f"{r['ci_low']:.3f}-{r['ci_high']:.3f}"
-            t.add_row(name, r["metric"] + (f" ({r['class']})" if r.get("class") else ""), f"{r['value']:.3f}", ci)
-    console.print(t)
+    print_probe(console, s)
 
 
 # ------------------------------------------------------------------------------------- medmae data ...
@@ -306,8 +334,6 @@ def data_check(
     set_: SetOpt = None,
 ) -> None:
     """Read every case (images and masks): counts, shapes, spacings, intensities, labels, problems. Exit 1 on errors."""
-    from collections import Counter
-
     from medmae.data.check import check_source
     from medmae.data.check_options import CheckOptions
 
@@ -321,19 +347,7 @@ def data_check(
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(report.to_json())
-    console.print(check_summary_table(report.summary))
-    for level, findings in (("error", report.errors), ("warning", report.warnings)):
-        for f in findings[:show]:  # one unwrapped line each: full paths stay whole and grep-able
-            where = f.file or f.source or ""
-            message = f.message[len(where):].lstrip(": ") if where and f.message.startswith(where) else f.message
-            place = f"{f.case_id}: " if f.case_id else ""
-            place += f"{where}: " if where else ""
-            console.print(f"{level} [{f.code}] {place}{message}", markup=False, highlight=False, soft_wrap=True)
-        if len(findings) > show:
-            console.print(f"... and {len(findings) - show} more {level}s (see --json)", highlight=False)
-    counts = ", ".join(f"{n} {c}" for c, n in Counter(f.code for f in report.errors + report.warnings).most_common())
-    console.print(f"{len(report.errors)} error(s), {len(report.warnings)} warning(s){': ' + counts if counts else ''}"
-                  f"{'  report: ' + str(json_out) if json_out else ''}", highlight=False)
+    print_check(console, report, show, json_out)
     if report.errors:
         raise typer.Exit(EXIT_DATA)
 

@@ -1,7 +1,9 @@
-"""The tables and lines ``medmae`` prints after a command: demo results, evaluation metrics, data-check summary."""
+"""The tables and lines ``medmae`` prints after a command: demo results, evaluation metrics, data-check summary and
+findings, the plan, the probe."""
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -81,3 +83,54 @@ def check_summary_table(s: dict[str, Any]) -> Table:
         counts = ", ".join(f"{k}: {n}" for k, n in cls["counts"].items()) + (f", no class: {cls['no_class']}" if cls["no_class"] else "")
         t.add_row("classes" + (" (multi-label)" if cls["multilabel"] else ""), escape(counts))
     return t
+
+
+def plan_table(path: Path, plan: dict[str, Any]) -> Table:
+    """What ``medmae plan`` decided, one row per decision, with the reason where there is one."""
+    m = plan["plan"]
+    d = m["decisions"]
+    t = Table(show_header=False, title=f"plan for {m['task']} ({m['family']}, {m['budget_minutes']:g} min per run "
+                                       f"on {m['device']}) -> {path}")
+    t.add_row("spacing", escape(f"{d['spacing']['value']}  ({d['spacing']['why']})"))
+    t.add_row("crop", escape(f"{d['crop']['value']}  (median shape {d['crop']['median_shape']}, at most "
+                             f"{d['crop']['max_voxels']} voxels)"))
+    t.add_row("intensity", escape(f"{d['intensity']['value']}  ({d['intensity']['why']})"))
+    t.add_row("channels", escape(f"{d['in_channels']['value']}  ({d['in_channels']['why']})"))
+    t.add_row("network", escape(f"{d['network']}, batch {d['batch']}"))
+    t.add_row("device", escape(f"{d['device']['memory']}; {d['device']['tflops']:.3g} TFLOP/s ({d['device']['speed']})"))
+    t.add_row("predicted", f"{d['predicted_step_s']:.3g} s per step, {d['predicted_steps']} steps, "
+                           f"{d['predicted_epochs']:g} epochs, {d['memory_gib']:g} GiB")
+    if d.get("label_map"):
+        t.add_row("label map", escape(str(d["label_map"])))
+    for w in m.get("warnings", []):
+        t.add_row("warning", escape(w))
+    return t
+
+
+def print_check(console: Console, report: Any, show: int, json_out: Path | None) -> None:
+    """``medmae data check``: the summary table, up to ``show`` errors and warnings (one unwrapped line each: full
+    paths stay whole and grep-able) and the counts per finding code."""
+    console.print(check_summary_table(report.summary))
+    for level, findings in (("error", report.errors), ("warning", report.warnings)):
+        for f in findings[:show]:
+            where = f.file or f.source or ""
+            message = f.message[len(where):].lstrip(": ") if where and f.message.startswith(where) else f.message
+            place = f"{f.case_id}: " if f.case_id else ""
+            place += f"{where}: " if where else ""
+            console.print(f"{level} [{f.code}] {place}{message}", markup=False, highlight=False, soft_wrap=True)
+        if len(findings) > show:
+            console.print(f"... and {len(findings) - show} more {level}s (see --json)", highlight=False)
+    counts = ", ".join(f"{n} {c}" for c, n in Counter(f.code for f in report.errors + report.warnings).most_common())
+    console.print(f"{len(report.errors)} error(s), {len(report.warnings)} warning(s){': ' + counts if counts else ''}"
+                  f"{'  report: ' + str(json_out) if json_out else ''}", highlight=False)
+
+
+def print_probe(console: Console, s: dict[str, Any]) -> None:
+    """The metrics of ``medmae probe``: both probes, each metric with its 95 % CI."""
+    t = Table("probe", "metric", "value", "95 % CI", title=f"{s['n_train']} train / {s['n_test']} test cases ({s['split']}), "
+              f"{s['embedding_dim']}-d embeddings, {s['seconds']} s")
+    for name in ("knn", "logistic"):
+        for r in s[name]:
+            ci = "" if r.get("ci_low") is None else f"{r['ci_low']:.3f}-{r['ci_high']:.3f}"
+            t.add_row(name, r["metric"] + (f" ({r['class']})" if r.get("class") else ""), f"{r['value']:.3f}", ci)
+    console.print(t)

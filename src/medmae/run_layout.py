@@ -30,6 +30,7 @@ EVAL_DIR = "eval"
 PER_CASE_FILE = "per_case.csv"
 TENSORBOARD_DIR = "tensorboard"
 TRACKING_FILE = "tracking.json"
+PLAN_FILE = "plan.yaml"
 
 
 def export_path(run_dir: str | Path, part: str = ENCODER_PART) -> Path:

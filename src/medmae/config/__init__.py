@@ -24,6 +24,7 @@ from medmae.config.loading import (
     apply_overrides,
     deep_merge,
     dump_yaml,
+    finetune_raw_from_mapping,
     finetune_raw_from_preset,
     load_config,
     load_raw,
@@ -61,6 +62,6 @@ __all__ = [
     "FinetuneOptimConfig", "FinetuneTrainConfig", "HeadConfig", "InitConfig", "IntensityConfig", "LoggingConfig", "LossConfig",
     "MaskConfig", "ModelConfig", "MonitorConfig", "OptimConfig", "PretrainConfig", "ResEncConfig", "RunConfig",
     "RunSections", "SourceEntry", "Strict", "SwinConfig", "SyntheticConfig", "TaskLossConfig", "TrainConfig",
-    "apply_overrides", "deep_merge", "dump_yaml", "finetune_raw_from_preset", "load_config", "load_raw",
+    "apply_overrides", "deep_merge", "dump_yaml", "finetune_raw_from_mapping", "finetune_raw_from_preset", "load_config", "load_raw",
     "parse_override", "preset_dict", "preset_names", "set_data_path", "validate",
 ]

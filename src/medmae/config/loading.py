@@ -36,10 +36,14 @@ def preset_dict(name: str) -> dict[str, Any]:
 def finetune_raw_from_preset(name: str, task: str) -> dict[str, Any]:
     """A preset's fine-tuning settings: its data and model sections, then ``finetune`` common keys, then
     ``finetune.<task>``."""
-    raw = preset_dict(name)
+    return finetune_raw_from_mapping(preset_dict(name), task, name, f"preset {name!r}")
+
+
+def finetune_raw_from_mapping(raw: Mapping[str, Any], task: str, name: str, what: str) -> dict[str, Any]:
+    """The fine-tuning settings of a preset-shaped mapping (a preset, a ``medmae plan`` file); ``what`` names it."""
     ft = raw.get("finetune") or {}
     if task not in ft:
-        raise ConfigError(f"preset {name!r} has no fine-tuning settings for task {task!r} (finetune.{task})")
+        raise ConfigError(f"{what} has no fine-tuning settings for task {task!r} (finetune.{task})")
     out: dict[str, Any] = {"name": raw.get("name", name), "paper": raw.get("paper"), "task": task,
                            "data": copy.deepcopy(raw.get("data", {})), "model": copy.deepcopy(raw.get("model", {}))}
     out["model"].pop("decoder", None)

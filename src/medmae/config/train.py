@@ -37,6 +37,9 @@ class TrainConfig(Strict):
     epochs: int = Field(800, ge=1)
     batch_size: int = Field(64, ge=1)
     max_steps: int | None = Field(None, ge=1)
+    max_minutes: float | None = Field(
+        None, gt=0.0, description="time budget of the training loop: the step count is fixed once from the measured "
+                                  "speed of the first steps (medmae.engine.budget), never above epochs / max_steps")
     min_steps: int | None = Field(None, ge=1, description="at least this many steps even when epochs give fewer (small label fractions)")
     seed: int = Field(0, ge=0)
     precision: Literal["fp32", "bf16"] = "fp32"

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from medmae.config import LoggingConfig, OptimConfig, TrainConfig
 from medmae.data.dataset import EpochBatchSampler
 from medmae.engine import checkpoint as ckpt
+from medmae.engine.budget import Budget, fix_budget, measure_step_time, usage
 from medmae.engine.distributed import DistInfo, all_reduce_max, all_reduce_sum, barrier, gather_objects, on_main
 from medmae.engine.logging import MetricsLog
 from medmae.engine.optim import build_optimizer, scheduled_lr, set_lr
@@ -67,9 +68,14 @@ class Schedule:
         full = max(train_cfg.epochs * spe, train_cfg.min_steps or 0)
         cap = max_steps or train_cfg.max_steps
         total = min(full, cap) if cap else full
-        warmup = int(round(optim_cfg.warmup_epochs * spe * total / max(train_cfg.epochs * spe, 1)))
         lr = optim_cfg.lr if optim_cfg.lr is not None else optim_cfg.base_lr * gb / 256
-        return cls(spe, total, min(warmup, total), lr, gb)
+        return cls(spe, total, 0, lr, gb).with_total(total, train_cfg, optim_cfg)
+
+    def with_total(self, total: int, train_cfg: TrainConfig, optim_cfg: OptimConfig) -> Schedule:
+        """This schedule over ``total`` steps (a time budget's), warmup scaled as ``epochs`` would scale it."""
+        spe = self.steps_per_epoch
+        warmup = int(round(optim_cfg.warmup_epochs * spe * total / max(train_cfg.epochs * spe, 1)))
+        return Schedule(spe, total, min(warmup, total), self.lr, self.global_batch)
 
 
 class Hook(Protocol):
@@ -87,6 +93,7 @@ class FitResult:
     checkpoint: Path | None
     skipped_steps: int = 0
     exit_code: int = 0  # of a stopped run: 130 after SIGINT, 143 after SIGTERM / SIGUSR1
+    usage: dict[str, Any] = field(default_factory=dict)  # steps, train_minutes, budget (medmae.engine.budget.usage)
 
 
 @dataclass
@@ -110,6 +117,9 @@ class Trainer:
     epoch: int = 0
     tracker: Tracker = field(default_factory=Tracker, init=False, repr=False)  # rank 0's sinks while fit() runs
     metrics: MetricsLog | None = field(default=None, init=False, repr=False)  # hooks write their rows through it
+    budget: Budget | None = None
+    elapsed_s: float = 0.0  # training-loop seconds of the earlier sessions of this run (from the checkpoint)
+    _session_start: float = field(default=0.0, init=False, repr=False)
 
     @property
     def ckpt_root(self) -> Path:
@@ -136,6 +146,8 @@ class Trainer:
                 "world_size": self.dist.world_size,
                 "total_steps": schedule.total_steps,
                 "global_batch": schedule.global_batch,
+                "budget": self.budget.as_dict() if self.budget else None,
+                "elapsed_s": self.elapsed_s + time.perf_counter() - self._session_start,
             }
             path = ckpt.save_checkpoint(
                 self.ckpt_root,
@@ -178,11 +190,10 @@ class Trainer:
             ckpt.clean_partial(self.ckpt_root)
         skipped = 0
         loaded = self._resume_point(resume)
+        self._session_start = time.perf_counter()
         if loaded is not None:
             self.step, skipped = restore(loaded, self.model, optimizer, self.dist.rank, self.dist.world_size)
-            if loaded.train_state.get("total_steps") != schedule.total_steps:
-                log.warning("schedule length changed on resume (%s -> %s steps)",
-                            loaded.train_state.get("total_steps"), schedule.total_steps)
+            self.elapsed_s = float(loaded.train_state.get("elapsed_s") or 0.0)
             log.info("resumed from %s (step %d)", loaded.path, self.step)
         if self.dist.is_main:
             metrics.truncate_after(self.step)
@@ -191,6 +202,17 @@ class Trainer:
                 (self.run_dir / name).write_text(text)
             self.tracker = metrics.tracker = open_tracker(self.run_dir, self.logging_cfg, start_step=self.step)
         self.metrics = metrics
+        if cfg.max_minutes:  # fixed once: a resumed run takes its checkpoint's step count (medmae.engine.budget)
+            saved = loaded.train_state.get("budget") if loaded is not None else None
+            self.budget, measured = fix_budget(cfg.max_minutes, schedule.total_steps, saved,
+                                               lambda: self._measure_step(schedule))
+            schedule = schedule.with_total(self.budget.total_steps, cfg, self.optim_cfg)
+            if measured:
+                metrics.write({"kind": "budget", "step": self.step, **self.budget.as_dict()})
+            self._session_start = time.perf_counter()
+        if loaded is not None and loaded.train_state.get("total_steps") != schedule.total_steps:
+            log.warning("schedule length changed on resume (%s -> %s steps)",
+                        loaded.train_state.get("total_steps"), schedule.total_steps)
         model = self.model
         if self.dist.enabled:
             model = DistributedDataParallel(self.model, device_ids=[dev.index] if dev.type == "cuda" else None)
@@ -263,7 +285,8 @@ class Trainer:
                 if stop_code:
                     log.warning("%s: checkpoint at step %d saved, exiting (--resume auto continues)",
                                 "interrupted" if stop_code == EXIT_INTERRUPTED else "pre-emption signal", self.step)
-                    return FitResult(self.step, schedule.total_steps, True, last_loss, last_saved, skipped, stop_code)
+                    return FitResult(self.step, schedule.total_steps, True, last_loss, last_saved, skipped, stop_code,
+                                     self.usage())
                 if self.step % spe == 0:
                     for hook in self.hooks:
                         hook.on_epoch_end(self, self.step // spe - 1)
@@ -271,7 +294,19 @@ class Trainer:
             hook.on_fit_end(self)
         if last_saved is None and self.dist.is_main:
             last_saved = ckpt.find_latest_valid(self.ckpt_root)
-        return FitResult(self.step, schedule.total_steps, False, last_loss, last_saved, skipped)
+        return FitResult(self.step, schedule.total_steps, False, last_loss, last_saved, skipped, usage=self.usage())
+
+    def _measure_step(self, schedule: Schedule) -> float:
+        """Seconds per step measured on this run's model and data (the slowest process's), leaving no trace."""
+        step_s = measure_step_time(self.model, self.dataset, self.param_groups, self.optim_cfg, self.step_fn,
+                                   batch=schedule.global_batch // self.dist.world_size, device=self.dist.device,
+                                   lr=schedule.lr, bf16=self.train_cfg.precision == "bf16")
+        slowest = all_reduce_max(torch.tensor([step_s], dtype=torch.float64, device=self.dist.device), self.dist)
+        return float(slowest.item())  # float64: 0.6 s must stay 0.6, not 0.6000000238
+
+    def usage(self) -> dict[str, Any]:
+        """Steps reached, training minutes over all sessions, and the budget (``summary.json`` / ``task.json``)."""
+        return usage(self.budget, self.step, self.elapsed_s + time.perf_counter() - self._session_start)
 
     def _case_ids(self, batch: dict[str, Any]) -> list[str]:
         idx = batch.get("index")

@@ -301,9 +301,10 @@ def load_extra_parts(model: nn.Module, parts: tuple[str, ...] | list[str], encod
 
 
 def export_encoder(run_dir: str | Path, mae: nn.Module, cfg: PretrainConfig, preps: list[Preprocessing],
-                   step: int) -> Path:
+                   step: int, pretraining: dict[str, Any] | None = None) -> Path:
     """``export/encoder.safetensors`` (and one file per extra part) with the contract and its adaptation plan; a
-    pool with several intensity presets records all of them."""
+    pool with several intensity presets records all of them. ``pretraining``: more pretraining facts for the
+    contract (whether the MAE learned, the plan it was made from)."""
     fam = family(cfg.model.arch)
     contract_prep = preps[0].contract()
     presets = [p.intensity for p in preps]
@@ -316,7 +317,8 @@ def export_encoder(run_dir: str | Path, mae: nn.Module, cfg: PretrainConfig, pre
         encoder=kwargs,
         preprocessing=contract_prep,
         pretraining={"preset": cfg.name, "mask_ratio": cfg.mask.ratio, "mask_kind": cfg.mask.kind,
-                     "norm_pix_loss": cfg.loss.norm_pix, "steps": step, "data": cfg.data.path or f"synthetic:{cfg.data.synthetic.kind}"},
+                     "norm_pix_loss": cfg.loss.norm_pix, "steps": step, "data": cfg.data.path or f"synthetic:{cfg.data.synthetic.kind}",
+                     **(pretraining or {})},
         adaptation=plan,
     )
     path = save_encoder(Path(run_dir) / "export" / "encoder.safetensors",

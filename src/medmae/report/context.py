@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from medmae.report.arms import BASELINE_PREFIX
 from medmae.report.sweep_files import CELLS_DIR, parse_cell, read_cell_json
 from medmae.report.tables import md_table, percent
 from medmae.run_layout import CONFIG_FILE, FIGURES_DIR, SPLITS_FILE, TASK_FILE
@@ -29,7 +30,7 @@ def init_details(meta: dict[str, Any]) -> dict[str, dict[str, Any]]:
     out = {}
     for name, init in meta["inits"].items():
         p = Path(init)
-        if init == "scratch" or not (p / CONFIG_FILE).is_file():
+        if init == "scratch" or init.startswith(BASELINE_PREFIX) or not (p / CONFIG_FILE).is_file():
             continue
         cfg = yaml.safe_load((p / CONFIG_FILE).read_text())
         figs = sorted((p / FIGURES_DIR).glob("*.png"))
@@ -147,8 +148,12 @@ def inits_table(cells: Sequence[tuple[Path, dict[str, Any]]], meta: dict[str, An
     rows = []
     for name, path in meta["inits"].items():
         d = details.get(name)
-        what = "scratch" if path == "scratch" else (
-            f"medmae MAE run: preset `{d['preset']}`, `{d['arch']}`, mask ratio {d['mask_ratio']}" if d else "encoder file")
+        if path == "scratch":
+            what = "scratch"
+        elif path.startswith(BASELINE_PREFIX):
+            what = f"MONAI `{path[len(BASELINE_PREFIX):]}` from scratch (baseline)"
+        else:
+            what = f"medmae MAE run: preset `{d['preset']}`, `{d['arch']}`, mask ratio {d['mask_ratio']}" if d else "encoder file"
         task = read_cell_json(first[name], TASK_FILE) if name in first else None
         rows.append([name, f"`{path}`", what, load_summary((task or {}).get("load_report")) if task else "-"])
     return md_table(["init", "source", "what", "weights (fine-tuning's load report)"], rows)

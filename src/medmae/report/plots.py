@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from medmae.figures import short_label
+from medmae.report.arms import BASELINE_PREFIX
 from medmae.report.tables import CHANCE, metric_label, percent
 
 PLOT_FORMATS = ("png", "svg", "pdf")
@@ -17,9 +18,12 @@ ARCH_NAMES = {"vit": "ViT", "swin": "Swin", "resenc": "ResEnc U-Net"}
 
 
 def init_label(name: str, path: str, details: dict[str, dict[str, Any]]) -> str:
-    """A legend entry a reader understands: ``scratch (random init)``, ``MAE "mae75" (mask 75 %)``, ``encoder file "x"``."""
+    """A legend entry a reader understands: ``scratch (random init)``, ``MAE "mae75" (mask 75 %)``, ``encoder file "x"``,
+    ``MONAI resnet18 (baseline, from scratch)``."""
     if path == "scratch":
         return "scratch (random init)"
+    if path.startswith(BASELINE_PREFIX):
+        return f"MONAI {path[len(BASELINE_PREFIX):]} (baseline, from scratch)"
     d = details.get(name)
     if d is None:
         return short_label(f'pretrained encoder "{name}"', 40)

@@ -10,11 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from medmae.errors import RunDirError
+from medmae.report.arms import LEARNED_COLUMN, cell_learned
 from medmae.run_layout import EVAL_DIR, SUMMARY_FILE, eval_split_dir
 
 SWEEP_FILE = "sweep.json"
 RESULTS_CSV = "results.csv"
-RESULT_COLUMNS = ("task", "fold", "fraction", "seed", "init", "metric", "class", "region", "value", "ci_low", "ci_high", "n")
+RESULT_COLUMNS = ("task", "fold", "fraction", "seed", "init", "metric", "class", "region", "value", "ci_low", "ci_high", "n",
+                  LEARNED_COLUMN)
 CELLS_DIR = "cells"
 
 
@@ -80,15 +82,18 @@ def read_cell_json(cell_dir: Path, name: str) -> dict[str, Any] | None:
 
 
 def collect(run_dir: str | Path) -> list[dict[str, Any]]:
-    """Gather every finished cell's evaluation into the tidy ``results.csv`` (one row per cell and metric)."""
+    """Gather every finished cell's evaluation into the tidy ``results.csv`` (one row per cell and metric, with
+    whether the cell's pretraining learned: :data:`~medmae.report.arms.LEARNED_COLUMN`)."""
     run_dir = Path(run_dir)
     meta = require_sweep(run_dir)
     rows = []
     for cell_dir, summary in finished_cells(run_dir):
         cfg = parse_cell(cell_dir.name, meta)
+        learned = cell_learned(cell_dir)
         for r in summary["rows"]:
             rows.append({**cfg, "metric": r["metric"], "class": r.get("class", ""), "region": r.get("region", ""),
-                         "value": r["value"], "ci_low": r["ci_low"], "ci_high": r["ci_high"], "n": r["n"]})
+                         "value": r["value"], "ci_low": r["ci_low"], "ci_high": r["ci_high"], "n": r["n"],
+                         LEARNED_COLUMN: learned})
     with (run_dir / RESULTS_CSV).open("w", newline="") as f:
         w = csv.DictWriter(f, RESULT_COLUMNS)
         w.writeheader()

@@ -124,10 +124,14 @@ def interval(a: dict[str, Any]) -> str:
     return f"{fmt(a['ci_low'])} - {fmt(a['ci_high'])}"
 
 
-def results_table(head: Sequence[dict[str, Any]], label: str) -> str:
-    return md_table(["init", "labels", label, "± std", "95 % CI", "runs"],
+def results_table(head: Sequence[dict[str, Any]], label: str, learned: dict[str, str] | None = None) -> str:
+    """The headline per (init, fraction); ``learned`` (init -> ``yes`` / ``**no**`` / ``-``) adds the column
+    ``MAE learned``."""
+    extra = ["MAE learned"] if learned is not None else []
+    return md_table(["init", "labels", label, "± std", "95 % CI", "runs", *extra],
                     [[a["init"], percent(a["fraction"]), fmt(a["mean"]), fmt(a["std"]) if a["n_runs"] > 1 else "-",
-                      interval(a), str(a["n_runs"])] for a in head])
+                      interval(a), str(a["n_runs"]), *([learned.get(a["init"], "-")] if learned is not None else [])]
+                     for a in head])
 
 
 def paired_table(paired: Sequence[dict[str, Any]]) -> str:

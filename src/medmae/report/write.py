@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from medmae.errors import RunDirError
+from medmae.report.arms import baseline_comparisons, learned_label, not_learned
+from medmae.report.arms import markdown as arms_markdown
 from medmae.report.context import init_details, labelled_counts, leakage, leakage_table, setup_section, sweep_data
 from medmae.report.html import markdown_to_html
 from medmae.report.plots import init_label, plot_label_efficiency
@@ -77,6 +79,8 @@ def write_report(run_dir: str | Path) -> Path:
     metric, where = headline_key(rows, task)
     agg = aggregate(rows)
     paired = paired_comparison(rows, metric, where) if "scratch" in meta["inits"] else []
+    vs_baseline = baseline_comparisons(rows, meta, metric, where)
+    flagged = not_learned(rows)
     files = run_dir / REPORT_FILES
     files.mkdir(exist_ok=True)
     label = metric_label(metric, where)
@@ -95,7 +99,7 @@ def write_report(run_dir: str | Path) -> Path:
     leak_section, leak_warning = leakage_lines(leaks)
     (run_dir / SUMMARY_FILE).write_text(json.dumps(strict({
         "task": task, "headline": {"metric": metric, "where": where}, "aggregate": agg, "paired": paired,
-        "inits": details, "leakage": leaks}), indent=1))
+        "paired_baseline": vs_baseline, "not_learned": flagged, "inits": details, "leakage": leaks}), indent=1))
     md = [f"# Label-efficiency sweep: {TASK_NAMES.get(task, task)}", "",
           f"Data `{sweep_data(run_dir, meta)}`, seeds {', '.join(map(str, meta['seeds']))}, "
           f"{'%d-fold CV' % meta['folds'] if meta.get('folds') else 'one held-out split'}, fractions "
@@ -104,7 +108,9 @@ def write_report(run_dir: str | Path) -> Path:
           "Setup (data, configuration, plan) at the end.", "", *leak_warning,
           f"![label efficiency]({REPORT_FILES}/{LABEL_EFFICIENCY}.png)", "",
           f"Vector versions for papers: `{REPORT_FILES}/{LABEL_EFFICIENCY}.svg`, `{REPORT_FILES}/{LABEL_EFFICIENCY}.pdf`.",
-          "", "## Results", "", results_table(head, label)]
+          "", "## Results", "",
+          results_table(head, label, learned={n: learned_label(rows, n, meta) for n in meta["inits"]})]
+    md += arms_markdown(vs_baseline, flagged, rows)
     if paired:
         md += ["", "## Paired comparison with scratch", "",
                "Difference on the same label subset, seed and fold; positive = better than scratch. One pair has no "

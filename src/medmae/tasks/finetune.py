@@ -34,9 +34,12 @@ from medmae.engine.loop import StepFn, Trainer
 from medmae.engine.optim import param_groups
 from medmae.errors import Interrupted
 from medmae.models.adapt import build_task_model
+from medmae.models.monai_nets import build_baseline
 from medmae.models.registry import family
 from medmae.models.resenc import deep_supervision_loss
-from medmae.run_layout import CONFIG_FILE, EXPORT_DIR, PRETRAIN_CASES, SPLITS_FILE, TASK_FILE
+from medmae.planning.plan_file import PlanFile, finetune_config_from_plan, read_plan
+from medmae.run_layout import CONFIG_FILE, EXPORT_DIR, PLAN_FILE, PRETRAIN_CASES, SPLITS_FILE, TASK_FILE
+from medmae.tasks.arms import BASELINE, add_to_task_json, arm_record
 from medmae.tasks.run_dir import prepare_run_dir, write_bad_cases
 from medmae.tasks.task_labels import check_mask_values, check_regions, task_labels
 
@@ -46,8 +49,16 @@ ConfigSource = str | Path | FinetuneConfig | Mapping[str, Any] | None
 
 
 def resolve_finetune_config(config: ConfigSource = None, *, task: str | None = None, preset: str | None = None,
-                            data: str | Path | None = None, overrides: Iterable[str] = ()) -> FinetuneConfig:
-    """Fine-tuning config from a preset's ``finetune.<task>`` section, a YAML file, or defaults."""
+                            data: str | Path | None = None, overrides: Iterable[str] = (),
+                            plan: PlanFile | None = None) -> FinetuneConfig:
+    """Fine-tuning config from a preset's ``finetune.<task>`` section, a YAML file, a plan, or defaults."""
+    if plan is not None:
+        if config is not None or preset is not None:
+            raise ConfigError("give one of CONFIG, --preset or --plan")
+        cfg = finetune_config_from_plan(plan, task or plan.meta.get("task") or "seg", list(overrides))
+        if data is not None:
+            set_data_path(cfg, data)
+        return cfg
     if isinstance(config, FinetuneConfig):
         raw = config.model_dump(mode="json")
     elif preset is not None:
@@ -160,9 +171,13 @@ def finetune(
     overrides: Iterable[str] = (),
     max_steps: int | None = None,
     resume: str | None = None,
+    plan: str | Path | None = None,
 ) -> Path:
-    """Fine-tune for ``task`` ('cls' or 'seg') from ``init`` (run dir, encoder file, or 'scratch'); returns the run dir."""
-    cfg = resolve_finetune_config(config, task=task, preset=preset, data=data, overrides=overrides)
+    """Fine-tune for ``task`` ('cls' or 'seg') from ``init`` (run dir, encoder file, 'scratch' or 'baseline:NAME':
+    a MONAI network from scratch); ``plan``: a ``medmae plan`` file instead of ``config`` / ``preset``. Returns the
+    run dir."""
+    plan_file = read_plan(plan) if plan is not None else None
+    cfg = resolve_finetune_config(config, task=task, preset=preset, data=data, overrides=overrides, plan=plan_file)
     if cfg.data.sources:
         raise ConfigError("fine-tuning takes one labelled dataset (data.path), not a pool (data.sources)")
     if cfg.data.slice_axis is not None:
@@ -190,13 +205,22 @@ def finetune(
             require_both_classes(test_cases, info["classes"], f"held-out split ({split['origin']})")
 
     torch.manual_seed(cfg.train.seed)
-    model, report = build_task_model(cfg, info["num_outputs"], None if init is None else str(init))
+    decay, arm = arm_record(cfg, init)
+    if arm["arm"] == BASELINE:
+        if cfg.mode == "linear_probe":
+            raise ConfigError(f"--init {init}: a baseline trains from scratch; mode=linear_probe needs a pretrained encoder")
+        model, report = build_baseline(str(init), cfg, info["num_outputs"]), None
+    else:
+        model, report = build_task_model(cfg, info["num_outputs"], None if init is None else str(init))
+    if plan_file is not None:
+        arm["plan"] = plan_file.summary()
     with prepare_run_dir(run_dir, dump_yaml(cfg), resume, dist):  # locked until the run ends
         record = pretraining_record(init)
         if dist.is_main:
             (run_dir / TASK_FILE).write_text(json.dumps({**info, "init": str(init), "mode": cfg.mode,
                                                          "pretraining_cases": str(record) if record else None,
-                                                         "load_report": report.as_dict() if report else None}, indent=1))
+                                                         "load_report": report.as_dict() if report else None, **arm},
+                                                        indent=1))
             save_json(run_dir / SPLITS_FILE, split)
 
         prep = Preprocessing.from_config(cfg.data, cfg.model)
@@ -227,17 +251,24 @@ def finetune(
         log.info("%s fine-tuning on %d of %d training cases (%s), init %s", cfg.task, len(train_cases),
                  len(split["train"]), f"{cfg.data.label_fraction:.0%} of labels", init)
 
-        fam = family(cfg.model.arch)
-        groups = param_groups(model, cfg.optim.weight_decay, layer_id=lambda n: fam.layer_id(n, model),
-                              num_layers=fam.num_layers(model), layer_decay=cfg.optim.layer_decay)
+        if arm["arm"] == BASELINE:
+            groups = param_groups(model, cfg.optim.weight_decay)
+        else:
+            fam = family(cfg.model.arch)
+            groups = param_groups(model, cfg.optim.weight_decay, layer_id=lambda n: fam.layer_id(n, model),
+                                  num_layers=fam.num_layers(model), layer_decay=decay)
         trainer = Trainer(
             model=model, dataset=dataset, param_groups=groups, train_cfg=cfg.train, optim_cfg=cfg.optim,
             run_dir=run_dir, dist=dist, step_fn=loss_fn(cfg, info),
-            checkpoint_metadata={"stage": "finetune", "task": cfg.task, "arch": cfg.model.arch},
+            checkpoint_metadata={"stage": "finetune", "task": cfg.task, "arch": cfg.model.arch, "init": str(init),
+                                 **({"plan_sha256": plan_file.sha256} if plan_file else {})},
             case_ids=[p.case.case_id for p in prepared], num_workers=cfg.data.num_workers,
-            run_files={CONFIG_FILE: dump_yaml(cfg)}, logging_cfg=cfg.logging,
+            run_files={CONFIG_FILE: dump_yaml(cfg), **({PLAN_FILE: plan_file.text} if plan_file else {})},
+            logging_cfg=cfg.logging,
         )
         result = trainer.fit(max_steps=max_steps, resume=resume)
+        if dist.is_main:
+            add_to_task_json(run_dir / TASK_FILE, training=result.usage)
         if result.preempted:
             raise Interrupted(result.step, result.exit_code)
         barrier(dist)

@@ -18,6 +18,7 @@ from medmae.engine import checkpoint as ckpt
 from medmae.engine.distributed import pick_device
 from medmae.errors import RunDirError
 from medmae.models.adapt import build_task_model
+from medmae.models.monai_nets import build_baseline, is_baseline
 from medmae.run_layout import CONFIG_FILE, EXPORT_DIR, PRETRAIN_CASES, TASK_FILE, checkpoints_dir
 
 
@@ -36,7 +37,9 @@ def load_task_run(run_dir: str | Path, device: str | torch.device = "auto") -> t
     path = ckpt.find_latest_valid(checkpoints_dir(run_dir))
     if path is None:
         raise ckpt.CheckpointError(f"{run_dir}: no valid checkpoint in {checkpoints_dir(run_dir)}")
-    model, _ = build_task_model(cfg, info["num_outputs"], None)  # the weights are the checkpoint's
+    init = info.get("init")  # the weights are the checkpoint's; a baseline run's network is MONAI's
+    model = build_baseline(init, cfg, info["num_outputs"]) if is_baseline(init) else \
+        build_task_model(cfg, info["num_outputs"], None)[0]
     ckpt.load_model_state(model, ckpt.load_checkpoint(path).model_state, path / ckpt.MODEL_FILE)
     if not isinstance(device, torch.device):
         device = pick_device(device)

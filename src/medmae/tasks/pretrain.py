@@ -23,7 +23,8 @@ from medmae.errors import Interrupted
 from medmae.figures import save_reconstruction_figure
 from medmae.models.adapt import export_encoder
 from medmae.models.registry import build_mae
-from medmae.run_layout import CONFIG_FILE, FIGURES_DIR, PRETRAIN_CASES, SUMMARY_FILE, export_path
+from medmae.planning.plan_file import PlanFile, pretrain_config_from_plan, read_plan
+from medmae.run_layout import CONFIG_FILE, FIGURES_DIR, PLAN_FILE, PRETRAIN_CASES, SUMMARY_FILE, export_path
 from medmae.tasks.monitor import KnnProbe
 from medmae.tasks.run_dir import prepare_run_dir, write_bad_cases
 
@@ -32,8 +33,13 @@ log = logging.getLogger(__name__)
 
 def resolve_pretrain_config(config: str | Path | PretrainConfig | Mapping[str, Any] | None = None, *,
                             preset: str | None = None, data: str | Path | None = None,
-                            overrides: Iterable[str] = ()) -> PretrainConfig:
-    cfg = load_config(PretrainConfig, config, preset=preset, overrides=overrides)
+                            overrides: Iterable[str] = (), plan: PlanFile | None = None) -> PretrainConfig:
+    given = [x for x in (config, preset, plan) if x is not None]
+    if len(given) != 1:
+        raise ConfigError("give one of CONFIG, --preset or --plan (`medmae plan SOURCE --task T` makes a plan from "
+                          "your data)")
+    cfg = pretrain_config_from_plan(plan, list(overrides)) if plan is not None else \
+        load_config(PretrainConfig, config, preset=preset, overrides=overrides)
     if data is not None:
         set_data_path(cfg, data)
     return cfg
@@ -85,9 +91,12 @@ def pretrain(
     overrides: Iterable[str] = (),
     max_steps: int | None = None,
     resume: str | None = None,
+    plan: str | Path | None = None,
 ) -> Path:
-    """Pretrain an MAE; returns the run directory (checkpoints, export/encoder.safetensors, figures, metrics)."""
-    cfg = resolve_pretrain_config(config, preset=preset, data=data, overrides=overrides)
+    """Pretrain an MAE; returns the run directory (checkpoints, export/encoder.safetensors, figures, metrics).
+    ``plan``: a ``medmae plan`` file (its top level is the pretraining config) instead of ``config`` / ``preset``."""
+    plan_file = read_plan(plan) if plan is not None else None
+    cfg = resolve_pretrain_config(config, preset=preset, data=data, overrides=overrides, plan=plan_file)
     run_dir = Path(run_dir)
     dist = init_distributed(cfg.train.device)
     check_batch(cfg.train.batch_size, dist)
@@ -96,11 +105,11 @@ def pretrain(
     torch.manual_seed(cfg.train.seed)
     model = build_mae(cfg)  # before the data: a config that cannot build fails at once
     with prepare_run_dir(run_dir, dump_yaml(cfg), resume, dist):
-        return _pretrain_locked(cfg, model, run_dir, dist, max_steps, resume)
+        return _pretrain_locked(cfg, model, run_dir, dist, max_steps, resume, plan_file)
 
 
 def _pretrain_locked(cfg: PretrainConfig, model: nn.Module, run_dir: Path, dist: DistInfo,
-                     max_steps: int | None, resume: str | None) -> Path:
+                     max_steps: int | None, resume: str | None, plan: PlanFile | None = None) -> Path:
     """Data, training, export and summary of :func:`pretrain`, in its locked run directory."""
     parts = resolve_parts(cfg.data, cfg.model)
     if not any(p.spec.cases for p in parts):
@@ -129,19 +138,22 @@ def _pretrain_locked(cfg: PretrainConfig, model: nn.Module, run_dir: Path, dist:
         dist=dist,
         step_fn=lambda m, b: m(b["image"], b["seed"]),
         hooks=[figures, *knn_probe(pool, parts, cfg, run_dir, view_set)],
-        checkpoint_metadata={"stage": "pretrain", "arch": cfg.model.arch},
+        checkpoint_metadata={"stage": "pretrain", "arch": cfg.model.arch,
+                             **({"plan_sha256": plan.sha256} if plan else {})},
         case_ids=[p.case.case_id for p in prepared],
         num_workers=cfg.data.num_workers,
         sample_weights=pool.weights,
-        run_files={CONFIG_FILE: dump_yaml(cfg)},
+        run_files={CONFIG_FILE: dump_yaml(cfg), **({PLAN_FILE: plan.text} if plan else {})},
         logging_cfg=cfg.logging,
     )
     result = trainer.fit(max_steps=max_steps, resume=resume)
     if result.preempted:
         raise Interrupted(result.step, result.exit_code)
     if dist.is_main:
-        path = export_encoder(run_dir, model, cfg, [p.prep for p in parts], result.step)
-        write_summary(run_dir, result, view_set, model, shown, dist)
+        summary = write_summary(run_dir, result, view_set, model, shown, dist, plan)
+        info = {k: summary[k] for k in ("learned", "masked_loss", "patch_mean_baseline")}
+        path = export_encoder(run_dir, model, cfg, [p.prep for p in parts], result.step,
+                              pretraining={**info, **({"plan": plan.summary()} if plan else {})})
         log.info("encoder exported to %s", path)
     barrier(dist)
     return run_dir
@@ -179,8 +191,9 @@ def record_data(run_dir: Path, pool: PreparedPool, cfg: PretrainConfig) -> None:
 
 
 def write_summary(run_dir: Path, result: FitResult, view_set: CaseDataset, model: nn.Module, shown: Sequence[int],
-                  dist: DistInfo) -> dict[str, Any]:
-    """``summary.json``: final loss and, on the figure cases, the masked-patch loss vs the patch-mean baseline."""
+                  dist: DistInfo, plan: PlanFile | None = None) -> dict[str, Any]:
+    """``summary.json``: final loss and, on the figure cases, the masked-patch loss vs the patch-mean baseline
+    (``learned``: whether it beats it; a warning when not), the training time and budget, the plan."""
     x = torch.stack([view_set[i]["image"] for i in shown]).to(dist.device)
     seeds = torch.tensor(list(shown), dtype=torch.int64)
     model.eval()
@@ -193,8 +206,21 @@ def write_summary(run_dir: Path, result: FitResult, view_set: CaseDataset, model
         "skipped_steps": result.skipped_steps,
         "figure_cases_masked_loss": held,
         "figure_cases_patch_mean_baseline": baseline,
+        **learning_verdict(held, baseline),
         "checkpoint": str(result.checkpoint) if result.checkpoint else None,
         "encoder": str(export_path(run_dir)),
+        "training": result.usage,
+        "plan": plan.summary() if plan else None,
     }
     (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def learning_verdict(masked_loss: float, baseline: float) -> dict[str, Any]:
+    """``learned``: the final masked loss beats the patch-mean baseline; a pretraining that did not is never silent."""
+    learned = masked_loss < baseline
+    if not learned:
+        log.warning("the MAE did not learn: its masked loss %.4g does not beat predicting each masked patch by its "
+                    "own mean (%.4g) on the figure cases; its encoder is unlikely to help fine-tuning (train longer, "
+                    "lower the lr, or check the data and its intensity normalisation)", masked_loss, baseline)
+    return {"learned": learned, "masked_loss": masked_loss, "patch_mean_baseline": baseline}

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medmae.errors import ConfigError
+from medmae.models.monai_nets import PREFIX, baseline_name, is_baseline
 from medmae.report import CELLS_DIR, collect, find_summary, read_sweep, write_report, write_sweep
 from medmae.tasks.evaluate import evaluate
 from medmae.tasks.finetune import finetune
@@ -45,7 +46,8 @@ def init_names(inits: Sequence[str]) -> list[tuple[str, str]]:
     """Readable, unique names for the initialisations ('scratch', a run dir's name, a file's stem)."""
     out, seen = [], set()
     for init in inits:
-        base = "scratch" if init == "scratch" else (Path(init).name if Path(init).is_dir() else Path(init).stem)
+        base = "scratch" if init == "scratch" else f"baseline-{init[len(PREFIX):]}" if is_baseline(init) else \
+            (Path(init).name if Path(init).is_dir() else Path(init).stem)
         name, k = base, 2
         while name in seen:
             name, k = f"{base}-{k}", k + 1
@@ -92,18 +94,26 @@ def sweep(
     overrides: Iterable[str] = (),
     max_steps: int | None = None,
     report: bool = True,
+    plan: str | Path | None = None,
 ) -> Path:
-    """Run (or continue) the grid; writes ``results.csv`` and ``sweep.json`` and, with ``report``, the report."""
+    """Run (or continue) the grid; writes ``results.csv`` and ``sweep.json`` and, with ``report``, the report.
+    ``inits`` may name MONAI baselines (``baseline:NAME``), trained from scratch on the same cells; ``plan``: a
+    ``medmae plan`` file instead of ``config`` / ``preset``."""
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
+    if plan is not None and (config is not None or preset is not None):
+        raise ConfigError("give one of --config, --preset or --plan")
+    for i in inits:
+        if is_baseline(str(i)):
+            baseline_name(str(i), task)  # an unknown name fails before any cell runs
     cells = grid(task, [str(i) for i in inits], fractions, seed_list, folds)
-    missing = [str(i) for i in inits if str(i) != "scratch" and not Path(i).exists()]
+    missing = [str(i) for i in inits if str(i) != "scratch" and not is_baseline(str(i)) and not Path(i).exists()]
     if missing:
         raise ConfigError(f"--init {missing[0]}: no such encoder file or run directory")
     run_dir = output_dir(run_dir, "--run-dir")
     meta = {"task": task, "preset": preset, "config": str(config) if config else None, "data": str(data) if data else None,
             "inits": dict(init_names([str(i) for i in inits])), "fractions": list(fractions), "seeds": seed_list,
             "folds": folds, "overrides": list(overrides), "max_steps": max_steps, "cells": [c.name for c in cells],
-            **({"kfold": KFOLD_METHOD} if folds else {})}
+            "plan": str(plan) if plan else None, **({"kfold": KFOLD_METHOD} if folds else {})}
     old = read_sweep(run_dir)
     if old is not None:
         changed = [k for k in ("task", "preset", "data", "overrides", "max_steps") if old.get(k) != meta[k]]
@@ -119,7 +129,7 @@ def sweep(
             continue
         log.info("sweep cell %d/%d: %s", i, len(cells), cell.name)
         finetune(config, task=task, init=cell.init, preset=preset, data=data, run_dir=cell_dir,
-                 overrides=[*overrides, *cell_overrides(cell, folds)], max_steps=max_steps, resume="auto")
+                 overrides=[*overrides, *cell_overrides(cell, folds)], max_steps=max_steps, resume="auto", plan=plan)
         evaluate(cell_dir)
         collect(run_dir)  # results.csv is current after every cell
     collect(run_dir)

@@ -1,0 +1,144 @@
+"""Compute budgets: ``train.max_minutes`` turned into a fixed step count.
+
+A fresh run times a few real training steps (forward, backward, optimizer step, batch loading) before it starts:
+the first step is a warm-up, steps 2..k are timed, and the count is ``(1 - margin) * budget / step time``, never
+above what ``epochs`` / ``max_steps`` give. The calibration leaves no trace: the weights, buffers and RNG states
+are put back and its optimizer is thrown away, so a budgeted run of N steps is the run ``max_steps=N`` would
+be. The count is fixed once and stored in every checkpoint's train state (``budget``); a resumed run reuses it
+and never measures again, so exact resume holds and the lr schedule spans the budgeted steps.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset, default_collate
+
+from medmae.config import OptimConfig
+from medmae.engine.optim import build_optimizer
+from medmae.engine.resume import rng_state, set_rng_state
+
+log = logging.getLogger(__name__)
+
+MARGIN = 0.1  # share of the budget left for checkpoints, epoch hooks and the slower steps
+CALIBRATION_STEPS = 4  # the first is a warm-up, the others are timed
+CLOCK: Callable[[], float] = time.perf_counter  # the calibration's clock (tests replace it with a fake one)
+
+StepFn = Callable[[nn.Module, dict[str, Any]], dict[str, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A time budget fixed at the start of a run: what was measured and the step count it gave."""
+
+    max_minutes: float
+    step_s: float  # measured seconds per optimizer step
+    total_steps: int  # the run's step count (budget steps, capped by epochs / max_steps)
+    budget_steps: int  # what the budget alone allows
+    margin: float = MARGIN
+    timed_steps: int = CALIBRATION_STEPS - 1
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Budget:
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+def steps_in_budget(max_minutes: float, step_s: float, margin: float = MARGIN) -> int:
+    """Optimizer steps of ``step_s`` seconds that fit in ``(1 - margin) * max_minutes`` (at least one)."""
+    if step_s <= 0 or not math.isfinite(step_s):
+        raise ValueError(f"a measured step time must be positive and finite, got {step_s} s")
+    return max(1, int(max_minutes * 60.0 * (1.0 - margin) / step_s + 1e-9))  # 5.4 / 0.6 is 8.999...: 9 steps
+
+
+def time_steps(run_step: Callable[[], None], steps: int = CALIBRATION_STEPS,
+               clock: Callable[[], float] | None = None) -> float:
+    """Mean seconds of ``run_step`` over calls 2..``steps`` (the first call is a warm-up: allocation, caches)."""
+    if steps < 2:
+        raise ValueError(f"timing needs at least 2 steps (one warm-up), got {steps}")
+    clock = clock or CLOCK
+    run_step()
+    t0 = clock()
+    for _ in range(steps - 1):
+        run_step()
+    return (clock() - t0) / (steps - 1)
+
+
+def sample_batch(dataset: Dataset, batch: int, step: int) -> dict[str, Any]:
+    """Batch ``step`` of the first epoch's cases in their stored order: ``(0, index)`` keys, as the sampler gives."""
+    n = len(dataset)
+    return default_collate([dataset[(0, (step * batch + i) % n)] for i in range(batch)])
+
+
+def measure_step_time(model: nn.Module, dataset: Dataset, param_groups: Sequence[dict], optim_cfg: OptimConfig,
+                      step_fn: StepFn, *, batch: int, device: torch.device, lr: float,
+                      steps: int = CALIBRATION_STEPS, clock: Callable[[], float] | None = None,
+                      bf16: bool = False) -> float:
+    """Seconds per training step of ``model`` on real batches (loading included), leaving the model's weights,
+    buffers and the RNG states as they were; the optimizer used is a throwaway one."""
+    weights = copy.deepcopy(model.state_dict())
+    rngs = rng_state()
+    optimizer = build_optimizer(list(param_groups), optim_cfg, lr=lr)
+    calls = [0]
+
+    def one_step() -> None:
+        b = sample_batch(dataset, batch, calls[0])
+        calls[0] += 1
+        b = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in b.items()}
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = step_fn(model, b)["loss"]
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    was_training = model.training
+    model.train()
+    try:
+        return time_steps(one_step, steps, clock)
+    finally:
+        model.load_state_dict(weights)
+        model.train(was_training)
+        for p in model.parameters():
+            p.grad = None
+        set_rng_state(rngs)  # the throwaway optimizer goes with this frame
+
+
+def fix_budget(max_minutes: float, schedule_steps: int, saved: Mapping[str, Any] | None,
+               measure: Callable[[], float]) -> tuple[Budget, bool]:
+    """The run's budget: the one a resumed checkpoint holds (``saved``), else one measured now. Returns the
+    budget and whether it was measured in this call."""
+    if saved is not None:
+        budget = Budget.from_dict(saved)
+        if budget.max_minutes != max_minutes:
+            log.warning("train.max_minutes changed from %g to %g since the run started: the run keeps its %d steps "
+                        "(fixed at the start, for exact resume)", budget.max_minutes, max_minutes, budget.total_steps)
+        return budget, False
+    step_s = measure()
+    allowed = steps_in_budget(max_minutes, step_s)
+    budget = Budget(max_minutes=max_minutes, step_s=step_s, total_steps=min(allowed, schedule_steps),
+                    budget_steps=allowed)
+    log.info("budget %g min: %.3g s per step measured over %d steps -> %d steps%s", max_minutes, step_s,
+             budget.timed_steps, budget.total_steps,
+             f" (epochs / max_steps allow only {schedule_steps})" if schedule_steps < allowed else "")
+    return budget, True
+
+
+def usage(budget: Budget | None, step: int, seconds: float) -> dict[str, Any]:
+    """What a run records about its time: steps reached, minutes used, the budget and its measured step time."""
+    out: dict[str, Any] = {"steps": step, "train_minutes": round(seconds / 60.0, 4)}
+    if budget is not None:
+        out.update({"max_minutes": budget.max_minutes, "measured_step_s": budget.step_s,
+                    "budget_steps": budget.total_steps})
+    return out

@@ -1,0 +1,151 @@
+"""A plan from a fingerprint: preprocessing, crop, network, batch, schedule and budget, as a preset-shaped
+mapping (the pretraining config at the top, the fine-tuning settings under ``finetune``, the reasons under
+``plan``) that ``pretrain`` / ``finetune`` / ``sweep --plan`` load.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from medmae.errors import ConfigError
+from medmae.planning import network as nets
+from medmae.planning import rules
+from medmae.planning.fingerprint import Fingerprint
+from medmae.planning.search import Choice, Device, Problem, choose, cost_cache
+from medmae.planning.sections import finetune_sections, pretrain_sections
+from medmae.version import __version__
+
+log = logging.getLogger(__name__)
+
+PLAN_VERSION = 1
+FAMILIES = ("resenc", "vit", "swin")
+DEFAULT_FAMILY = {"seg": "resenc", "cls": "resenc"}  # the CNN path: nnU-Net's ResEnc U-Net / its encoder
+CLS_MAX_VOXELS = {2: 256 * 256, 3: 128 * 128 * 128}
+TRAIN_SHARE = 0.8  # of the labelled cases that train (the default held-out split takes 20 %)
+
+
+def labelled_cases(fp: Fingerprint, task: str) -> int:
+    n = fp.labelled_seg if task == "seg" else fp.labelled_cls
+    if n == 0:
+        what = "masks" if task == "seg" else "class labels"
+        raise ConfigError(f"{fp.source}: no case has {what}, so there is nothing to plan --task {task} for")
+    return n
+
+
+def geometry(fp: Fingerprint, task: str) -> dict[str, Any]:
+    """Target spacing (3D images with a physical spacing), the median shape after it, and the capped crop."""
+    spacing, why = None, "pictures / 2D images keep their pixels"
+    shapes = fp.shapes
+    if fp.spatial_dims == 3 and fp.physical_spacing:
+        spacing, why = rules.target_spacing(fp.spacings)
+        shapes = [rules.resampled_shape(s, sp, spacing) for s, sp in zip(fp.shapes, fp.spacings)]
+    median = rules.median_shape(shapes)
+    cap = (rules.MAX_VOXELS if task == "seg" else CLS_MAX_VOXELS)[fp.spatial_dims]
+    return {"spacing": spacing, "spacing_why": why, "median_shape": median,
+            "capped": rules.cap_voxels(median, cap), "max_voxels": cap}
+
+
+def family_space(family: str, dims: int, capped: list[int]):
+    """(networks(crop), unit(crop), first crop) of a family: candidates, the stride a crop divides by, start."""
+    if family == "resenc":
+        def unit(crop: list[int]) -> int:
+            return 2 ** (rules.num_stages(crop, dims) - 1)
+        networks = lambda crop: nets.resenc_networks(rules.num_stages(crop, dims), dims)  # noqa: E731
+    elif family == "vit":
+        patch = 16 if dims == 2 or min(capped) >= 64 else 8
+        unit = lambda crop: patch  # noqa: E731
+        networks = lambda crop: nets.vit_networks(patch)  # noqa: E731
+    elif family == "swin":
+        if dims != 2:
+            raise ConfigError("--family swin is 2D only (Swin / VIS-MAE); use resenc or vit for volumes")
+        unit = lambda crop: 32  # noqa: E731 - patch 4 x 2**3 for four stages
+        networks = lambda crop: nets.swin_networks()  # noqa: E731
+    else:
+        raise ConfigError(f"--family {family!r}: known families are {', '.join(FAMILIES)}")
+    return networks, unit, rules.stride_multiple(capped, unit(capped))
+
+
+def measured_device(kind: str, probe: tuple[nets.Network, list[int]], task: str, dims: int, channels: int,
+                    outputs: int, batch: int, memory: float | None, flops_per_s: float | None) -> Device:
+    """The device's memory and speed: given, measured here on the smallest candidate, or assumed for a GPU that
+    this machine does not have."""
+    mem, mem_src = (memory, "given") if memory is not None else nets.device_memory(kind)
+    if flops_per_s is not None:
+        return Device(kind, mem, flops_per_s, mem_src, "given")
+    if kind == "cuda" and not torch.cuda.is_available():
+        return Device(kind, mem, nets.ASSUMED_CUDA_FLOPS, mem_src,
+                      f"assumed {nets.ASSUMED_CUDA_FLOPS / 1e12:.0f} TFLOP/s (no GPU visible here: plan on the GPU "
+                      "machine for a measured figure)")
+    net, crop = probe
+    cfg = nets.task_config(net.model, task, dims, crop, channels)
+    per_sample = nets.cost(cfg, outputs).flops
+    rate = nets.measure_flops_per_s(cfg, outputs, per_sample, batch, torch.device(kind), bf16=kind == "cuda")
+    return Device(kind, mem, rate, mem_src, f"measured: forward/backward of {net.label} at {crop}, batch {batch}")
+
+
+def make_plan(fp: Fingerprint, *, task: str, budget_minutes: float, device: str = "cpu", family: str | None = None,
+              memory_bytes: float | None = None, flops_per_s: float | None = None) -> dict[str, Any]:
+    """The plan of a dataset for ``task`` on ``device`` in ``budget_minutes`` per training run (see the module)."""
+    if task not in ("seg", "cls"):
+        raise ConfigError(f"--task must be seg or cls, got {task!r}")
+    if budget_minutes <= 0:
+        raise ConfigError(f"--budget must be positive, got {budget_minutes} minutes")
+    family = family or DEFAULT_FAMILY[task]
+    labelled = labelled_cases(fp, task)
+    n_train = max(1, int(labelled * TRAIN_SHARE))
+    geo = geometry(fp, task)
+    channels = 1 if fp.grey_as_rgb else fp.channels
+    mapping = rules.label_map(fp.label_values, fp.label_names)
+    outputs = rules.seg_classes(fp.label_values, fp.label_names, mapping) if task == "seg" else max(2, len(fp.classes))
+    networks, unit, crop = family_space(family, fp.spatial_dims, geo["capped"])
+    if geo["capped"] == geo["median_shape"]:  # the whole median image fits: pad up rather than crop it
+        crop = rules.round_to(geo["median_shape"], unit(crop))
+    problem = Problem(task, fp.spatial_dims, n_train, float(nets.voxels(geo["median_shape"])), budget_minutes * 60.0,
+                      bf16=device == "cuda", dataset_cases=labelled)
+    dev = measured_device(device, (networks(crop)[0], crop), task, fp.spatial_dims, channels, outputs, 1,
+                          memory_bytes, flops_per_s)
+    counted = cost_cache(lambda net, c: nets.cost(nets.task_config(net.model, task, fp.spatial_dims, c, channels),
+                                                  outputs))
+    choice = choose(networks, counted, crop, unit, problem, dev)
+    intensity, intensity_why = rules.intensity_preset(fp.modality, fp.foreground, channels)
+    for w in choice.warnings:
+        log.warning(w)
+    settings = {"task": task, "family": family, "device": device, "budget_minutes": budget_minutes,
+                "source": fp.source, "dims": fp.spatial_dims, "channels": channels, "outputs": outputs,
+                "intensity": intensity, "spacing": geo["spacing"], "label_map": mapping,
+                "resize": choice.crop if task == "cls" and (len({tuple(s) for s in fp.shapes}) > 1
+                                                            or choice.crop != geo["median_shape"]) else None,
+                "flip_axes": rules.flip_axes(task, fp.spatial_dims),
+                "pretrain_splits": rules.pretraining_splits(fp.splits)}
+    return {
+        **pretrain_sections(fp, choice, settings),
+        "plan": plan_record(fp, choice, dev, geo, settings, intensity_why),
+        "finetune": finetune_sections(choice, settings),
+    }
+
+
+def plan_record(fp: Fingerprint, choice: Choice, dev: Device, geo: dict[str, Any], settings: dict[str, Any],
+                intensity_why: str) -> dict[str, Any]:
+    """The ``plan`` section: what was decided and why, and the fingerprint it was decided from."""
+    return {
+        "version": PLAN_VERSION, "medmae": __version__, "source": fp.source, "task": settings["task"],
+        "family": settings["family"], "device": settings["device"], "budget_minutes": settings["budget_minutes"],
+        "decisions": {
+            "spacing": {"value": geo["spacing"], "why": geo["spacing_why"]},
+            "crop": {"value": choice.crop, "median_shape": geo["median_shape"], "max_voxels": geo["max_voxels"],
+                     "capped": geo["capped"]},
+            "intensity": {"value": settings["intensity"], "why": intensity_why},
+            "in_channels": {"value": settings["channels"],
+                            "why": "grey images stored as RGB" if fp.grey_as_rgb else "channels of the images"},
+            "label_map": settings["label_map"], "flip_axes": settings["flip_axes"],
+            "pretrain_splits": settings["pretrain_splits"],
+            **choice.as_dict(),
+            "device": {"memory_gib": round(dev.memory_bytes / 2**30, 1), "memory": dev.memory_source,
+                       "tflops": round(dev.flops_per_s / 1e12, 4), "speed": dev.speed_source},
+        },
+        "warnings": list(choice.warnings),
+        "fingerprint": fp.summary(),
+    }

@@ -1,0 +1,91 @@
+"""The config sections of a plan: the pretraining config (top level) and the fine-tuning settings (``finetune``),
+both from the same choice of crop, network and batch, so a pretrained encoder fits its fine-tuning.
+
+Schedules: CNNs (ResEnc) train with nnU-Net's SGD (Nesterov momentum 0.99, lr 1e-2, poly decay, no warmup,
+gradients clipped at 12); ViT and Swin with AdamW and warmup + cosine (MAE's recipe: base lr 1.5e-4 for the
+MAE, 1e-3 with layer decay 0.75 for fine-tuning). ``train.max_minutes`` is the budget; ``epochs`` is only an upper
+bound, so the budget decides the step count.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from medmae.planning.fingerprint import Fingerprint
+from medmae.planning.search import Choice
+
+EPOCHS_BOUND = 10_000  # the budget, not the epochs, ends a planned run
+NNUNET_SGD = {"name": "sgd", "lr": 1.0e-2, "momentum": 0.99, "nesterov": True, "weight_decay": 3.0e-5,
+              "schedule": "poly", "poly_power": 0.9, "warmup_epochs": 0, "clip_grad": 12.0, "layer_decay": None}
+FOREGROUND_PROB = 0.33  # nnU-Net oversamples foreground in a third of the crops
+MASK_RATIO = 0.75
+
+
+def mask_block(crop: list[int]) -> list[int]:
+    """Per axis the largest of 16 / 8 / 4 voxels that divides the crop into at least 2 blocks (nnssl: 16)."""
+    return [next((b for b in (16, 8, 4) if c % b == 0 and c // b >= 2), 1) for c in crop]
+
+
+def model_section(choice: Choice, s: dict[str, Any], *, deep_supervision: bool) -> dict[str, Any]:
+    model = {k: v for k, v in choice.network.model.items()}
+    model.update({"spatial_dims": s["dims"], "img_size": list(choice.crop), "in_channels": s["channels"]})
+    if model["arch"] == "resenc":
+        model["resenc"] = {**model["resenc"], "deep_supervision": deep_supervision}
+        model["drop_path"] = 0.0
+    return model
+
+
+def train_section(choice: Choice, s: dict[str, Any]) -> dict[str, Any]:
+    cuda = s["device"] == "cuda"
+    return {"epochs": EPOCHS_BOUND, "batch_size": choice.batch, "max_minutes": s["budget_minutes"],
+            "precision": "bf16" if cuda else "fp32", "device": s["device"], "checkpoint_every": 500, "log_every": 50}
+
+
+def data_section(fp: Fingerprint, s: dict[str, Any]) -> dict[str, Any]:
+    data: dict[str, Any] = {"path": fp.source, "intensity": s["intensity"], "spacing": s["spacing"],
+                            "orientation": "RAS", "resize": s["resize"], "flip_axes": s["flip_axes"], "flip_prob": 0.5,
+                            "num_workers": 4 if s["device"] == "cuda" else 0}
+    if s["label_map"]:
+        data["label_map"] = s["label_map"]
+    return data
+
+
+def pretrain_sections(fp: Fingerprint, choice: Choice, s: dict[str, Any]) -> dict[str, Any]:
+    """The pretraining config: the same data, crop, network and batch, the family's MAE and its schedule."""
+    model = model_section(choice, s, deep_supervision=False)
+    arch = model["arch"]
+    data = {**data_section(fp, s), "splits": s["pretrain_splits"]}
+    train = {**train_section(choice, s), "figure_every": 50}
+    if arch == "resenc":
+        mask = {"kind": "block", "ratio": MASK_RATIO, "block_size": mask_block(choice.crop), "sparse": False}
+        optim, loss = dict(NNUNET_SGD), {"norm_pix": False}
+    else:
+        small = model.get("size") == "vit-t"
+        if arch == "vit":
+            model["decoder"] = {"embed_dim": 128 if small else 256, "depth": 2 if small else 4, "num_heads": 4 if small else 8}
+        mask = {"kind": "random" if arch == "vit" else "window", "ratio": MASK_RATIO, "block_size": 16}
+        optim = {"name": "adamw", "base_lr": 1.5e-4, "weight_decay": 0.05, "betas": [0.9, 0.95],
+                 "warmup_epochs": EPOCHS_BOUND * 0.05, "schedule": "cosine", "clip_grad": 3.0}
+        loss = {"norm_pix": True}
+    return {"name": f"plan-{s['task']}-{arch}", "paper": f"medmae plan of {fp.source} ({s['task']}, {arch}, "
+            f"{s['budget_minutes']:g} min per run on {s['device']})", "data": data, "model": model, "mask": mask,
+            "loss": loss, "optim": optim, "train": train}
+
+
+def finetune_sections(choice: Choice, s: dict[str, Any]) -> dict[str, Any]:
+    """The ``finetune`` section of the plan: common keys and the task's (``finetune.seg`` / ``finetune.cls``)."""
+    arch = choice.network.model["arch"]
+    common: dict[str, Any] = {"data": {"splits": None}, "head": {"pool": "mean"}, "eval": {"sw_overlap": 0.5}}
+    if s["task"] == "seg":
+        common["data"]["foreground_prob"] = FOREGROUND_PROB
+    model = model_section(choice, s, deep_supervision=s["task"] == "seg")
+    if arch == "resenc":
+        optim = dict(NNUNET_SGD)
+    else:
+        model["drop_path"] = 0.1
+        optim = {"name": "adamw", "lr": 1e-3, "layer_decay": 0.75, "weight_decay": 0.05, "betas": [0.9, 0.999],
+                 "warmup_epochs": EPOCHS_BOUND * 0.05, "schedule": "cosine", "clip_grad": 3.0}
+        if arch == "vit":
+            common["head"]["feature_size"] = 16
+    task = {"model": model, "optim": optim, "train": train_section(choice, s)}
+    return {**common, s["task"]: task}

@@ -1,0 +1,169 @@
+"""Compute budgets (``train.max_minutes``): the budget becomes a step count measured with an injected clock, the
+lr schedule spans it, the calibration leaves no trace, and a crashed run resumes with the same count, bit for bit."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from helpers import TINY_2D, CliProcess, loss_reprs, pretrain_args, train_rows
+from medmae.config import OptimConfig, TrainConfig
+from medmae.engine import budget
+from medmae.engine import checkpoint as ckpt
+from medmae.engine.distributed import DistInfo
+from medmae.engine.loop import Trainer
+from medmae.engine.optim import param_groups, warmup_cosine
+
+EPOCHS = 10  # 8 points, batch 4: 2 steps per epoch, 20 steps without a budget
+
+
+class Points(Dataset):
+    def __init__(self, n: int = 8):
+        self.x = torch.randn(n, 3, generator=torch.Generator().manual_seed(0))
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, key):
+        _, i = key
+        return {"x": self.x[i], "index": i}
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def step_fn(crash_at: int | None = None):
+    calls = [0]
+
+    def fn(model: nn.Module, batch: dict) -> dict:
+        calls[0] += 1
+        if crash_at is not None and calls[0] == crash_at:
+            raise Crash(f"crash at call {crash_at}")
+        return {"loss": (model(batch["x"]) - 1.0).pow(2).mean()}
+
+    return fn
+
+
+def make_trainer(run_dir: Path, fn, **train) -> Trainer:
+    """A model with dropout (uses the RNG) and batch norm (buffers): the calibration must put both back."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 8), nn.BatchNorm1d(8), nn.Dropout(0.5), nn.Linear(8, 1))
+    cfg = TrainConfig(**{"epochs": EPOCHS, "batch_size": 4, "checkpoint_every": 3, "keep_last": 20, "device": "cpu",
+                         **train})
+    return Trainer(model=model, dataset=Points(), param_groups=param_groups(model, 0.0), train_cfg=cfg,
+                   optim_cfg=OptimConfig(lr=0.05, warmup_epochs=2), run_dir=run_dir,
+                   dist=DistInfo(0, 1, 0, torch.device("cpu")), step_fn=fn)
+
+
+def fake_clock(monkeypatch, tick: float) -> list[int]:
+    """Each call of the calibration clock advances it by ``tick`` s: 3 timed steps between two calls -> tick/3 s each."""
+    calls = itertools.count()
+    seen: list[int] = []
+
+    def clock() -> float:
+        n = next(calls)
+        seen.append(n)
+        return n * tick
+
+    monkeypatch.setattr(budget, "CLOCK", clock)
+    return seen
+
+
+def test_steps_in_budget_leaves_the_margin_and_refuses_a_bad_time():
+    assert budget.steps_in_budget(1.0, 6.0) == 9  # 60 s x 0.9 / 6 s
+    assert budget.steps_in_budget(1.0, 6.0, margin=0.0) == 10
+    assert budget.steps_in_budget(0.01, 60.0) == 1  # never zero steps
+    with pytest.raises(ValueError, match="-1"):
+        budget.steps_in_budget(1.0, -1.0)
+
+
+def test_max_minutes_becomes_a_step_count_and_the_schedule_spans_it(tmp_path, monkeypatch):
+    fake_clock(monkeypatch, tick=18.0)  # 6 s per step -> 9 steps in 0.9 x 60 s
+    result = make_trainer(tmp_path, step_fn(), max_minutes=1.0).fit()
+    assert result.step == result.total_steps == 9
+    rows = train_rows(tmp_path)
+    assert [r["step"] for r in rows] == list(range(1, 10))
+    warmup = round(2 * 2 * 9 / (EPOCHS * 2))  # warmup_epochs scaled to the budgeted steps, as epochs would be
+    want = [warmup_cosine(s, lr=0.05, total_steps=9, warmup_steps=warmup) for s in range(9)]
+    assert [r["lr"] for r in rows] == pytest.approx(want)
+    unbudgeted = warmup_cosine(8, lr=0.05, total_steps=2 * EPOCHS, warmup_steps=4)
+    assert rows[-1]["lr"] < 0.1 * unbudgeted, "the cosine must be near its end at the last budgeted step"
+    logged = [r for r in budget_rows(tmp_path)]
+    assert len(logged) == 1 and logged[0]["step_s"] == pytest.approx(6.0) and logged[0]["total_steps"] == 9
+    assert result.usage["budget_steps"] == 9 and result.usage["measured_step_s"] == pytest.approx(6.0)
+    assert result.usage["max_minutes"] == 1.0 and result.usage["steps"] == 9 and result.usage["train_minutes"] >= 0
+    state = ckpt.load_checkpoint(ckpt.find_latest_valid(tmp_path / "checkpoints")).train_state
+    assert state["budget"]["total_steps"] == 9 and state["total_steps"] == 9
+
+
+def test_a_budget_never_exceeds_epochs_or_max_steps(tmp_path, monkeypatch):
+    fake_clock(monkeypatch, tick=0.03)  # 10 ms per step: thousands of steps would fit
+    result = make_trainer(tmp_path / "a", step_fn(), max_minutes=1.0).fit()
+    assert result.step == 20
+    result = make_trainer(tmp_path / "b", step_fn(), max_minutes=1.0).fit(max_steps=5)
+    assert result.step == 5 and result.usage["budget_steps"] == 5
+
+
+def test_the_calibration_leaves_no_trace(tmp_path, monkeypatch):
+    """A budgeted run of 9 steps equals the run ``max_steps=9`` bit for bit (same weights, RNG, losses)."""
+    fake_clock(monkeypatch, tick=18.0)
+    make_trainer(tmp_path / "budget", step_fn(), max_minutes=1.0).fit()
+    trainer = make_trainer(tmp_path / "steps", step_fn())
+    trainer.fit(max_steps=9)
+    assert losses(tmp_path / "budget") == losses(tmp_path / "steps")
+
+
+def test_a_crashed_budgeted_run_resumes_with_its_step_count_bit_for_bit(tmp_path, monkeypatch):
+    """The resumed run has a machine ten times faster (another clock): it must not measure again."""
+    fake_clock(monkeypatch, tick=18.0)
+    make_trainer(tmp_path / "ref", step_fn(), max_minutes=1.0).fit()
+    with pytest.raises(Crash):
+        make_trainer(tmp_path / "run", step_fn(crash_at=4 + 8), max_minutes=1.0).fit()  # 4 timing calls, crash in step 8
+    assert [s for s, _ in ckpt.committed_steps(tmp_path / "run" / "checkpoints")][0] == 6
+    seen = fake_clock(monkeypatch, tick=1.8)
+    result = make_trainer(tmp_path / "run", step_fn(), max_minutes=1.0).fit(resume="auto")
+    assert seen == [], "a resumed run must reuse the checkpoint's budget, not measure again"
+    assert result.step == 9 and result.usage["measured_step_s"] == pytest.approx(6.0)
+    assert losses(tmp_path / "run") == losses(tmp_path / "ref")
+    final = {k: ckpt.load_checkpoint(p).model_state for k, p in (("run", tmp_path / "run"), ("ref", tmp_path / "ref"))
+             for p in [ckpt.find_latest_valid(p / "checkpoints")]}
+    assert all(torch.equal(final["run"][k], final["ref"][k]) for k in final["ref"])
+
+
+@pytest.mark.timeout(240)
+def test_sigkill_of_a_budgeted_pretraining_then_resume_auto_is_bitwise_the_run_of_its_step_count(tmp_path):
+    """A real ``kill -9`` of ``medmae pretrain`` with ``train.max_minutes``: the resumed process (its clock ten
+    times faster) keeps the 9 budgeted steps and ends bit for bit where ``--max-steps 9`` ends."""
+    budgeted = pretrain_args(tmp_path / "run", "demo-2d", (*TINY_2D, "train.max_minutes=0.1"))  # 5.4 s / 0.6 s
+    p = CliProcess(budgeted, tmp_path / "crash.log", pause_at=6, clock_tick=1.8)  # 0.6 s per step -> 9 steps
+    p.wait_for_step(tmp_path / "run", 6)
+    p.proc.send_signal(signal.SIGKILL)
+    assert p.wait() == -signal.SIGKILL
+    p.kill_group()
+    resumed = CliProcess([*budgeted, "--resume", "auto"], tmp_path / "resume.log", clock_tick=0.18)
+    assert resumed.wait() == 0, resumed.output()[-2000:]
+    ref = CliProcess(pretrain_args(tmp_path / "ref", "demo-2d", TINY_2D, "--max-steps", "9"), tmp_path / "ref.log")
+    assert ref.wait() == 0, ref.output()[-2000:]
+    assert [s for s, _ in loss_reprs(tmp_path / "run")] == list(range(1, 10))
+    assert loss_reprs(tmp_path / "run") == loss_reprs(tmp_path / "ref")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["training"]["budget_steps"] == 9 and summary["training"]["measured_step_s"] == pytest.approx(0.6)
+    assert summary["training"]["max_minutes"] == 0.1
+    assert budget.steps_in_budget(0.1, 0.6) == 9
+
+
+def losses(run_dir: Path) -> list[tuple[int, str]]:
+    return loss_reprs(run_dir)
+
+
+def budget_rows(run_dir: Path) -> list[dict]:
+    return [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if r.get("kind") == "budget"]
