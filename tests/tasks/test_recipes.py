@@ -1,0 +1,76 @@
+"""The ResEnc recipe presets: each builds at full size, pretrains two steps and fine-tunes two steps (from its own
+MAE) on synthetic data with no overrides besides shrinking it; the fine-tuning settings are the documented ones."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from medmae.config import FinetuneConfig, PretrainConfig, load_config, preset_names
+from medmae.engine import checkpoint as ckpt
+from medmae.models.registry import build_mae
+from medmae.tasks.evaluate import evaluate
+from medmae.tasks.finetune import finetune, finetune_raw_from_preset
+from medmae.tasks.pretrain import pretrain
+
+SMALL = ("model.resenc.widths=[4,8]", "model.resenc.blocks=[1,1]", "train.batch_size=2", "data.num_workers=0",
+         "train.precision=fp32", "data.figure_cases=1", "eval.bootstrap=50")
+SHRINK = {
+    "resenc-seg-2d": ("data.synthetic.n=6", "data.synthetic.size=[40,40]", "model.img_size=[32,32]", "eval.test_fraction=0.34"),
+    "resenc-cls-2d": ("data.synthetic.n=12", "data.synthetic.size=[40,40]", "data.resize=[40,40]", "model.img_size=[32,32]",
+                      "eval.test_fraction=0.5"),
+    "resenc-seg-3d": ("data.synthetic.kind=brain_mr", "data.synthetic.n=4", "data.synthetic.size=[36,36,36]",
+                      "model.img_size=[32,32,32]", "eval.test_fraction=0.25"),
+    "resenc-cls-3d": ("data.synthetic.kind=brain_mr", "data.synthetic.n=4", "data.synthetic.size=[36,36,36]",
+                      "model.img_size=[32,32,32]"),
+}
+TASK = {"resenc-seg-2d": "seg", "resenc-seg-3d": "seg", "resenc-cls-2d": "cls", "resenc-cls-3d": "cls"}
+
+
+def test_the_recipe_presets_are_shipped():
+    assert set(SHRINK) <= set(preset_names())
+
+
+@pytest.mark.parametrize("preset", sorted(SHRINK))
+def test_a_recipe_builds_pretrains_and_fine_tunes_without_surgery(preset, tmp_path):
+    full = load_config(PretrainConfig, preset=preset)
+    mae = build_mae(full)  # full size builds
+    assert full.model.arch == "resenc" and full.mask.kind == "block" and mae.mask_block == (16,) * full.model.spatial_dims
+    over = (*SMALL, *SHRINK[preset])
+    run = pretrain(preset=preset, run_dir=tmp_path / "mae", overrides=over, max_steps=2)
+    assert ckpt.find_latest_valid(run / "checkpoints").name == ckpt.step_dir_name(2)
+    task = TASK[preset]
+    ft_over = [o for o in over if not o.startswith("data.figure")]
+    if task == "cls" and "3d" in preset:
+        pytest.skip("the synthetic 3D phantoms carry no class labels; the 3D classifier is built below")
+    tuned = finetune(task=task, init=run, preset=preset, run_dir=tmp_path / "ft", overrides=ft_over, max_steps=2)
+    info = json.loads((tuned / "task.json").read_text())
+    assert info["load_report"]["loaded"], "the pretrained encoder must load"
+    assert ckpt.find_latest_valid(tuned / "checkpoints").name == ckpt.step_dir_name(2)
+    if preset == "resenc-seg-2d":
+        summary = evaluate(tuned)
+        assert summary["tta_axes"] == [0, 1] and summary["n_cases"] >= 1
+
+
+@pytest.mark.parametrize("preset", sorted(SHRINK))
+def test_the_fine_tuning_recipe_is_nnunet_for_segmentation_and_pooled_for_classification(preset):
+    cfg = load_config(FinetuneConfig, finetune_raw_from_preset(preset, TASK[preset]))
+    assert cfg.model.arch == "resenc" and cfg.data.augment.preset in ("nnunet", "light")
+    if TASK[preset] == "seg":
+        o = cfg.optim
+        assert (o.name, o.lr, o.momentum, o.nesterov, o.weight_decay, o.schedule, o.layer_decay) == \
+            ("sgd", 1e-2, 0.99, True, 3e-5, "poly", None)
+        assert cfg.model.resenc.deep_supervision and (cfg.loss.dice_weight, cfg.loss.ce_weight) == (1.0, 1.0)
+        assert cfg.data.augment.preset == "nnunet" and cfg.eval.tta is None  # auto: on for CNN segmentation
+    else:
+        assert cfg.head.pool == "mean" and cfg.optim.lr == 1e-3
+        assert cfg.data.crop_scale is None or cfg.data.crop_scale[0] >= 0.35
+
+
+def test_the_3d_classifier_builds_with_a_pooled_head():
+    from medmae.models.adapt import build_task_model
+
+    cfg = load_config(FinetuneConfig, finetune_raw_from_preset("resenc-cls-3d", "cls"))
+    model, _ = build_task_model(cfg, 2, None)
+    assert model.pool == "mean" and model.head.in_features == cfg.model.resenc.widths[-1]
