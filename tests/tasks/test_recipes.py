@@ -4,7 +4,10 @@ MAE) on synthetic data with no overrides besides shrinking it; the fine-tuning s
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
 
 from medmae.config import FinetuneConfig, PretrainConfig, load_config, preset_names
@@ -15,17 +18,29 @@ from medmae.tasks.finetune import finetune, finetune_raw_from_preset
 from medmae.tasks.pretrain import pretrain
 
 SMALL = ("model.resenc.widths=[4,8]", "model.resenc.blocks=[1,1]", "train.batch_size=2", "data.num_workers=0",
-         "train.precision=fp32", "data.figure_cases=1", "eval.bootstrap=50")
+         "train.precision=fp32")
 SHRINK = {
-    "resenc-seg-2d": ("data.synthetic.n=6", "data.synthetic.size=[40,40]", "model.img_size=[32,32]", "eval.test_fraction=0.34"),
-    "resenc-cls-2d": ("data.synthetic.n=12", "data.synthetic.size=[40,40]", "data.resize=[40,40]", "model.img_size=[32,32]",
-                      "eval.test_fraction=0.5"),
+    "resenc-seg-2d": ("data.synthetic.n=6", "data.synthetic.size=[40,40]", "model.img_size=[32,32]"),
+    "resenc-cls-2d": ("data.synthetic.n=16", "data.synthetic.size=[40,40]", "data.resize=[40,40]", "model.img_size=[32,32]"),
     "resenc-seg-3d": ("data.synthetic.kind=brain_mr", "data.synthetic.n=4", "data.synthetic.size=[36,36,36]",
-                      "model.img_size=[32,32,32]", "eval.test_fraction=0.25"),
+                      "model.img_size=[32,32,32]"),
     "resenc-cls-3d": ("data.synthetic.kind=brain_mr", "data.synthetic.n=4", "data.synthetic.size=[36,36,36]",
                       "model.img_size=[32,32,32]"),
 }
+HELD_OUT = {"resenc-seg-2d": 0.34, "resenc-cls-2d": 0.5, "resenc-seg-3d": 0.25, "resenc-cls-3d": 0.25}
 TASK = {"resenc-seg-2d": "seg", "resenc-seg-3d": "seg", "resenc-cls-2d": "cls", "resenc-cls-3d": "cls"}
+
+
+def volumes_by_class(root: Path, n: int = 8) -> Path:
+    """A folder layout of 36^3 NIfTI volumes in class folders ``a`` / ``b`` (a bright or a dark blob)."""
+    rng = np.random.default_rng(0)
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, 36)] * 3, indexing="ij"))
+    for i in range(n):
+        cls = "ab"[i % 2]
+        vol = 1.0 + 0.1 * rng.standard_normal((36, 36, 36)) + (0.5 if cls == "a" else -0.5) * ((grid**2).sum(0) < 0.3)
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        nib.save(nib.Nifti1Image(vol.astype(np.float32), np.eye(4)), root / cls / f"v{i}.nii.gz")
+    return root
 
 
 def test_the_recipe_presets_are_shipped():
@@ -38,13 +53,13 @@ def test_a_recipe_builds_pretrains_and_fine_tunes_without_surgery(preset, tmp_pa
     mae = build_mae(full)  # full size builds
     assert full.model.arch == "resenc" and full.mask.kind == "block" and mae.mask_block == (16,) * full.model.spatial_dims
     over = (*SMALL, *SHRINK[preset])
-    run = pretrain(preset=preset, run_dir=tmp_path / "mae", overrides=over, max_steps=2)
+    run = pretrain(preset=preset, run_dir=tmp_path / "mae", overrides=(*over, "data.figure_cases=1"), max_steps=2)
     assert ckpt.find_latest_valid(run / "checkpoints").name == ckpt.step_dir_name(2)
     task = TASK[preset]
-    ft_over = [o for o in over if not o.startswith("data.figure")]
-    if task == "cls" and "3d" in preset:
-        pytest.skip("the synthetic 3D phantoms carry no class labels; the 3D classifier is built below")
-    tuned = finetune(task=task, init=run, preset=preset, run_dir=tmp_path / "ft", overrides=ft_over, max_steps=2)
+    ft_over = [*over, "eval.bootstrap=50", f"eval.test_fraction={HELD_OUT[preset]}"]
+    data = volumes_by_class(tmp_path / "vols") if preset == "resenc-cls-3d" else None  # the phantoms have no classes
+    tuned = finetune(task=task, init=run, preset=preset, data=data, run_dir=tmp_path / "ft", overrides=ft_over,
+                     max_steps=2)
     info = json.loads((tuned / "task.json").read_text())
     assert info["load_report"]["loaded"], "the pretrained encoder must load"
     assert ckpt.find_latest_valid(tuned / "checkpoints").name == ckpt.step_dir_name(2)
