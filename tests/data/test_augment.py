@@ -64,6 +64,16 @@ def test_masks_stay_integer_label_maps_aligned_with_the_image(shape, crop):
     assert changed >= 5, "the spatial transform should have changed (almost) every crop"
 
 
+def test_2d_elastic_deformation_keeps_items_pure_and_masks_aligned():
+    d = dataset((48, 40), (32, 32), preset="none", elastic_prob=1.0, spatial_prob=0.5, rotate_deg_2d=20.0)
+    first = d[(1, 2)]
+    assert torch.equal(first["image"], d[(1, 2)]["image"]) and torch.equal(first["mask"], d[(1, 2)]["mask"])
+    for e in range(3):
+        item = d[(e, 0)]
+        assert tuple(item["mask"].shape) == (32, 32) and set(item["mask"].unique().tolist()) <= {0, 1, 2}
+        assert float((torch.round(item["image"][0] / 10) == item["mask"]).float().mean()) > 0.95
+
+
 def test_intensity_transforms_change_the_image_only():
     d = dataset((48, 40), (32, 32), preset="none", brightness_prob=1.0, gamma_prob=1.0, noise_prob=1.0)
     plain = CaseDataset(d.prepared, (32, 32), augment=Augment((32, 32), flip_axes=(0, 1)), seed=3)

@@ -1,6 +1,6 @@
 """Spatial and intensity augmentation of training crops: MONAI transforms, built once, seeded per item.
 
-The ``Compose`` is built once per dataset from ``data.augment`` (:class:`medmae.config.augment.AugmentConfig`) and
+The transforms are built once per dataset from ``data.augment`` (:class:`medmae.config.augment.AugmentConfig`) and
 re-seeded for every item from that item's own generator (a pure function of (seed, epoch, case index)), so an item
 stays a pure function of its key: resume is bitwise exact and DDP ranks see the single-process samples.
 
