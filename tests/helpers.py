@@ -36,8 +36,10 @@ TINY_MODEL = (
 )
 
 # 12 synthetic 32x32 radiographs, batch 4: 3 steps per epoch, 4 epochs = 12 steps, checkpoints at 4, 8, 12.
+# MONAI augmentation on (nnU-Net's set): the kill / resume and DDP tests check that it keeps items pure functions.
 TINY_2D = (
     *TINY_MODEL,
+    "data.augment.preset=nnunet",
     "data.synthetic.n=12",
     "data.synthetic.size=[32,32]",
     "model.img_size=[32,32]",

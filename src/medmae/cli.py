@@ -206,7 +206,10 @@ def evaluate(
     split: Annotated[str, typer.Option("--split", help="Split to evaluate (test, val, ...).")] = "test",
     threads: Threads = None,
 ) -> None:
-    """Metrics with bootstrap 95 % CIs -> RUN_DIR/eval/<split>/ (with --data: eval/<data-name>_<split>/) summary.json and per_case.csv."""
+    """Metrics with bootstrap 95 % CIs -> RUN_DIR/eval/<split>/ (with --data: eval/<data-name>_<split>/) summary.json and per_case.csv.
+
+    Segmentation: Gaussian sliding windows (eval.sw_overlap) and mirror test-time augmentation over data.flip_axes
+    (eval.tta; default on for CNN segmentation)."""
     from medmae.tasks.evaluate import evaluate as run
 
     summary = _run(run, run_dir, data=data, split=split, threads=threads)
@@ -220,7 +223,9 @@ def predict(
     out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("predictions"),
     threads: Threads = None,
 ) -> None:
-    """Segmentation masks in each input's geometry (NIfTI/NRRD; 2D: palette PNG + <name>_overlay.png), or class probabilities as CSV."""
+    """Segmentation masks in each input's geometry (NIfTI/NRRD; 2D: palette PNG + <name>_overlay.png), or class probabilities as CSV.
+
+    Same inference as evaluate: sliding windows and mirror test-time augmentation as the run's eval.tta says."""
     from medmae.tasks.predict import predict as run
 
     written = _run(run, run_dir, inputs, out=out, threads=threads)

@@ -17,7 +17,7 @@ def print_demo(console: Console, s: dict[str, Any]) -> None:
     t = Table(title="MAE pretraining on synthetic chest X-rays (labels unused)", show_header=False)
     t.add_row("steps", str(s["pretrain_steps"]))
     t.add_row("masked-patch loss, fixed cases and masks", f"{s['masked_patch_loss']:.4f}")
-    t.add_row("loss of predicting each patch's own mean", f"{s['patch_mean_baseline_loss']:.4f}")
+    t.add_row("loss of filling with the visible mean", f"{s['patch_mean_baseline_loss']:.4f}")
     console.print(t)
     c = Table("task", "init", "metric", "value", "95 % CI", "trivial baseline", "test cases",
               title=f"fine-tuned on {s['label_fraction']:.0%} of the training labels, same held-out split")

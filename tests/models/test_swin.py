@@ -33,9 +33,11 @@ def test_encoder_rejects_bad_inputs():
         enc(torch.randn(2, 3, 32, 32))
 
 
-def test_mae_encoder_sees_mask_tokens_not_masked_pixels():
+@pytest.mark.parametrize("input_norm", [False, True])
+def test_mae_encoder_sees_mask_tokens_not_masked_pixels(input_norm):
+    """Also not through the input standardisation's statistics (computed over visible pixels only)."""
     torch.manual_seed(0)
-    mae = SwinMAE(tiny_encoder(), mask_ratio=0.75, mask_block=(2, 2)).eval()
+    mae = SwinMAE(tiny_encoder(input_norm=input_norm), mask_ratio=0.75, mask_block=(2, 2)).eval()
     assert_prediction_ignores_masked_pixels(mae, torch.randn(2, 1, 32, 32), torch.tensor([3, 4]), shift=5.0)
 
 
@@ -57,13 +59,17 @@ def test_mae_loss_is_mse_on_masked_patches_and_reconstruction_copies_visible_pix
     assert mae.mask_token.grad is not None and float(mae.mask_token.grad.abs().sum()) > 0
 
 
-def test_mean_patch_baseline_is_the_variance_of_masked_patches():
+def test_mean_patch_baseline_fills_masked_patches_with_the_visible_mean():
     mae = SwinMAE(tiny_encoder(), mask_ratio=0.5, mask_block=(2, 2), norm_pix_loss=False)
     x = torch.randn(2, 1, 32, 32)
     seeds = torch.tensor([5, 6])
     mask = mae.mask(2, seeds, x.device).flatten(1)
-    var = patchify(x, (4, 4)).var(-1, unbiased=False)
-    torch.testing.assert_close(mae.mean_patch_baseline(x, seeds), var[mask].mean())
+    patches = patchify(x, (4, 4))
+    fill = torch.stack([patches[i][~mask[i]].mean() for i in range(2)])
+    want = (patches - fill[:, None, None]).pow(2).mean(-1)[mask].mean()
+    torch.testing.assert_close(mae.mean_patch_baseline(x, seeds), want)
+    oracle = patches.var(-1, unbiased=False)[mask].mean()
+    assert float(mae.mean_patch_baseline(x, seeds)) > float(oracle), "not the oracle of each masked patch's own mean"
 
 
 def test_mae_runs_under_bf16_autocast():

@@ -6,6 +6,7 @@ code 2).
 
 ============  ===================================================================================
 ``base``      :class:`Strict` (what every section shares)
+``augment``   ``data.augment`` (MONAI augmentation presets and probabilities)
 ``data``      the ``data`` section; ``filters``: the keys and defaults of ``data.include`` / ``exclude``
 ``model``     the ``model`` (with each backbone family's own section) and ``mask`` sections
 ``train``     ``loss``, ``optim``, ``train``, ``monitor``, ``head``, ``eval``, ``init``
@@ -18,6 +19,7 @@ code 2).
 
 from __future__ import annotations
 
+from medmae.config.augment import AUGMENT_PRESETS, AugmentConfig
 from medmae.config.base import Strict
 from medmae.config.data import DataConfig, IntensityConfig, SourceEntry, SyntheticConfig
 from medmae.config.loading import (
@@ -65,3 +67,4 @@ __all__ = [
     "apply_overrides", "deep_merge", "dump_yaml", "finetune_raw_from_mapping", "finetune_raw_from_preset", "load_config", "load_raw",
     "parse_override", "preset_dict", "preset_names", "set_data_path", "validate",
 ]
+__all__ += ["AUGMENT_PRESETS", "AugmentConfig"]

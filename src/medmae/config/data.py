@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from medmae.config.augment import AugmentConfig
 from medmae.config.base import Strict, refuse
 from medmae.config.checks import intensity_problems
 from medmae.config.filters import DEFAULT_EXCLUDE, check_filter, with_default_exclude
@@ -65,6 +66,7 @@ class DataConfig(Strict):
     crop_scale: tuple[float, float] | None = None
     flip_axes: list[int] = []
     flip_prob: float = Field(0.5, ge=0.0, le=1.0)
+    augment: AugmentConfig = AugmentConfig()
     cache_dir: str | None = None
     num_workers: int = Field(0, ge=0)
     figure_cases: int = Field(4, ge=1)

@@ -37,6 +37,7 @@ class SwinConfig(Strict):
     depths: list[Annotated[int, Field(ge=1)]] = [2, 2, 2, 2]
     num_heads: list[Annotated[int, Field(ge=1)]] = [3, 6, 12, 24]
     window_size: int = Field(7, ge=1)
+    input_norm: bool = Field(True, description="standardise each input image (per channel) before the patch embedding")
     decoder_depths: list[int] | None = Field(
         None, description="blocks per up-stage of the decoders, deepest first (len(depths) - 1 values); "
                           "None mirrors the encoder (Swin-MAE / Swin-UNet)")

@@ -83,6 +83,8 @@ class EvalConfig(Strict):
     split_seed: int = Field(0, ge=0)
     sw_overlap: float = Field(0.5, ge=0.0, lt=1.0)
     sw_batch_size: int = Field(4, ge=1)
+    tta: bool | None = Field(None, description="mirror test-time augmentation over data.flip_axes; null: on for "
+                                               "segmentation with a CNN (arch resenc), off otherwise")
     threshold: float = Field(0.5, gt=0.0, lt=1.0)
     regions: dict[str, list[int]] | None = None
     mean_over: list[str] | None = None

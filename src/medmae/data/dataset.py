@@ -43,6 +43,7 @@ class Augment:
     flip_axes: tuple[int, ...] = ()
     flip_prob: float = 0.5
     foreground_prob: float = 0.0
+    transforms: Callable[..., tuple[torch.Tensor, torch.Tensor | None]] | None = None  # data.augment: medmae.data.augment
 
 
 @dataclass
@@ -151,7 +152,7 @@ def center_crop_box(shape: Sequence[int], size: Sequence[int]) -> tuple[slice, .
     return tuple(slice((n - s) // 2, (n - s) // 2 + s) for n, s in zip(shape, size))
 
 
-def _to_size(x_cs: np.ndarray, size: Sequence[int], *, label: bool) -> torch.Tensor:
+def resize_to(x_cs: np.ndarray, size: Sequence[int], *, label: bool) -> torch.Tensor:
     t = torch.from_numpy(np.array(x_cs, dtype=np.float32))  # a copy: cached arrays are read-only memory maps
     if tuple(t.shape[1:]) == tuple(size):
         return t
@@ -182,8 +183,11 @@ def augment_case(
         if fg_coords is not None and len(fg_coords) and rng.random() < aug.foreground_prob:
             center = fg_coords[int(rng.integers(len(fg_coords)))]
         box = random_crop_box(rng, shape, crop_size, center)
-    img_t = _to_size(np.asarray(image[(slice(None), *box)]), crop_size, label=False)
-    msk_t = _to_size(np.asarray(mask[box])[None], crop_size, label=True)[0].to(torch.int64) if mask is not None else None
+    if aug is not None and aug.transforms is not None:  # MONAI transforms, seeded by a child of this item's rng
+        img_t, msk_t = aug.transforms(image, mask, box, pad_value, int(rng.spawn(1)[0].integers(2**32)))
+    else:
+        img_t = resize_to(np.asarray(image[(slice(None), *box)]), crop_size, label=False)
+        msk_t = resize_to(np.asarray(mask[box])[None], crop_size, label=True)[0].to(torch.int64) if mask is not None else None
     if aug is not None:
         for axis in aug.flip_axes:
             if rng.random() < aug.flip_prob:

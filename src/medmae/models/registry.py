@@ -186,6 +186,7 @@ def _swin_kwargs(m: ModelConfig) -> dict[str, Any]:
         "depths": list(s.depths),
         "num_heads": list(s.num_heads),
         "window_size": s.window_size,
+        "input_norm": s.input_norm,
         "mlp_ratio": m.mlp_ratio,
         "qkv_bias": m.qkv_bias,
     }

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from medmae.models.mae_base import MaskedAutoencoder, draw_seeds
+from medmae.models.mae_base import MaskedAutoencoder, draw_seeds, standardize
 from medmae.models.masking import mask_to_grid, window_mask
 from medmae.models.swin_blocks import PatchExpand, PatchMerging, swin_stage
 from medmae.models.vit import init_transformer_weights
@@ -41,6 +41,7 @@ class SwinEncoder(nn.Module):
         mlp_ratio: float = 4.0,
         qkv_bias: bool = True,
         drop_path: float = 0.0,
+        input_norm: bool = False,
     ):
         super().__init__()
         if spatial_dims != 2:
@@ -54,7 +55,7 @@ class SwinEncoder(nn.Module):
         if len(self.img_size) != 2 or any(s % u for s, u in zip(self.img_size, unit)):
             raise ValueError(f"Swin input {self.img_size} must be divisible by {unit} (patch x 2**(stages - 1))")
         self.grid = tuple(s // p for s, p in zip(self.img_size, self.patch_size))
-        self.in_channels, self.window_size = in_channels, window_size
+        self.in_channels, self.window_size, self.input_norm = in_channels, window_size, input_norm
         self.depths, self.num_heads = tuple(depths), tuple(num_heads)
         self.stage_dims = tuple(embed_dim * 2**i for i in range(len(depths)))
         self.embed_dim = self.stage_dims[-1]  # width of the pooled features (what a classifier head sees)
@@ -78,12 +79,15 @@ class SwinEncoder(nn.Module):
         w = self.patch_embed.proj.weight
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
 
-    def embed(self, x_bchw: torch.Tensor) -> torch.Tensor:
-        """Patch tokens (B, H/p, W/p, C) after the patch embedding and its LayerNorm."""
+    def embed(self, x_bchw: torch.Tensor, visible_b1hw: torch.Tensor | None = None) -> torch.Tensor:
+        """Patch tokens (B, H/p, W/p, C) after the patch embedding and its LayerNorm (with ``input_norm`` the input is
+        first standardised per image and channel, over its ``visible`` pixels when given)."""
         if x_bchw.shape[1] != self.in_channels or x_bchw.dim() != 4:
             raise ValueError(f"Swin encoder built for (B, {self.in_channels}, H, W) input, got {tuple(x_bchw.shape)}")
         if any(s % p for s, p in zip(x_bchw.shape[2:], self.patch_size)):
             raise ValueError(f"input size {tuple(x_bchw.shape[2:])} is not divisible by the patch size {self.patch_size}")
+        if self.input_norm:
+            x_bchw = standardize(x_bchw, visible_b1hw)
         return self.patch_embed.norm(self.patch_embed.proj(x_bchw).permute(0, 2, 3, 1))
 
     def forward_stages(self, tokens_bhwc: torch.Tensor) -> list[torch.Tensor]:
@@ -124,7 +128,8 @@ class SwinEncoder(nn.Module):
     def forward_masked(self, x_bchw: torch.Tensor, mask_bm: torch.Tensor, fill: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Stage outputs (as :meth:`feature_maps`) with the masked patches' tokens replaced by ``fill`` (a (C,) mask
         token broadcast over the map; zeros when None) after the patch embedding, on the full grid (VIS-MAE)."""
-        tokens = self.embed(x_bchw)
+        visible = ~mask_to_grid(mask_bm, x_bchw.shape[2:], (1, 1))[:, None]  # masked pixels add nothing to the statistics
+        tokens = self.embed(x_bchw, visible)
         masked = mask_to_grid(mask_bm, x_bchw.shape[2:], self.patch_size)[..., None]
         tokens = torch.where(masked, tokens.new_zeros(()) if fill is None else fill.to(tokens.dtype), tokens)
         return [f.permute(0, 3, 1, 2) for f in self.forward_stages(tokens)]
@@ -208,6 +213,7 @@ class SwinMAE(MaskedAutoencoder):
         if any(g % b for g, b in zip(encoder.grid, mask_block)):
             raise ValueError(f"patch grid {encoder.grid} is not divisible by the mask block {tuple(mask_block)} (in patches)")
         self.encoder, self.mask_ratio, self.norm_pix_loss = encoder, mask_ratio, norm_pix_loss
+        self.standardize_input = encoder.input_norm  # targets in the encoder's standardised space
         self.mask_block = tuple(int(b) for b in mask_block)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, 1, encoder.stage_dims[0]))
         nn.init.normal_(self.mask_token, std=0.02)

@@ -27,7 +27,7 @@ from medmae.errors import SourceError
 from medmae.engine.tracking import track_summary
 from medmae.metrics import regions_from_labels, segmentation_case_metrics, summarize_classification, summarize_segmentation
 from medmae.run_layout import EVAL_DIR, PER_CASE_FILE, SPLITS_FILE, SUMMARY_FILE
-from medmae.tasks.inference import classify, load_task_run, segment, set_threads
+from medmae.tasks.inference import classify, load_task_run, segment, set_threads, tta_axes
 from medmae.tasks.run_dir import eval_dir
 from medmae.tasks.task_labels import check_mask_values
 
@@ -74,7 +74,8 @@ def evaluate(run_dir: str | Path, *, data: str | Path | None = None, split: str 
     ids = [p.case.case_id for p in prepared]
     if cfg.task == "cls":
         targets = class_targets(spec.cases, info)
-        probs = classify(model, [p.image for p in prepared], cfg.model.img_size, info["multilabel"], device=device)
+        probs = classify(model, [p.image for p in prepared], cfg.model.img_size, info["multilabel"], device=device,
+                         tta=tta_axes(cfg))
         rows, per_case = summarize_classification(probs, targets, multilabel=info["multilabel"],
                                                   class_names=info["classes"], threshold=cfg.eval.threshold,
                                                   n_resamples=cfg.eval.bootstrap, seed=0)
@@ -87,7 +88,7 @@ def evaluate(run_dir: str | Path, *, data: str | Path | None = None, split: str 
         per_case = []
         for p in prepared:
             pred = segment(model, p.image, cfg.model.img_size, overlap=cfg.eval.sw_overlap,
-                           sw_batch_size=cfg.eval.sw_batch_size, device=device).argmax(0).numpy()
+                           sw_batch_size=cfg.eval.sw_batch_size, device=device, tta=tta_axes(cfg)).argmax(0).numpy()
             per_case.append(segmentation_case_metrics(pred, np.asarray(p.mask), regions=regions, spacing=p.spacing,
                                                        unit=unit))
         seg = summarize_segmentation(per_case, mean_over=cfg.eval.mean_over, n_resamples=cfg.eval.bootstrap, seed=0)
@@ -100,7 +101,7 @@ def evaluate(run_dir: str | Path, *, data: str | Path | None = None, split: str 
             row["case"] = ids[int(row["case"])]
     summary = {"task": cfg.task, "split": split if data is None else f"{data}:{split}",
                "data": None if data is None else str(data), "n_cases": len(prepared),
-               "checkpoint": str(ckpt_path), "rows": rows, **extra,
+               "checkpoint": str(ckpt_path), "rows": rows, "tta_axes": list(tta_axes(cfg)), **extra,
                "leakage": leakage_check(info, prepared, cfg)}
     out = eval_dir(run_dir, split, data)
     out.mkdir(parents=True, exist_ok=True)

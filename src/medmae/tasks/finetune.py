@@ -24,7 +24,8 @@ from medmae.config import (
     validate,
 )
 from medmae.data.cases import Case, DatasetSpec
-from medmae.data.dataset import Augment, CaseDataset
+from medmae.data.augment import make_augment
+from medmae.data.dataset import CaseDataset
 from medmae.data.labels import class_targets
 from medmae.data.pipeline import prepare, resolve_spec
 from medmae.data.preprocess import CaseError, Preprocessing
@@ -236,7 +237,7 @@ def finetune(
                 kept = {p.case.case_id for p in prepared}
                 targets = targets[[i for i, c in enumerate(train_cases) if c.case_id in kept]]
         crop = tuple(cfg.model.img_size)
-        augment = Augment(crop, cfg.data.crop_scale, tuple(cfg.data.flip_axes), cfg.data.flip_prob, cfg.data.foreground_prob)
+        augment = make_augment(cfg.data, crop, cfg.model.spatial_dims, foreground_prob=cfg.data.foreground_prob)
         if cfg.task == "seg":
             check_regions(cfg, info)
             check_mask_values(prepared, info)

@@ -59,21 +59,49 @@ def class_probabilities(logits: torch.Tensor, multilabel: bool) -> torch.Tensor:
     return torch.sigmoid(logits) if multilabel else torch.softmax(logits, dim=1)
 
 
+def mirror_sets(axes: Sequence[int]) -> list[tuple[int, ...]]:
+    """Every subset of the spatial ``axes``, the identity first: nnU-Net's mirroring TTA runs 2**len(axes) passes."""
+    return [tuple(a for j, a in enumerate(axes) if k >> j & 1) for k in range(2 ** len(axes))]
+
+
+def tta_axes(cfg: FinetuneConfig) -> tuple[int, ...]:
+    """Spatial axes mirrored at test time: the axes the model was trained mirrored on (``data.flip_axes``; with
+    ``eval.tta: true`` and none, every axis). ``eval.tta`` null (auto) is on for segmentation with a CNN
+    (``arch resenc``), where it costs 2**axes passes of a cheap network, and off otherwise."""
+    on = cfg.eval.tta if cfg.eval.tta is not None else (cfg.task == "seg" and cfg.model.arch == "resenc")
+    if not on:
+        return ()
+    return tuple(cfg.data.flip_axes) or (tuple(range(cfg.model.spatial_dims)) if cfg.eval.tta else ())
+
+
+def _flip(x: torch.Tensor, axes: Sequence[int]) -> torch.Tensor:
+    """Flip spatial ``axes`` of a (B, C, *S) tensor (its own inverse)."""
+    return x.flip([2 + a for a in axes]) if axes else x
+
+
 @torch.no_grad()
 def classify(model: nn.Module, images: Sequence[np.ndarray], crop: Sequence[int], multilabel: bool,
-             batch_size: int = 32, device: str | torch.device = "cpu") -> np.ndarray:
-    """(N, K) probabilities for preprocessed images (each centre-cropped / padded to ``crop``)."""
+             batch_size: int = 32, device: str | torch.device = "cpu", tta: Sequence[int] = ()) -> np.ndarray:
+    """(N, K) probabilities for preprocessed images (each centre-cropped / padded to ``crop``), averaged over the
+    mirrorings of the ``tta`` axes."""
     out = []
     for i in range(0, len(images), batch_size):
         x = torch.stack([augment_case(np.asarray(im), None, None, None, crop)[0] for im in images[i : i + batch_size]])
-        out.append(class_probabilities(model(x.to(device)).float(), multilabel).cpu())
+        x = x.to(device)
+        passes = [class_probabilities(model(_flip(x, m)).float(), multilabel) for m in mirror_sets(tta)]
+        out.append((sum(passes) / len(passes)).cpu())
     return torch.cat(out).numpy()
 
 
 @torch.no_grad()
 def segment(model: nn.Module, image_cs: np.ndarray, roi: Sequence[int], *, overlap: float = 0.5,
-            sw_batch_size: int = 4, device: str | torch.device = "cpu") -> torch.Tensor:
-    """Class probabilities (K, *S) of a whole preprocessed image by Gaussian-blended sliding windows."""
+            sw_batch_size: int = 4, device: str | torch.device = "cpu", tta: Sequence[int] = ()) -> torch.Tensor:
+    """Class probabilities (K, *S) of a whole preprocessed image by Gaussian-blended sliding windows; with ``tta``
+    axes, the mean of the softmax over every mirroring of them (each flipped back)."""
     x = torch.from_numpy(np.array(image_cs, dtype=np.float32))[None].to(device)
-    logits = sliding_window_inference(x, tuple(roi), sw_batch_size, model, overlap=overlap, mode="gaussian")
-    return torch.softmax(logits.float(), dim=1)[0].cpu()
+    total = None
+    for m in mirror_sets(tta):
+        logits = sliding_window_inference(_flip(x, m), tuple(roi), sw_batch_size, model, overlap=overlap, mode="gaussian")
+        probs = _flip(torch.softmax(logits.float(), dim=1), m)
+        total = probs if total is None else total + probs
+    return (total / len(mirror_sets(tta)))[0].cpu()

@@ -18,7 +18,7 @@ from medmae.data.preprocess import Preprocessing, load_image
 from medmae.data.readers import read_image
 from medmae.data.writers import write_like
 from medmae.figures import save_mask_overlay, save_palette_mask
-from medmae.tasks.inference import classify, load_task_run, segment, set_threads
+from medmae.tasks.inference import classify, load_task_run, segment, set_threads, tta_axes
 from medmae.tasks.run_dir import output_dir
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ def predict(run_dir: str | Path, inputs: Sequence[str | Path], *, out: str | Pat
     cases = [Case(strip_suffix(Path(p).name), (str(p),), strip_suffix(Path(p).name)) for p in inputs]
     if cfg.task == "cls":
         images = [load_image(c, prep).array for c in cases]
-        probs = classify(model, images, cfg.model.img_size, info["multilabel"], device=device)
+        probs = classify(model, images, cfg.model.img_size, info["multilabel"], device=device, tta=tta_axes(cfg))
         path = out / "predictions.csv"
         with path.open("w", newline="") as f:
             w = csv.writer(f)
@@ -70,7 +70,7 @@ def predict(run_dir: str | Path, inputs: Sequence[str | Path], *, out: str | Pat
     for case, name in zip(cases, names):
         loaded = load_image(case, prep)
         probs = segment(model, loaded.array, cfg.model.img_size, overlap=cfg.eval.sw_overlap,
-                        sw_batch_size=cfg.eval.sw_batch_size, device=device)
+                        sw_batch_size=cfg.eval.sw_batch_size, device=device, tta=tta_axes(cfg))
         if tuple(probs.shape[1:]) != tuple(loaded.read_shape):
             mode = "bilinear" if len(loaded.read_shape) == 2 else "trilinear"
             probs = F.interpolate(probs[None], size=loaded.read_shape, mode=mode, align_corners=False)[0]

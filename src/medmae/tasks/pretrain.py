@@ -13,7 +13,8 @@ from torch import nn
 
 from medmae.config import ConfigError, PretrainConfig, dump_yaml, load_config, set_data_path
 from medmae.data.cache import ArrayCache
-from medmae.data.dataset import Augment, CaseDataset, Prepared
+from medmae.data.augment import make_augment
+from medmae.data.dataset import CaseDataset, Prepared
 from medmae.data.labels import class_targets
 from medmae.data.pipeline import PoolPart, PreparedPool, prepare_pool, resolve_parts
 from medmae.engine.distributed import check_batch, DistInfo, barrier, init_distributed
@@ -120,7 +121,7 @@ def _pretrain_locked(cfg: PretrainConfig, model: nn.Module, run_dir: Path, dist:
         record_data(run_dir, pool, cfg)
     log.info("%d cases from %s", len(prepared), pool.composition["sources"])
     crop = tuple(cfg.model.img_size)
-    augment = Augment(crop, cfg.data.crop_scale, tuple(cfg.data.flip_axes), cfg.data.flip_prob)
+    augment = make_augment(cfg.data, crop, cfg.model.spatial_dims)
     slice_axis = cfg.data.slice_axis if cfg.model.spatial_dims == 2 else None
     train_set = CaseDataset(prepared, crop, augment=augment, seed=cfg.train.seed, slice_axis=slice_axis)
     view_set = CaseDataset(prepared, crop, augment=None, seed=cfg.train.seed, slice_axis=slice_axis)

@@ -1,0 +1,160 @@
+#!/usr/bin/env python
+"""medmae's ViT classifier and UNETR against MONAI's ``ViT`` / ``UNETR`` of the same size, in one run.
+
+    python benchmarks/vit_vs_monai.py --task cls --steps 300            # built-in synthetic chest X-rays
+    python benchmarks/vit_vs_monai.py --task seg --steps 300
+    python benchmarks/vit_vs_monai.py --task cls --data MANIFEST.csv --size 224 --steps 3000   # real data
+
+Both arms go through the same ``medmae finetune`` (same data, split, crops, augmentation, loss, optimizer,
+schedule and step budget) and the same ``medmae evaluate`` (same metrics and CIs); only the network differs.
+The MONAI network is put in place of medmae's task model for its arm (``build_task_model`` is swapped in this
+script only; once ``--init baseline:NAME`` exists this becomes a plain ``sweep``). Both arms start from scratch and
+neither uses layer-wise lr decay. Sizes are ViT-T (192 wide, 12 blocks, 3 heads) with 16 px patches, which is the
+size and patch MONAI's UNETR fixes. Writes ``benchmarks/results/vit_vs_monai_<task>_<tag>.json`` and prints the
+two headline figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[1]
+EMBED, DEPTH, HEADS = 192, 12, 3
+
+
+class MonaiClassifier(nn.Module):
+    """MONAI ``ViT(classification=True)`` returning logits only (it returns (logits, hidden states))."""
+
+    def __init__(self, cfg, num_outputs: int):
+        super().__init__()
+        from monai.networks.nets import ViT
+
+        m = cfg.model
+        self.net = ViT(m.in_channels, m.img_size, m.patch, hidden_size=EMBED, mlp_dim=4 * EMBED, num_layers=DEPTH,
+                       num_heads=HEADS, classification=True, num_classes=num_outputs, spatial_dims=m.spatial_dims)
+        self.encoder = SimpleNamespace(depth=DEPTH)  # what medmae's param-group code asks for (no layer decay used)
+
+    def forward(self, x):
+        return self.net(x)[0]
+
+
+class MonaiUNETR(nn.Module):
+    def __init__(self, cfg, num_outputs: int):
+        super().__init__()
+        from monai.networks.nets import UNETR
+
+        m = cfg.model
+        self.net = UNETR(m.in_channels, num_outputs, m.img_size, feature_size=cfg.head.feature_size, hidden_size=EMBED,
+                         mlp_dim=4 * EMBED, num_heads=HEADS, spatial_dims=m.spatial_dims)
+        self.encoder = SimpleNamespace(depth=DEPTH)
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def monai_builder(cfg, num_outputs: int, init):
+    return (MonaiClassifier if cfg.task == "cls" else MonaiUNETR)(cfg, num_outputs), None
+
+
+def settings(task: str, size: int, data: str | None, steps: int, batch: int) -> dict[str, Any]:
+    """The shared fine-tuning config: medmae's ViT recipe (see docs/howto/recipes.md) at ViT-T / 16 px."""
+    cfg: dict[str, Any] = {
+        "task": task,
+        "model": {"arch": "vit", "spatial_dims": 2, "img_size": [size, size], "patch_size": 16, "size": "vit-t",
+                  "in_channels": 1, "drop_path": 0.1},
+        "data": {"intensity": {"name": "minmax"}, "flip_axes": [1], "augment": {"preset": "light"}},
+        "optim": {"lr": 5e-4, "layer_decay": None, "warmup_epochs": 5, "weight_decay": 0.05, "clip_grad": 3.0},
+        "train": {"epochs": 10**6, "max_steps": steps, "batch_size": batch, "checkpoint_every": 10**6, "log_every": 50},
+        "eval": {"bootstrap": 200, "test_fraction": 0.3},
+    }
+    if data:
+        cfg["data"]["path"] = data
+    else:
+        cfg["data"]["synthetic"] = {"kind": "cxr", "n": 200, "size": [size, size], "seed": 0}
+    if task == "cls":
+        cfg["data"]["crop_scale"] = [0.35, 1.0]
+        cfg["head"] = {"pool": "cls"}
+        cfg["loss"] = {"label_smoothing": 0.1}
+    else:
+        cfg["head"] = {"feature_size": 16}
+        cfg["data"]["foreground_prob"] = 0.33
+    return cfg
+
+
+def headline(summary: dict[str, Any]) -> tuple[str, float]:
+    rows = summary["rows"]
+    for metric, where in (("macro_auroc", None), ("auroc", None), ("dice", "mean")):
+        for r in rows:
+            if r["metric"] == metric and (where is None or r.get("region") == where):
+                return metric, float(r["value"])
+    return rows[0]["metric"], float(rows[0]["value"])
+
+
+def run_arm(arm: str, cfg: dict[str, Any], work: Path) -> dict[str, Any]:
+    import medmae.tasks.finetune as ft
+    import medmae.tasks.inference as inf
+    from medmae.tasks.evaluate import evaluate
+
+    saved = (ft.build_task_model, inf.build_task_model)
+    builder = monai_builder if arm == "monai" else saved[0]
+    params: list[int] = []
+
+    def counted(cfg, num_outputs, init):
+        model, report = builder(cfg, num_outputs, init)
+        params.append(sum(p.numel() for p in model.parameters()))
+        return model, report
+
+    ft.build_task_model, inf.build_task_model = counted, (monai_builder if arm == "monai" else saved[1])
+    try:
+        t0 = time.time()
+        run = ft.finetune(cfg, run_dir=work / arm)
+        train_s = time.time() - t0
+        summary = evaluate(run)
+    finally:
+        ft.build_task_model, inf.build_task_model = saved
+    metric, value = headline(summary)
+    return {"arm": arm, "metric": metric, "value": value, "train_seconds": round(train_s, 1), "params": params[0],
+            "rows": [r for r in summary["rows"] if r["metric"] == metric]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--task", choices=["cls", "seg"], default="cls")
+    ap.add_argument("--data", default=None, help="a labelled dataset (default: built-in synthetic chest X-rays)")
+    ap.add_argument("--size", type=int, default=64, help="image side (a multiple of 16)")
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--work", type=Path, default=REPO / "runs" / "vit-vs-monai")
+    ap.add_argument("--tag", default="cpu")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = settings(args.task, args.size, args.data, args.steps, args.batch)
+    work = args.work / f"{args.task}-{args.tag}"
+    if work.exists():
+        import shutil
+
+        shutil.rmtree(work)
+    arms = [run_arm(arm, cfg, work) for arm in ("medmae", "monai")]
+    result = {"task": args.task, "when": time.strftime("%Y-%m-%d %H:%M"), "config": cfg, "arms": arms,
+              "command": "python benchmarks/vit_vs_monai.py " + " ".join(
+                  f"--{k} {v}" for k, v in vars(args).items() if v is not None and k not in ("work",)),
+              "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu x{torch.get_num_threads()}"}
+    out = REPO / "benchmarks" / "results" / f"vit_vs_monai_{args.task}_{args.tag}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    for a in arms:
+        print(f"{a['arm']:7s} {a['metric']} {a['value']:.3f}  ({a['train_seconds']} s training)")
+
+
+if __name__ == "__main__":
+    main()
