@@ -1,7 +1,8 @@
 """The one training loop, shared by pretraining and fine-tuning.
 
 AdamW with warmup + cosine, gradient clipping, optional bf16 autocast, a NaN/Inf guard, per-step
-metrics, atomic checkpoints, exact resume, pre-emption by SIGTERM/SIGUSR1 and Ctrl-C, single process or torchrun DDP.
+metrics, atomic checkpoints, exact resume, pre-emption by SIGTERM/SIGUSR1 and Ctrl-C, single process or torchrun DDP / FSDP
+(:mod:`medmae.engine.parallel`).
 What a step computes is the caller's ``step_fn(model, batch) -> {"loss": ..., ...}``.
 """
 
@@ -17,15 +18,16 @@ from typing import Any, Protocol
 
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from medmae.config import OptimConfig, TrainConfig
 from medmae.data.dataset import EpochBatchSampler
 from medmae.engine import checkpoint as ckpt
-from medmae.engine.distributed import DistInfo, all_reduce_max, all_reduce_sum, barrier, gather_objects, on_main
+from medmae.engine.distributed import (DistInfo, all_reduce_max, all_reduce_sum, barrier, gather_objects,
+                                      is_peer_failure, on_main, peer_lost)
 from medmae.engine.logging import MetricsLog, is_interactive
 from medmae.engine.optim import build_optimizer, scheduled_lr, set_lr
+from medmae.engine.parallel import Replicated, Sharded, full_tensor, wrap
 from medmae.engine.resume import choose as choose_resume
 from medmae.engine.resume import drop_newer, restore, rng_state
 from medmae.engine.signals import StopRequest, ignore_stop_signals
@@ -105,6 +107,7 @@ class Trainer:
     run_files: dict[str, str] = field(default_factory=dict)  # written into run_dir once the resume point is restored
     step: int = 0
     epoch: int = 0
+    parallel: Replicated | Sharded | None = None  # set by fit: how the model is spread over the processes
 
     @property
     def ckpt_root(self) -> Path:
@@ -112,7 +115,8 @@ class Trainer:
 
     def save(self, optimizer: torch.optim.Optimizer, schedule: Schedule, skipped: int, good_since: int) -> Path | None:
         """Checkpoint the current step; weights gone non-finite since step ``good_since`` stop the run instead."""
-        bad = ckpt.non_finite_keys(self.model.state_dict())
+        model_state = self.parallel.model_state()  # FSDP: the shards gathered (every rank)
+        bad = ckpt.non_finite_keys(model_state)
         if bad:  # every rank holds the same weights, so every rank stops here
             when = f"at step {self.step}" if good_since + 1 == self.step else \
                 f"between step {good_since + 1} and step {self.step}"
@@ -121,11 +125,12 @@ class Trainer:
                 f"(a learning rate too large? optim.lr); "
                 f"last good checkpoint: {ckpt.find_latest_valid(self.ckpt_root)}")
         rngs = gather_objects(rng_state(), self.dist)
+        optimizer_state = self.parallel.optimizer_state(optimizer)
         path = None
         if self.dist.is_main:
             train_state = {
                 "step": self.step,
-                "optimizer": optimizer.state_dict(),
+                "optimizer": optimizer_state,
                 "rng": rngs,
                 "skipped_steps": skipped,
                 "world_size": self.dist.world_size,
@@ -135,7 +140,7 @@ class Trainer:
             path = ckpt.save_checkpoint(
                 self.ckpt_root,
                 self.step,
-                model_state=self.model.state_dict(),
+                model_state=model_state,
                 train_state=train_state,
                 metadata={"kind": "train_checkpoint", **self.checkpoint_metadata},
                 keep_last=self.train_cfg.keep_last,
@@ -157,17 +162,29 @@ class Trainer:
         return chosen.get("loaded") or ckpt.load_checkpoint(path)
 
     def fit(self, *, max_steps: int | None = None, resume: str | None = None) -> FitResult:
+        """Train; a collective that fails because another process died becomes one :class:`PeerLostError` line."""
+        try:
+            return self._fit(max_steps=max_steps, resume=resume)
+        except RuntimeError as e:
+            if not (self.dist.enabled and is_peer_failure(e)):
+                raise
+            raise peer_lost(e, self.dist, self.step, ckpt.find_latest_valid(self.ckpt_root)) from None
+
+    def _fit(self, *, max_steps: int | None, resume: str | None) -> FitResult:
         cfg, dev = self.train_cfg, self.dist.device
         schedule = Schedule.build(len(self.dataset), cfg, self.optim_cfg, max_steps, self.dist.world_size)
         self.model.to(dev)
-        optimizer = build_optimizer(self.param_groups, self.optim_cfg, lr=schedule.lr)
+        self.parallel = wrap(self.model, self.param_groups, cfg.parallel, self.dist)
+        optimizer = build_optimizer(self.parallel.param_groups, self.optim_cfg, lr=schedule.lr)
         metrics = MetricsLog(self.run_dir, enabled=self.dist.is_main)
         if self.dist.is_main:
             ckpt.clean_partial(self.ckpt_root)
         skipped = 0
         loaded = self._resume_point(resume)
         if loaded is not None:
-            self.step, skipped = restore(loaded, self.model, optimizer, self.dist.rank, self.dist.world_size)
+            self.step, skipped = restore(loaded, self.model, optimizer, self.dist.rank, self.dist.world_size,
+                                         load_optimizer=self.parallel.load_optimizer_state)
+            self.parallel.pull()
             if loaded.train_state.get("total_steps") != schedule.total_steps:
                 log.warning("schedule length changed on resume (%s -> %s steps)",
                             loaded.train_state.get("total_steps"), schedule.total_steps)
@@ -177,12 +194,10 @@ class Trainer:
             drop_newer(self.ckpt_root, self.step)
             for name, text in self.run_files.items():
                 (self.run_dir / name).write_text(text)
-        model = self.model
-        if self.dist.enabled:
-            model = DistributedDataParallel(self.model, device_ids=[dev.index] if dev.type == "cuda" else None)
+        model = self.parallel.step_model
         if cfg.compile:
             model = torch.compile(model)
-        params = [p for g in self.param_groups for p in g["params"]]
+        params = [p for g in self.parallel.param_groups for p in g["params"]]
         clip = self.optim_cfg.clip_grad if self.optim_cfg.clip_grad else math.inf
         amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
         consecutive, last_loss, last_saved, good_since = 0, None, None, self.step
@@ -210,7 +225,7 @@ class Trainer:
                     out = self.step_fn(model, batch)
                 loss = out["loss"]
                 loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
+                grad_norm = full_tensor(torch.nn.utils.clip_grad_norm_(params, clip))
                 stats = torch.stack([loss.detach().float(), torch.tensor(float(not torch.isfinite(loss)), device=dev)])
                 stats = all_reduce_sum(stats, self.dist)
                 mean_loss = (stats[0] / self.dist.world_size).item()
@@ -226,7 +241,7 @@ class Trainer:
                                 self.step + 1, mean_loss, ids)
                     if consecutive >= cfg.nan_max_consecutive:
                         weights = " (the weights are non-finite: lower optim.lr?)" \
-                            if ckpt.non_finite_keys(self.model.state_dict()) else ""
+                            if ckpt.non_finite_keys(self.parallel.model_state()) else ""
                         raise NonFiniteLossError(
                             f"{consecutive} consecutive non-finite steps (last at step {self.step + 1}, cases {ids})"
                             f"{weights}; last good checkpoint: {ckpt.find_latest_valid(self.ckpt_root)}")
@@ -250,8 +265,10 @@ class Trainer:
                                 "interrupted" if stop_code == EXIT_INTERRUPTED else "pre-emption signal", self.step)
                     return FitResult(self.step, schedule.total_steps, True, last_loss, last_saved, skipped, stop_code)
                 if self.step % spe == 0:
+                    self.parallel.sync()  # FSDP: rank 0's hooks use the plain model
                     for hook in self.hooks:
                         hook.on_epoch_end(self, self.step // spe - 1)
+        self.parallel.sync()
         for hook in self.hooks:
             hook.on_fit_end(self)
         if last_saved is None and self.dist.is_main:

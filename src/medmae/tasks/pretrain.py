@@ -87,7 +87,7 @@ def pretrain(
     """Pretrain an MAE; returns the run directory (checkpoints, export/encoder.safetensors, figures, metrics)."""
     cfg = resolve_pretrain_config(config, preset=preset, data=data, overrides=overrides)
     run_dir = Path(run_dir)
-    dist = init_distributed(cfg.train.device)
+    dist = init_distributed(cfg.train.device, cfg.train.dist_timeout_s)
     check_batch(cfg.train.batch_size, dist)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
