@@ -39,12 +39,12 @@ def children_with_rank(pid: int) -> dict[int, int]:
 
 
 class Node:
-    """One node: ``torchrun`` with one worker, output in ``log``; ``--max-restarts 0``: a failed worker ends it."""
+    """One node: ``torchrun`` with ``nproc`` workers, output in ``log``; ``--max-restarts 0``: a failed worker ends it."""
 
-    def __init__(self, args: Sequence[str], log: Path, *, port: int, rdzv_id: str, nnodes: int = 2,
+    def __init__(self, args: Sequence[str], log: Path, *, port: int, rdzv_id: str, nnodes: int = 2, nproc: int = 1,
                  env: dict[str, str] | None = None):
         self.log = log
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nnodes), "--nproc-per-node", "1",
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nnodes), "--nproc-per-node", str(nproc),
                "--rdzv-backend", "c10d", "--rdzv-endpoint", f"localhost:{port}", "--rdzv-id", rdzv_id,
                "--max-restarts", "0", "--monitor-interval", "0.5", str(HERE), *map(str, args)]
         with log.open("wb") as out:
@@ -56,6 +56,10 @@ class Node:
 
     def ranks(self) -> list[int]:
         return sorted(children_with_rank(self.proc.pid).values())
+
+    def signal(self, signum: int) -> None:
+        """Send ``signum`` to torchrun itself (as a scheduler does)."""
+        os.kill(self.proc.pid, signum)
 
     def wait(self, timeout: float) -> int:
         try:
@@ -78,9 +82,11 @@ class Node:
         self.proc.wait(30)
 
 
-def start_nodes(args: Sequence[str], logs: Sequence[Path], *, env: dict[str, str] | None = None) -> list[Node]:
+def start_nodes(args: Sequence[str], logs: Sequence[Path], *, nproc: int = 1,
+                env: dict[str, str] | None = None) -> list[Node]:
+    """One node per log file, all meeting at one rendezvous."""
     port, rdzv = free_port(), f"medmae-test-{os.getpid()}-{time.monotonic_ns()}"
-    return [Node(args, log, port=port, rdzv_id=rdzv, nnodes=len(logs), env=env) for log in logs]
+    return [Node(args, log, port=port, rdzv_id=rdzv, nnodes=len(logs), nproc=nproc, env=env) for log in logs]
 
 
 def wait_all(nodes: Sequence[Node], timeout: float) -> list[int]:

@@ -36,11 +36,15 @@ def wait_for_step(run_dir: Path, step: int, timeout: float) -> None:
 
 @pytest.mark.dist
 @pytest.mark.timeout(300)
-def test_two_nodes_match_one_process_and_resume_after_a_node_is_killed(tmp_path):
+@pytest.mark.parametrize("bitwise", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["fast", "bitwise"])
+def test_two_nodes_match_one_process_and_resume_after_a_node_is_killed(tmp_path, bitwise):
+    """fast: the resumed two-node run ends within 1e-6 of one process; bitwise (slow): also an uninterrupted two-node
+    run alongside, whose losses and weights the resumed run must reproduce bit for bit."""
     one, whole, cut = tmp_path / "one", tmp_path / "whole", tmp_path / "cut"
     go = tmp_path / "cut.go"
     single = CliProcess(pretrain_args(one), tmp_path / "one.log")
-    uninterrupted = start_nodes(pretrain_args(whole), [tmp_path / "whole-a.log", tmp_path / "whole-b.log"])
+    uninterrupted = start_nodes(pretrain_args(whole), [tmp_path / "whole-a.log", tmp_path / "whole-b.log"]) \
+        if bitwise else []
     pause = {"MEDMAE_TEST_PAUSE_AT": "5", "MEDMAE_TEST_GO": str(go)}  # every rank waits after step 5
     broken = start_nodes(pretrain_args(cut), [tmp_path / "cut-a.log", tmp_path / "cut-b.log"], env=pause)
     try:
@@ -61,18 +65,18 @@ def test_two_nodes_match_one_process_and_resume_after_a_node_is_killed(tmp_path)
     assert "checkpoints/step_00000004" in line and "--resume auto" in line, line
     assert latest_checkpoint(cut).name == "step_00000004"
 
-    assert single.wait(200) == 0, single.output()[-3000:]
-    assert wait_all(uninterrupted, 200) == [0, 0], [n.output()[-2000:] for n in uninterrupted]
     restarted = start_nodes([*pretrain_args(cut), "--resume", "auto"], [tmp_path / "again-a.log", tmp_path / "again-b.log"])
     assert wait_all(restarted, 200) == [0, 0], [n.output()[-2000:] for n in restarted]
     logs = "".join(n.output() for n in restarted)
     assert "resumed from" in logs and "(step 4)" in logs, logs[-3000:]
+    assert single.wait(200) == 0, single.output()[-3000:]
 
-    assert loss_reprs(cut) == loss_reprs(whole), "the resumed run must log the uninterrupted run's losses, bit for bit"
-    resumed, reference = weights(cut), weights(whole)
-    assert all(torch.equal(resumed[k], reference[k]) for k in reference), "final weights differ from the uninterrupted run"
-
-    gap = max_gap(reference, weights(one))
+    gap = max_gap(weights(cut), weights(one))
     assert gap < 1e-6, f"two nodes end {gap:.3g} away from one process"
     moved = max_gap(weights(one), load_file(str(one / "checkpoints" / "step_00000008" / "model.safetensors")))
     assert moved > 100 * gap, "the comparison is only meaningful if training moved the weights"
+    if bitwise:
+        assert wait_all(uninterrupted, 200) == [0, 0], [n.output()[-2000:] for n in uninterrupted]
+        assert loss_reprs(cut) == loss_reprs(whole), "the resumed run must log the uninterrupted run's losses bit for bit"
+        resumed, reference = weights(cut), weights(whole)
+        assert all(torch.equal(resumed[k], reference[k]) for k in reference), "weights differ from the uninterrupted run"
