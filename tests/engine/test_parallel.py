@@ -11,10 +11,13 @@ import torch
 import torch.distributed as dist
 
 from medmae.engine.distributed import DistInfo, is_peer_failure, peer_lost
-from medmae.engine.optim import build_adamw, param_groups
+from medmae.config import OptimConfig
+from medmae.engine.optim import build_adamw, build_optimizer, param_groups
 from medmae.engine.parallel import Replicated, Sharded, full_tensor, shard_targets, to_index_keys, to_name_keys, wrap
 from medmae.errors import CheckpointError, EXIT_ENVIRONMENT, PeerLostError
+from medmae.models.heads import UNETR
 from medmae.models.mae import MaskedAutoencoderViT
+from medmae.models.swin import SwinEncoder
 from medmae.models.vit import ViT
 
 CPU = torch.device("cpu")
@@ -104,13 +107,27 @@ def test_name_and_index_keyed_optimizer_states_convert_both_ways():
         to_name_keys({"state": {7: {}}, "param_groups": []}, order)
 
 
-def test_fsdp_shards_every_block_innermost_first_and_one_process_stays_plain():
+def test_fsdp_shards_the_transformer_blocks_of_every_family_and_one_process_stays_plain():
     model = tiny_mae()
     targets = shard_targets(model)
     blocks = [*model.encoder.blocks, *model.decoder_blocks]
     assert len(targets) == len(blocks) and {id(m) for m in targets} == {id(m) for m in blocks}
+    swin = SwinEncoder(2, (32, 32), (4, 4), 1, 8, (1, 1), (1, 2), window_size=4)  # stages: never called, hold blocks
+    assert [type(m).__name__ for m in shard_targets(swin)] == ["SwinBlock"] * 2
+    unetr = UNETR(ViT(3, (32,) * 3, (16,) * 3, 1, 32, 2, 2), 2, feature_size=4)  # conv up-blocks stay in the root
+    assert {id(m) for m in shard_targets(unetr)} == {id(m) for m in unetr.encoder.blocks}
     par = wrap(model, param_groups(model, 0.05), "fsdp", DistInfo(0, 1, 0, CPU))
     assert isinstance(par, Replicated) and par.step_model is model
+
+
+def test_fsdp_trains_sgd_unfused_since_fused_sgd_has_no_sharded_kernel(one_process_group):
+    fsdp, _, _ = layout("fsdp", one_process_group)
+    sgd, adamw = OptimConfig(name="sgd", fused=True), OptimConfig(fused=True)
+    assert fsdp.optim_config(sgd).fused is False and sgd.fused is True
+    assert fsdp.optim_config(adamw) is adamw  # fused AdamW shards fine
+    groups = fsdp.param_groups
+    opt = build_optimizer(groups, fsdp.optim_config(sgd), lr=0.1)
+    train(fsdp.step_model, opt, [p for g in groups for p in g["params"]], 1)
 
 
 def test_a_collective_failed_by_a_lost_peer_is_one_line_naming_the_restart_point():

@@ -175,7 +175,8 @@ class Trainer:
         schedule = Schedule.build(len(self.dataset), cfg, self.optim_cfg, max_steps, self.dist.world_size)
         self.model.to(dev)
         self.parallel = wrap(self.model, self.param_groups, cfg.parallel, self.dist)
-        optimizer = build_optimizer(self.parallel.param_groups, self.optim_cfg, lr=schedule.lr)
+        optimizer = build_optimizer(self.parallel.param_groups, self.parallel.optim_config(self.optim_cfg),
+                                    lr=schedule.lr)
         metrics = MetricsLog(self.run_dir, enabled=self.dist.is_main)
         if self.dist.is_main:
             ckpt.clean_partial(self.ckpt_root)

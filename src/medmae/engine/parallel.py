@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from medmae.config import OptimConfig
 from medmae.engine.distributed import DistInfo
 from medmae.errors import CheckpointError
 
@@ -48,6 +49,9 @@ class Replicated:
     def model_state(self) -> dict[str, torch.Tensor]:
         return self.model.state_dict()
 
+    def optim_config(self, cfg: OptimConfig) -> OptimConfig:
+        return cfg
+
     def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
         return optimizer.state_dict()
 
@@ -62,9 +66,14 @@ class Replicated:
 
 
 def shard_targets(model: nn.Module) -> list[nn.Module]:
-    """The modules FSDP shards one by one: every element of every ``nn.ModuleList`` (transformer blocks, stages),
-    innermost first, so that one block's parameters are gathered at a time; the root takes the rest."""
-    found = [m for parent in model.modules() if isinstance(parent, nn.ModuleList) for m in parent]
+    """The modules FSDP shards one by one: the transformer blocks, i.e. elements of an ``nn.ModuleList`` (nested
+    ones included) that are called (have a ``forward``; a container only holding blocks is never called, so FSDP's
+    hooks would never gather it) and hold an ``nn.Linear``: ViT and decoder blocks, Swin blocks. Innermost first, so
+    that one block's parameters are gathered at a time; the root takes the rest. Convolutional stages (ResEnc, the
+    UNETR decoder) stay in the root: they are small, and some return views, which FSDP warns an in-place op could
+    silently detach from its hooks."""
+    found = [m for parent in model.modules() if isinstance(parent, nn.ModuleList) for m in parent
+             if type(m).forward is not nn.Module.forward and any(isinstance(x, nn.Linear) for x in m.modules())]
     return list(reversed(found))
 
 
@@ -123,6 +132,10 @@ class Sharded:
         self.param_groups = remap_groups(groups, model, sharded)
         log.info("FSDP: parameters, gradients and optimizer state sharded over %d processes (%d units)",
                  dist.world_size, len(shard_targets(model)) + 1)
+
+    def optim_config(self, cfg: OptimConfig) -> OptimConfig:
+        """Torch's fused SGD has no DTensor (sharded) implementation: plain SGD instead (fused AdamW has one)."""
+        return cfg.model_copy(update={"fused": False}) if cfg.name == "sgd" else cfg
 
     @staticmethod
     def _options(**kw):
