@@ -10,7 +10,7 @@ Exit codes (also in ``docs/reference/failure-modes.md``):
 0       success
 1       data: an image, mask, manifest or dataset that cannot be used as it is
 2       configuration, checkpoint, encoder contract, or a run directory that cannot be used
-3       environment: disk full, permission denied, out of memory
+3       environment: disk full, permission denied, out of memory, another process of the run lost
 130     interrupted (SIGINT) after saving a checkpoint; ``--resume auto`` continues
 143     pre-empted (SIGTERM / SIGUSR1) after saving a checkpoint; ``--resume auto`` continues
 ======  =====================================================================================
@@ -78,6 +78,12 @@ class NonFiniteLossError(DataError, RuntimeError):
 
 class EnvironmentProblem(MedmaeError, OSError):
     """The machine refused: disk full, permission denied, out of memory (exit code 3)."""
+
+    exit_code = EXIT_ENVIRONMENT
+
+
+class PeerLostError(MedmaeError, RuntimeError):
+    """Another process of a torchrun run died or hung (a node lost, killed, out of memory); exit code 3."""
 
     exit_code = EXIT_ENVIRONMENT
 

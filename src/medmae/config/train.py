@@ -51,6 +51,10 @@ class TrainConfig(Strict):
     nan_max_consecutive: int = Field(5, ge=1)
     threads: int | None = Field(None, ge=1, description="torch CPU threads (torch.set_num_threads); null: torch's default")
     compile: bool = Field(False, description="torch.compile the model (pays off on GPUs; slow warm-up on CPU)")
+    parallel: Literal["ddp", "fsdp"] = Field("ddp", description="under torchrun: ddp (a model replica per process) "
+                                             "or fsdp (FSDP2: parameters, gradients, optimizer state sharded; ViT-L+)")
+    dist_timeout_s: int = Field(1800, ge=10, description="seconds a process waits in a collective for the others "
+                                "before it fails (a hung node); gloo sees a dead one at once")
 
 
 class MonitorConfig(Strict):

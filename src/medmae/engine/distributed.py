@@ -11,7 +11,7 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
-from medmae.errors import ConfigError, MedmaeError
+from medmae.errors import ConfigError, MedmaeError, PeerLostError
 
 T = TypeVar("T")
 
@@ -47,8 +47,11 @@ def check_batch(global_batch: int, info: DistInfo) -> None:
                           f"{info.world_size} processes")
 
 
-def init_distributed(device_pref: str = "auto") -> DistInfo:
-    """Join the process group when launched by torchrun (WORLD_SIZE > 1); otherwise a single process."""
+def init_distributed(device_pref: str = "auto", timeout_s: float = 1800) -> DistInfo:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1); otherwise a single process.
+
+    ``timeout_s`` bounds every collective: a process whose peers hang fails after it instead of waiting forever
+    (a dead peer is seen at once on gloo, by the NCCL watchdog only at the timeout)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -57,7 +60,7 @@ def init_distributed(device_pref: str = "auto") -> DistInfo:
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
     return DistInfo(rank, world, local, device)
 
 
@@ -101,3 +104,23 @@ def on_main(fn: Callable[[], T], info: DistInfo) -> T:
     if error is not None:
         raise error
     return result
+
+
+_PEER_SIGNS = ("gloo/transport", "Connection reset by peer", "Connection closed by peer", "Broken pipe")
+
+
+def is_peer_failure(err: BaseException) -> bool:
+    """A collective that failed because another process of the run died or hung, not because of this one: torch's
+    ``DistError`` family (store, network, NCCL) or gloo's plain ``RuntimeError`` about its TCP pairs."""
+    if isinstance(err, dist.DistError):
+        return True
+    return isinstance(err, RuntimeError) and any(s in str(err) for s in _PEER_SIGNS)
+
+
+def peer_lost(err: BaseException, info: DistInfo, step: int, restart_from: object) -> PeerLostError:
+    """The one line a surviving process exits with when another one is gone."""
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    reason = first.split("] ", 1)[-1].split(". ", 1)[0][:160]  # gloo: "[source location] What. Advice..."
+    return PeerLostError(f"rank {info.rank} of {info.world_size} lost the other processes of this run after step "
+                         f"{step} ({reason}): a node died, was killed or hung, see its log; last checkpoint "
+                         f"{restart_from or 'none'}; start every node again with --resume auto")

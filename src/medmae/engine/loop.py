@@ -1,7 +1,8 @@
 """The one training loop, shared by pretraining and fine-tuning.
 
 AdamW with warmup + cosine, gradient clipping, optional bf16 autocast, a NaN/Inf guard, per-step
-metrics, atomic checkpoints, exact resume, pre-emption by SIGTERM/SIGUSR1 and Ctrl-C, single process or torchrun DDP.
+metrics, atomic checkpoints, exact resume, pre-emption by SIGTERM/SIGUSR1 and Ctrl-C, single process or torchrun DDP / FSDP
+(:mod:`medmae.engine.parallel`).
 What a step computes is the caller's ``step_fn(model, batch) -> {"loss": ..., ...}``.
 """
 
@@ -17,16 +18,17 @@ from typing import Any, Protocol
 
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from medmae.config import LoggingConfig, OptimConfig, TrainConfig
 from medmae.data.dataset import EpochBatchSampler
 from medmae.engine import checkpoint as ckpt
 from medmae.engine.budget import Budget, fix_budget, measure_step_time, usage
-from medmae.engine.distributed import DistInfo, all_reduce_max, all_reduce_sum, barrier, gather_objects, on_main
+from medmae.engine.distributed import (DistInfo, all_reduce_max, all_reduce_sum, barrier, gather_objects,
+                                      is_peer_failure, on_main, peer_lost)
 from medmae.engine.logging import MetricsLog
 from medmae.engine.optim import build_optimizer, scheduled_lr, set_lr
+from medmae.engine.parallel import Replicated, Sharded, full_tensor, wrap
 from medmae.engine.progress import Progress
 from medmae.engine.resume import choose as choose_resume
 from medmae.engine.resume import drop_newer, restore, rng_state
@@ -120,6 +122,7 @@ class Trainer:
     budget: Budget | None = None
     elapsed_s: float = 0.0  # training-loop seconds of the earlier sessions of this run (from the checkpoint)
     _session_start: float = field(default=0.0, init=False, repr=False)
+    parallel: Replicated | Sharded | None = None  # set by fit: how the model is spread over the processes
 
     @property
     def ckpt_root(self) -> Path:
@@ -127,7 +130,8 @@ class Trainer:
 
     def save(self, optimizer: torch.optim.Optimizer, schedule: Schedule, skipped: int, good_since: int) -> Path | None:
         """Checkpoint the current step; weights gone non-finite since step ``good_since`` stop the run instead."""
-        bad = ckpt.non_finite_keys(self.model.state_dict())
+        model_state = self.parallel.model_state()  # FSDP: the shards gathered (every rank)
+        bad = ckpt.non_finite_keys(model_state)
         if bad:  # every rank holds the same weights, so every rank stops here
             when = f"at step {self.step}" if good_since + 1 == self.step else \
                 f"between step {good_since + 1} and step {self.step}"
@@ -136,11 +140,12 @@ class Trainer:
                 f"(a learning rate too large? optim.lr); "
                 f"last good checkpoint: {ckpt.find_latest_valid(self.ckpt_root)}")
         rngs = gather_objects(rng_state(), self.dist)
+        optimizer_state = self.parallel.optimizer_state(optimizer)
         path = None
         if self.dist.is_main:
             train_state = {
                 "step": self.step,
-                "optimizer": optimizer.state_dict(),
+                "optimizer": optimizer_state,
                 "rng": rngs,
                 "skipped_steps": skipped,
                 "world_size": self.dist.world_size,
@@ -152,7 +157,7 @@ class Trainer:
             path = ckpt.save_checkpoint(
                 self.ckpt_root,
                 self.step,
-                model_state=self.model.state_dict(),
+                model_state=model_state,
                 train_state=train_state,
                 metadata={"kind": "train_checkpoint", **self.checkpoint_metadata},
                 keep_last=self.train_cfg.keep_last,
@@ -174,17 +179,25 @@ class Trainer:
         return chosen.get("loaded") or ckpt.load_checkpoint(path)
 
     def fit(self, *, max_steps: int | None = None, resume: str | None = None) -> FitResult:
-        """Train to the schedule's end (or a stop signal); the tracking sinks are closed however it ends."""
+        """Train to the schedule's end (or a stop signal); the tracking sinks are closed however it ends.
+
+        A collective that fails because another process died becomes one :class:`PeerLostError` line."""
         try:
-            return self._fit(max_steps, resume)
+            return self._fit(max_steps=max_steps, resume=resume)
+        except RuntimeError as e:
+            if not (self.dist.enabled and is_peer_failure(e)):
+                raise
+            raise peer_lost(e, self.dist, self.step, ckpt.find_latest_valid(self.ckpt_root)) from None
         finally:
             self.tracker.close()
 
-    def _fit(self, max_steps: int | None, resume: str | None) -> FitResult:
+    def _fit(self, *, max_steps: int | None, resume: str | None) -> FitResult:
         cfg, dev = self.train_cfg, self.dist.device
         schedule = Schedule.build(len(self.dataset), cfg, self.optim_cfg, max_steps, self.dist.world_size)
         self.model.to(dev)
-        optimizer = build_optimizer(self.param_groups, self.optim_cfg, lr=schedule.lr)
+        self.parallel = wrap(self.model, self.param_groups, cfg.parallel, self.dist)
+        optimizer = build_optimizer(self.parallel.param_groups, self.parallel.optim_config(self.optim_cfg),
+                                    lr=schedule.lr)
         metrics = MetricsLog(self.run_dir, enabled=self.dist.is_main)
         if self.dist.is_main:
             ckpt.clean_partial(self.ckpt_root)
@@ -192,7 +205,9 @@ class Trainer:
         loaded = self._resume_point(resume)
         self._session_start = time.perf_counter()
         if loaded is not None:
-            self.step, skipped = restore(loaded, self.model, optimizer, self.dist.rank, self.dist.world_size)
+            self.step, skipped = restore(loaded, self.model, optimizer, self.dist.rank, self.dist.world_size,
+                                         load_optimizer=self.parallel.load_optimizer_state)
+            self.parallel.pull()
             self.elapsed_s = float(loaded.train_state.get("elapsed_s") or 0.0)
             log.info("resumed from %s (step %d)", loaded.path, self.step)
         if self.dist.is_main:
@@ -213,12 +228,10 @@ class Trainer:
         if loaded is not None and loaded.train_state.get("total_steps") != schedule.total_steps:
             log.warning("schedule length changed on resume (%s -> %s steps)",
                         loaded.train_state.get("total_steps"), schedule.total_steps)
-        model = self.model
-        if self.dist.enabled:
-            model = DistributedDataParallel(self.model, device_ids=[dev.index] if dev.type == "cuda" else None)
+        model = self.parallel.step_model
         if cfg.compile:
             model = torch.compile(model)
-        params = [p for g in self.param_groups for p in g["params"]]
+        params = [p for g in self.parallel.param_groups for p in g["params"]]
         clip = self.optim_cfg.clip_grad if self.optim_cfg.clip_grad else math.inf
         amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
         consecutive, last_loss, last_saved, good_since = 0, None, None, self.step
@@ -247,7 +260,7 @@ class Trainer:
                     out = self.step_fn(model, batch)
                 loss = out["loss"]
                 loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
+                grad_norm = full_tensor(torch.nn.utils.clip_grad_norm_(params, clip))
                 stats = torch.stack([loss.detach().float(), torch.tensor(float(not torch.isfinite(loss)), device=dev)])
                 stats = all_reduce_sum(stats, self.dist)
                 mean_loss = (stats[0] / self.dist.world_size).item()
@@ -263,7 +276,7 @@ class Trainer:
                                 self.step + 1, mean_loss, ids)
                     if consecutive >= cfg.nan_max_consecutive:
                         weights = " (the weights are non-finite: lower optim.lr?)" \
-                            if ckpt.non_finite_keys(self.model.state_dict()) else ""
+                            if ckpt.non_finite_keys(self.parallel.model_state()) else ""
                         raise NonFiniteLossError(
                             f"{consecutive} consecutive non-finite steps (last at step {self.step + 1}, cases {ids})"
                             f"{weights}; last good checkpoint: {ckpt.find_latest_valid(self.ckpt_root)}")
@@ -288,8 +301,10 @@ class Trainer:
                     return FitResult(self.step, schedule.total_steps, True, last_loss, last_saved, skipped, stop_code,
                                      self.usage())
                 if self.step % spe == 0:
+                    self.parallel.sync()  # FSDP: rank 0's hooks use the plain model
                     for hook in self.hooks:
                         hook.on_epoch_end(self, self.step // spe - 1)
+        self.parallel.sync()
         for hook in self.hooks:
             hook.on_fit_end(self)
         if last_saved is None and self.dist.is_main:

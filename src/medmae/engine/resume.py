@@ -12,6 +12,7 @@ import logging
 import os
 import random
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -144,12 +145,14 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def restore(loaded: ckpt.Loaded, model: nn.Module, optimizer: torch.optim.Optimizer, rank: int,
-            world_size: int) -> tuple[int, int]:
-    """Put a checkpoint back into the model, the optimizer and the RNGs; returns ``(step, skipped_steps)``."""
+            world_size: int, load_optimizer: Callable[[torch.optim.Optimizer, dict], None] | None = None
+            ) -> tuple[int, int]:
+    """Put a checkpoint back into the model, the optimizer (``load_optimizer``, default its ``load_state_dict``;
+    FSDP shards the consolidated state) and the RNGs; returns ``(step, skipped_steps)``."""
     ckpt.load_model_state(model, loaded.model_state, loaded.path / ckpt.MODEL_FILE)
     st, state_file = loaded.train_state, loaded.path / ckpt.STATE_FILE
     try:
-        optimizer.load_state_dict(st["optimizer"])
+        (load_optimizer or type(optimizer).load_state_dict)(optimizer, st["optimizer"])
     except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as e:
         raise CheckpointError(f"{state_file}: its optimizer state does not fit this run ({type(e).__name__}: {e}); "
                               "it was written with other optim.* settings or another model") from None

@@ -68,11 +68,13 @@ class MaskedAutoencoderViT(MaskedAutoencoder):
         patches = torch.cat([x[:, prefix:], mask_tokens], dim=1)
         patches = _gather_tokens(patches, ids_restore_bl) + self.decoder_pos_embed.to(x.dtype)
         x = torch.cat([x[:, :prefix], patches], dim=1)
-        for block in self.decoder_blocks:
+        *body, last = self.decoder_blocks
+        for block in body:
             x = block(x)
-        x = x[:, prefix:]
-        if ids_masked_bm is not None:
-            x = _gather_tokens(x, ids_masked_bm)
+        if ids_masked_bm is None:
+            x = last(x)[:, prefix:]
+        else:  # the last block at the masked tokens only: none of its other outputs is used
+            x = last(x, ids_masked_bm + prefix)
         return self.decoder_pred(self.decoder_norm(x))
 
     def forward(self, x_bcs: torch.Tensor, seeds_b: torch.Tensor | None = None) -> dict[str, torch.Tensor]:

@@ -185,7 +185,7 @@ def finetune(
         raise ConfigError("data.slice_axis is for pretraining a 2D encoder on slices of volumes; fine-tune it on "
                           "2D images (evaluation and prediction work on whole images)")
     run_dir = Path(run_dir)
-    dist = init_distributed(cfg.train.device)
+    dist = init_distributed(cfg.train.device, cfg.train.dist_timeout_s)
     check_batch(cfg.train.batch_size, dist)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)

@@ -99,7 +99,7 @@ def pretrain(
     plan_file = read_plan(plan) if plan is not None else None
     cfg = resolve_pretrain_config(config, preset=preset, data=data, overrides=overrides, plan=plan_file)
     run_dir = Path(run_dir)
-    dist = init_distributed(cfg.train.device)
+    dist = init_distributed(cfg.train.device, cfg.train.dist_timeout_s)
     check_batch(cfg.train.batch_size, dist)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
