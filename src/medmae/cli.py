@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from medmae.version import __version__
-from medmae.cli_tables import check_summary_table, print_demo, print_evaluation
+from medmae.cli_tables import check_summary_table, print_demo, print_evaluation, print_pack, print_pack_verify
 from medmae.errors import EXIT_CONFIG, EXIT_DATA, EXIT_ENVIRONMENT, EXIT_INTERRUPTED, MedmaeError, environment_problem
 from medmae.run_layout import export_path
 
@@ -114,7 +114,7 @@ def presets() -> None:
 def pretrain(
     config: Annotated[Optional[Path], typer.Argument(help="Config YAML (or use --preset).")] = None,
     preset: Annotated[Optional[str], typer.Option("--preset", help="Preset name (see `medmae presets`).")] = None,
-    data: Annotated[Optional[str], typer.Option("--data", help="Dataset folder, manifest CSV or dataset.json; omit for synthetic data.")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", help="Dataset folder, manifest CSV, dataset.json or a pack (`medmae data pack`); omit for synthetic data.")] = None,
     run_dir: Annotated[Path, typer.Option("--run-dir", help="Run directory (created).")] = Path("runs/pretrain"),
     set_: SetOpt = None,
     max_steps: MaxSteps = None,
@@ -233,7 +233,7 @@ def report(run_dir: Annotated[Path, typer.Argument(help="A sweep directory.")]) 
 
 # ------------------------------------------------------------------------------------- medmae data ...
 
-data_app = typer.Typer(help="Check datasets and prepare them into the cache.", no_args_is_help=True)
+data_app = typer.Typer(help="Check datasets, prepare them into the cache, or pack them for large pools.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
 
@@ -311,6 +311,50 @@ def data_prepare(
     for f in result.failed[:20]:
         console.print(f"[red]failed:[/red] {f['error']}", highlight=False)
     console.print(f"fingerprint: {result.path}  (content sha256 {fp['content_sha256'][:16]})", highlight=False)
+    if result.failed:
+        raise typer.Exit(EXIT_DATA)
+
+
+@data_app.command("pack")
+def data_pack(
+    paths: Annotated[Optional[list[str]], typer.Argument(help="SOURCE(s) and/or a CONFIG.yaml; with --merge: part folders; with --verify: the pack.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="The pack folder (parts go to OUT/part-i-of-n/).")] = None,
+    preset: Annotated[Optional[str], typer.Option("--preset", help="Preset whose preprocessing contract to use.")] = None,
+    plan: Annotated[Optional[Path], typer.Option("--plan", help="A plan YAML (a config written by `medmae plan`) whose preprocessing to use.")] = None,
+    set_: SetOpt = None,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Processes packing shards side by side.")] = 1,
+    part: Annotated[Optional[str], typer.Option("--part", help="Pack only part i of n (i/n, 0-based): one task of a cluster array job; then --merge.")] = None,
+    merge: Annotated[bool, typer.Option("--merge", help="Merge the finished parts in PATHS (folders of parts, or parts) into --out.")] = False,
+    verify: Annotated[bool, typer.Option("--verify", help="Check the pack in PATHS: shard sha256s, raw files against their packed content.")] = False,
+    masks: Annotated[Optional[bool], typer.Option("--masks/--no-masks", help="Also pack the masks (default: for segmentation fine-tuning configs).")] = None,
+    shard_cases: Annotated[Optional[int], typer.Option("--shard-cases", min=1, help="Cases per shard (default 1024 for 2D images, 16 for volumes).")] = None,
+    codec: Annotated[str, typer.Option("--codec", help="zstd (smaller) or lz4 (faster to decode).")] = "zstd",
+) -> None:
+    """Preprocess sources once into a pack (compressed shards + index) that pretrain/finetune read with --data; in parts on a cluster."""
+    from medmae.tasks.pack import check_pack, merge_packs, pack_sources
+
+    items = paths or []
+    if verify:
+        if len(items) != 1:
+            raise _fail("--verify takes one pack folder", EXIT_CONFIG)
+        rep = _run(check_pack, items[0])
+        print_pack_verify(console, rep)
+        if not rep.ok:
+            raise typer.Exit(EXIT_DATA)
+        return
+    if out is None:
+        raise _fail("--out DIR is needed", EXIT_CONFIG)
+    if merge:
+        result = _run(merge_packs, [Path(p) for p in items], out)
+    else:
+        configs = [p for p in items if p.lower().endswith((".yaml", ".yml"))] + ([str(plan)] if plan else [])
+        if len(configs) > 1:
+            raise _fail(f"give at most one config YAML or --plan, got {configs}", EXIT_CONFIG)
+        sources = [p for p in items if p not in configs]
+        result = _run(pack_sources, sources, configs[0] if configs else None, out=out, preset=preset,
+                      overrides=set_ or [], workers=workers, part=part, with_masks=masks, shard_cases=shard_cases,
+                      codec=codec)
+    print_pack(console, result, part)
     if result.failed:
         raise typer.Exit(EXIT_DATA)
 
