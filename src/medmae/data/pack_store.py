@@ -152,6 +152,9 @@ class ShardReader:
 # -------------------------------------------------------------------------------------------------- index
 
 
+NULL = "\0"  # how None is spelled in a text column (a label of "" is not the same as no label)
+
+
 class StringColumn:
     """Strings kept as one UTF-8 buffer and offsets: memory is the text itself, not a Python object per row."""
 
@@ -160,7 +163,7 @@ class StringColumn:
 
     @classmethod
     def from_list(cls, values: Sequence[str | None]) -> StringColumn:
-        encoded = [(v or "").encode() for v in values]
+        encoded = [(NULL if v is None else v).encode() for v in values]
         offsets = np.zeros(len(encoded) + 1, np.int64)
         offsets[1:] = np.cumsum([len(e) for e in encoded])
         return cls(np.frombuffer(b"".join(encoded), np.uint8).copy(), offsets)
@@ -168,8 +171,9 @@ class StringColumn:
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
-    def __getitem__(self, i: int) -> str:
-        return self.blob[self.offsets[i]: self.offsets[i + 1]].tobytes().decode()
+    def __getitem__(self, i: int) -> str | None:
+        text = self.blob[self.offsets[i]: self.offsets[i + 1]].tobytes().decode()
+        return None if text == NULL else text
 
 
 STRINGS = ("case_id", "subject_id", "source", "modality", "split", "label", "mask", "image", "attributes", "sha256",

@@ -65,8 +65,8 @@ class Pack:
     def case(self, i: int) -> Case:
         """Case ``i`` as its source listed it (raw paths kept for messages and records, never opened)."""
         ix = self.index
-        return Case(ix["case_id"][i], tuple(ix["image"][i].split("\n")), ix["subject_id"][i], ix["label"][i] or None,
-                    ix["mask"][i] or None, ix["split"][i] or None, ix["modality"][i] or None, ix["source"][i] or None,
+        return Case(ix["case_id"][i], tuple(ix["image"][i].split("\n")), ix["subject_id"][i], ix["label"][i],
+                    ix["mask"][i], ix["split"][i], ix["modality"][i], ix["source"][i],
                     tuple(tuple(a) for a in json.loads(ix["attributes"][i] or "[]")))
 
 

@@ -24,6 +24,7 @@ from medmae.config import OptimConfig, TrainConfig
 from medmae.data.dataset import EpochBatchSampler
 from medmae.engine import checkpoint as ckpt
 from medmae.engine.distributed import DistInfo, all_reduce_max, all_reduce_sum, barrier, gather_objects, on_main
+from medmae.engine.loader_state import check_resume, digest, loader_state
 from medmae.engine.logging import MetricsLog, is_interactive
 from medmae.engine.optim import build_optimizer, scheduled_lr, set_lr
 from medmae.engine.resume import choose as choose_resume
@@ -131,6 +132,7 @@ class Trainer:
                 "world_size": self.dist.world_size,
                 "total_steps": schedule.total_steps,
                 "global_batch": schedule.global_batch,
+                "loader": self._loader_state(schedule),
             }
             path = ckpt.save_checkpoint(
                 self.ckpt_root,
@@ -172,6 +174,7 @@ class Trainer:
                 log.warning("schedule length changed on resume (%s -> %s steps)",
                             loaded.train_state.get("total_steps"), schedule.total_steps)
             log.info("resumed from %s (step %d)", loaded.path, self.step)
+            check_resume(loaded.train_state.get("loader"), self._loader_state(schedule))
         if self.dist.is_main:
             metrics.truncate_after(self.step)
             drop_newer(self.ckpt_root, self.step)
@@ -257,6 +260,12 @@ class Trainer:
         if last_saved is None and self.dist.is_main:
             last_saved = ckpt.find_latest_valid(self.ckpt_root)
         return FitResult(self.step, schedule.total_steps, False, last_loss, last_saved, skipped)
+
+    def _loader_state(self, schedule: Schedule) -> dict[str, Any]:
+        if not hasattr(self, "_data_digests"):  # hashed once per run
+            self._data_digests = (digest(self.case_ids), digest(self.sample_weights))
+        return loader_state(self.step, schedule.steps_per_epoch, schedule.global_batch, self.train_cfg.seed,
+                            *self._data_digests)
 
     def _case_ids(self, batch: dict[str, Any]) -> list[str]:
         idx = batch.get("index")
