@@ -69,6 +69,7 @@ def pack_sources(sources: Sequence[str | Path] = (), config: str | Path | None =
     """Pack every case of the sources (or part ``i/n`` of them) with the config's preprocessing into ``out``."""
     if codec not in CODECS:
         raise ConfigError(f"--codec must be one of {CODECS}, got {codec!r}")
+    i, n = parse_part(part) or (0, 1)
     for s in sources:
         if is_pack(s):
             raise ConfigError(f"{s} is already a pack: give it to pretrain/finetune as --data or in data.sources")
@@ -83,7 +84,6 @@ def pack_sources(sources: Sequence[str | Path] = (), config: str | Path | None =
     cases = [replace(c, source=c.source or p.name) for p in parts for c in p.spec.cases]
     if not cases:
         raise ConfigError(f"no cases to pack in {[p.name for p in parts]}")
-    i, n = parse_part(part) or (0, 1)
     lo, hi = split_parts(len(cases), n)[i]
     volumes = prep.spatial_dims == 3 or prep.slice_axis is not None
     plan = PartPlan(cases[lo:hi], lo, i, n, prep, masks, codec, shard_cases or (16 if volumes else 1024),
