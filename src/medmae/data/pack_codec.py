@@ -27,15 +27,25 @@ class Encoded:
     table: np.ndarray | None
 
 
+def palette(bits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct values, index of each element) of a flat integer array (sort + binary search: measured faster
+    than ``np.unique(return_inverse=True)``)."""
+    values = np.unique(bits)
+    return values, np.searchsorted(values, bits)
+
+
 def encode(x_cs: np.ndarray) -> Encoded:
-    """The smallest exact form of a float32 array (palette codes), or float16 when it has too many values."""
-    values, inverse = np.unique(np.asarray(x_cs, dtype=np.float32), return_inverse=True)
-    inverse = inverse.reshape(x_cs.shape)
+    """The smallest exact form of a float32 array (palette codes), or float16 when it has too many values.
+
+    Values are compared as bit patterns, so the table gives back every element bit for bit (-0.0 included)."""
+    x = np.ascontiguousarray(x_cs, dtype=np.float32)
+    values, codes = palette(x.view(np.uint32).ravel())
+    codes, table = codes.reshape(x.shape), values.view(np.float32)
     if len(values) <= 256:
-        return Encoded(KIND_U8, inverse.astype(np.uint8), values)
-    if len(values) <= 65536 and len(values) * 4 <= x_cs.size:  # the table must stay small beside the codes
-        return Encoded(KIND_U16, inverse.astype(np.uint16), values)
-    return Encoded(KIND_F16, np.asarray(x_cs, dtype=np.float16), None)
+        return Encoded(KIND_U8, codes.astype(np.uint8), table)
+    if len(values) <= 65536 and len(values) * 4 <= x.size:  # the table must stay small beside the codes
+        return Encoded(KIND_U16, codes.astype(np.uint16), table)
+    return Encoded(KIND_F16, x.astype(np.float16), None)
 
 
 def decode(codes: np.ndarray, table: np.ndarray | None) -> np.ndarray:
