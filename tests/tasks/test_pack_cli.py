@@ -99,3 +99,23 @@ def test_data_pack_help_and_bad_arguments():
         assert opt in r.output
     r = invoke(["data", "pack", "x", "--preset", "demo-2d", "--part", "2/2", "--out", "y"])
     assert r.exit_code == EXIT_CONFIG and "0 <= i < n" in r.output
+
+
+def test_finetune_and_evaluate_on_a_pack_without_its_raw_files(packed, tmp_path):
+    from medmae.tasks.evaluate import evaluate
+    from medmae.tasks.finetune import finetune
+    from medmae.tasks.pack import pack_sources
+
+    src, _ = packed
+    pack = tmp_path / "seg-pack"
+    pack_sources([src], preset="demo-2d", overrides=("model.img_size=[32,32]",), out=pack, with_masks=True)
+    moved = src.with_name("src-away")
+    src.rename(moved)
+    try:
+        tiny = ("model.depth=1", "model.embed_dim=32", "model.num_heads=2", "model.img_size=[32,32]",
+                "train.batch_size=2", "eval.bootstrap=20", "head.feature_size=8")
+        run = finetune(task="seg", preset="demo-2d", data=pack, run_dir=tmp_path / "ft", overrides=tiny, max_steps=2)
+        summary = evaluate(run)
+        assert summary["n_cases"] == len(json.loads((run / "splits.json").read_text())["test"]) > 0
+    finally:
+        moved.rename(src)

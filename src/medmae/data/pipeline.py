@@ -20,6 +20,7 @@ from medmae.data.cache import ArrayCache, default_cache_dir
 from medmae.data.cases import DatasetSpec
 from medmae.data.dataset import Prepared, prepare_cases
 from medmae.data.modality_fit import intensity_misfit
+from medmae.data.pack_names import is_pack
 from medmae.data.packed import PACK_KIND, packed_cases
 from medmae.data.preprocess import Preprocessing
 from medmae.data.series_filter import SeriesFilter, select_series
@@ -102,7 +103,7 @@ def resolve_parts(data_cfg: DataConfig, model_cfg: ModelConfig) -> list[PoolPart
 def prepare(spec: DatasetSpec, prep: Preprocessing, data_cfg: DataConfig, *, with_masks: bool = False,
             show_progress: bool = True, skipped: list[dict[str, str]] | None = None) -> list[Prepared]:
     """Preprocess (or load from the cache) every case of ``spec``; a pack's cases come as they were packed."""
-    if spec.kind == PACK_KIND:
+    if spec.kind == PACK_KIND or is_pack(spec.root):  # fine-tuning re-wraps a selection of the cases
         return packed_cases(spec, prep, with_masks=with_masks)
     cache = ArrayCache(data_cfg.cache_dir)
     step = max(1, len(spec.cases) // 10)
