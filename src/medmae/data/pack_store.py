@@ -32,6 +32,7 @@ from medmae.errors import CaseError
 FORMAT = "medmae-pack"
 FORMAT_VERSION = 1
 OPEN_SHARDS = 8
+TABLE_CACHE_BYTES = 8 << 20
 
 
 def sha256_path(path: Path, chunk: int = 1 << 22) -> str:
@@ -86,7 +87,8 @@ def write_shard(path: Path, cases: Sequence[StoredCase], codec: str) -> list[tup
                 table = np.zeros((len(members), width), np.float32)
                 for r, i in enumerate(members):
                     table[r, : len(cases[i].encoded.table)] = cases[i].encoded.table
-                store[f"/tab/g{g}"] = blosc2.asarray(table, cparams=cparams(codec, 4))
+                store[f"/tab/g{g}"] = blosc2.asarray(table, chunks=(min(len(table), 64), width), blocks=(1, width),
+                                                     cparams=cparams(codec, 4))
             if cases[members[0]].mask is not None:
                 masks = np.stack([cases[i].mask.astype(mask_dtype(cases[i].mask)) for i in members])
                 _put(store, f"/msk/g{g}", masks, spatial_dims, codec)
@@ -141,8 +143,17 @@ class ShardReader:
         return arrays[key]
 
     def read(self, shard: int, key: str, row: int, box: tuple[slice, ...] = ()) -> np.ndarray:
-        """Row ``row`` of stack ``key`` (only the blocks under ``box`` are decompressed); errors name the shard."""
+        """Row ``row`` of stack ``key`` (only the blocks under ``box`` are decompressed); errors name the shard.
+
+        A value-table stack of up to 8 MB is decompressed whole once per open shard and kept with it."""
         try:
+            if key.startswith("/tab/"):
+                arrays = self._arrays(shard)
+                full = arrays.get(key + ":decoded")
+                if full is None and (stack := self.array(shard, key)).size * 4 <= TABLE_CACHE_BYTES:
+                    full = arrays[key + ":decoded"] = np.asarray(stack[:])
+                if full is not None:
+                    return full[row]
             return np.asarray(self.array(shard, key)[(row, *box)])
         except Exception as e:  # noqa: BLE001 - a damaged shard must be named, whatever blosc2 raises
             raise CaseError(f"{self.root / self.shards[shard]}: cannot read {key}[{row}] "
