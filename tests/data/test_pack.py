@@ -233,3 +233,18 @@ def test_verify_reports_raw_files_changed_since_packing(cxr, tmp_path):
         f.write(b"\0")
     report = verify_pack(out)
     assert report.changed == [first] and not report.ok and report.raw_checked == 12
+
+
+def test_a_pack_in_a_pool_keeps_source_weights_and_modalities(cxr, cxr_pack):
+    from medmae.config import PretrainConfig, load_config
+    from medmae.data.pipeline import prepare_pool, resolve_parts
+
+    sources = f"data.sources=[{{path: '{cxr_pack}', weight: 3.0}}, {{path: '{cxr}', weight: 1.0}}]"
+    cfg = load_config(PretrainConfig, preset="demo-2d", overrides=[*TINY_2D_DATA, sources, "data.sampling=source"])
+    pool = prepare_pool(resolve_parts(cfg.data, cfg.model), cfg.data, show_progress=False)
+    w = np.asarray(pool.weights)
+    assert len(w) == 24 and w[:12].sum() / w[12:].sum() == pytest.approx(3.0)
+    assert pool.composition == {"sources": {str(cxr_pack): 12, str(cxr): 12}, "modalities": {"XR": 24},
+                                "sampling": "source", "skipped": 0}
+    assert [type(p.image).__name__ for p in (pool.prepared[0], pool.prepared[12])] == ["PackedArray", "CachedArray"]
+    assert np.array_equal(np.asarray(pool.prepared[5].image), np.asarray(pool.prepared[17].image))
