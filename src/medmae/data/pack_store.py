@@ -119,6 +119,10 @@ class ShardReader:
         self.root, self.shards = Path(root), list(shards)
         self._open: OrderedDict[int, tuple[int, blosc2.DictStore, dict[str, Any]]] = OrderedDict()
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (spawned DataLoader workers) without its open shards: each process opens its own."""
+        return {**self.__dict__, "_open": OrderedDict()}
+
     def _arrays(self, shard: int) -> dict[str, Any]:
         pid = os.getpid()  # a forked DataLoader worker opens its own handles
         got = self._open.get(shard)
