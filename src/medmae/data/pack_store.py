@@ -187,8 +187,20 @@ class StringColumn:
         return len(self.offsets) - 1
 
     def __getitem__(self, i: int) -> str | None:
-        text = self.blob[self.offsets[i]: self.offsets[i + 1]].tobytes().decode()
+        if not hasattr(self, "_bytes"):  # Python bytes and ints slice ~20x faster than NumPy per element
+            self._bytes, self._offs = self.blob.tobytes(), self.offsets.tolist()
+        text = self._bytes[self._offs[i]: self._offs[i + 1]].decode()
         return None if text == NULL else text
+
+    def tolist(self) -> list[str | None]:
+        """Every value, decoded in one pass (ASCII text, the usual case, is decoded once and sliced)."""
+        raw, o = self.blob.tobytes(), self.offsets.tolist()
+        if raw.isascii():
+            text = raw.decode("ascii")
+            values = [text[o[i]: o[i + 1]] for i in range(len(o) - 1)]
+        else:
+            values = [raw[o[i]: o[i + 1]].decode() for i in range(len(o) - 1)]
+        return [None if v == NULL else v for v in values]
 
 
 STRINGS = ("case_id", "subject_id", "source", "modality", "split", "label", "mask", "image", "attributes", "sha256",
@@ -235,6 +247,13 @@ class PackIndex:
 
     def __getitem__(self, name: str) -> Any:
         return self.columns[name]
+
+    def shapes(self) -> list[tuple[int, ...]]:
+        """(C, *S) of every case, in one pass."""
+        return [tuple(s for s in row if s > 0) for row in self.columns["shape"].tolist()]
+
+    def spacings(self) -> list[tuple[float, ...]]:
+        return [tuple(s for s in row if s == s) for row in self.columns["spacing"].tolist()]  # NaN pads dropped
 
     def shape(self, i: int) -> tuple[int, ...]:
         """(C, *S) of case ``i``."""

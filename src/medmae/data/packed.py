@@ -70,12 +70,22 @@ class Pack:
                     tuple(tuple(a) for a in json.loads(ix["attributes"][i] or "[]")))
 
 
+    def cases(self) -> list[Case]:
+        """Every case, built in one pass over the index columns."""
+        ix = self.index
+        cols = {k: ix[k].tolist() for k in ("case_id", "image", "subject_id", "label", "mask", "split", "modality",
+                                             "source", "attributes")}
+        return [Case(cid, tuple(img.split("\n")), sub, lab, msk, spl, mod, src,
+                     tuple(tuple(a) for a in json.loads(att)) if att and att != "[]" else ())
+                for cid, img, sub, lab, msk, spl, mod, src, att in zip(*cols.values())]
+
+
 class PackedArray:
     """A packed case's image (or mask) held by position; every access decodes what it needs."""
 
-    def __init__(self, pack: Pack, i: int, *, mask: bool = False):
+    def __init__(self, pack: Pack, i: int, *, mask: bool = False, shape: tuple[int, ...] | None = None):
         self.pack, self.i, self.mask = pack, i, mask
-        full = pack.index.shape(i)
+        full = shape or pack.index.shape(i)
         self.shape = full[1:] if mask else full
         self.dtype = "int64" if mask else "float32"
 
@@ -117,7 +127,7 @@ def load_pack_source(path: str | Path) -> DatasetSpec:
     """A pack as a source: its cases and what its sources declared (classes, label names, dims, modality)."""
     pack = open_pack(path)
     m = pack.manifest
-    return DatasetSpec(pack.root, [pack.case(i) for i in range(len(pack))],
+    return DatasetSpec(pack.root, pack.cases(),
                        label_names={int(k): v for k, v in (m.get("label_names") or {}).items()},
                        classes=list(m.get("classes") or []), multilabel=bool(m.get("multilabel", False)),
                        spatial_dims=m["contract"]["spatial_dims"], modality=m.get("modality"), kind=PACK_KIND)
@@ -140,18 +150,20 @@ def packed_cases(spec: DatasetSpec, prep: Preprocessing, *, with_masks: bool = F
     if with_masks and not pack.manifest["with_masks"]:
         raise ContractError(f"{pack.root} was packed without masks; pack it again with --masks for segmentation")
     rows = _rows(pack, spec.cases)
+    shapes, spacings = pack.index.shapes(), pack.index.spacings()
+    sha, masks = pack.index["sha256"].tolist(), pack.index["mask_values"].tolist() if with_masks else None
     out = []
     for case, i in zip(spec.cases, rows):
-        has_mask = with_masks and bool(pack.index["mask_values"][i])
-        digests = tuple(pack.index["sha256"][i].split(","))[: len(case.image)]
-        out.append(Prepared(case, PackedArray(pack, i), PackedArray(pack, i, mask=True) if has_mask else None,
-                            pack.index.spacing(i), digests=digests))
+        mask = PackedArray(pack, i, mask=True, shape=shapes[i]) if masks and masks[i] else None
+        out.append(Prepared(case, PackedArray(pack, i, shape=shapes[i]), mask, spacings[i],
+                            digests=tuple(sha[i].split(","))[: len(case.image)]))
     return out
 
 
 def _rows(pack: Pack, cases: Sequence[Case]) -> list[int]:
     """The index row of each case (matched by its image files and id, which pools' source tags do not change)."""
-    if len(cases) == len(pack) and all(c.case_id == pack.index["case_id"][i] for i, c in enumerate(cases)):
+    ids = pack.index["case_id"].tolist()
+    if len(cases) == len(pack) and all(c.case_id == ids[i] for i, c in enumerate(cases)):
         return list(range(len(cases)))
-    where = {(pack.index["image"][i], pack.index["case_id"][i]): i for i in range(len(pack))}
+    where = {(image, cid): i for i, (image, cid) in enumerate(zip(pack.index["image"].tolist(), ids))}
     return [where["\n".join(c.image), c.case_id] for c in cases]

@@ -80,7 +80,8 @@ def resolve_parts(data_cfg: DataConfig, model_cfg: ModelConfig) -> list[PoolPart
     A source whose cases' modality does not fit its intensity preset gets one warning line."""
     if not data_cfg.sources:
         spec = resolve_spec(data_cfg).select(data_cfg.splits)
-        spec = replace(spec, cases=[replace(c, modality=c.modality or spec.modality) for c in spec.cases])
+        spec = replace(spec, cases=[c if c.modality or not spec.modality else replace(c, modality=spec.modality)
+                                    for c in spec.cases])
         parts = [PoolPart(data_cfg.path or f"synthetic:{data_cfg.synthetic.kind}", spec,
                           Preprocessing.from_config(data_cfg, model_cfg))]
         keys = ["data.intensity.name"]
