@@ -9,7 +9,9 @@ noise; never in CI), packs it with ``medmae data pack`` (preset ``demo-2d``: min
 - pack throughput (images/s in all and per worker) and packed bytes vs the raw uint8 pixels (target <= 1.5x);
 - warm start-up: a fresh process opening the pack and building the training dataset (target <= 10 s at 200 000);
 - loader throughput: DataLoader with ``--loader-workers`` processes over the epoch permutation, each item a
-  random resized crop to 224 + flip + a random intensity scale/shift (target >= 1500 images/s on 2 cores);
+  random resized crop to 224 + flip + a random intensity scale/shift (target >= 1500 images/s on 2 cores),
+  page cache warm; also the CPU time of one item (``process_time``, robust to a loaded machine) and the
+  throughput that CPU time allows on the loader workers;
 - memory: resident set size of the loader (main process + workers) for a pool of n/10 and of n (flat?);
 - figures extrapolated to 2.5 M images next to the measured ones.
 """
@@ -50,13 +52,15 @@ def write_pool(root: Path, n: int, seed: int = 0) -> Path:
 def pack(src: Path, out: Path, workers: int) -> dict:
     from medmae.tasks.pack import pack_sources
 
-    t = time.perf_counter()
+    t, cpu0 = time.perf_counter(), os.times()
     result = pack_sources([src], preset="demo-2d", out=out, workers=workers)
-    wall = time.perf_counter() - t
+    wall, cpu1 = time.perf_counter() - t, os.times()
+    cpu = sum(cpu1[k] - cpu0[k] for k in range(4))  # this process and its (joined) packing workers
     n = result.manifest["n_cases"]
     packed = sum(s["bytes"] for s in result.manifest["shards"]) + (out / "index.npz").stat().st_size
     return {"images": n, "wall_s": round(wall, 2), "images_per_s": round(n / wall, 1),
-            "images_per_s_per_worker": round(n / wall / workers, 1), "packed_bytes": packed,
+            "images_per_s_per_worker": round(n / wall / workers, 1), "cpu_ms_per_image": round(cpu / n * 1e3, 2),
+            "cpu_bound_images_per_s_per_worker": round(n / cpu, 1), "packed_bytes": packed,
             "uint8_pixel_bytes": n * SIZE * SIZE, "size_vs_uint8": round(packed / (n * SIZE * SIZE), 3),
             "bytes_per_image": round(packed / n)}
 
@@ -122,6 +126,15 @@ def loader(pack_dir: Path, workers: int, batch: int, batches: int) -> dict:
 
     prepared = packed_cases(load_pack_source(pack_dir), Preprocessing(2, 1, {"name": "minmax"}, orientation=None))
     ds = Intensity(CaseDataset(prepared, (SIZE, SIZE), augment=Augment((SIZE, SIZE), (0.2, 1.0), (1,)), seed=0))
+    for shard in pack_dir.rglob("shard-*.b2z"):  # warm page cache: the figure is the loader's, not the disk's
+        with open(shard, "rb") as f:
+            while f.read(1 << 24):
+                pass
+    keys = [(0, int(i)) for i in np.random.default_rng(1).permutation(len(ds))[:500]]
+    t = time.process_time()
+    for key in keys:
+        ds[key]
+    item_cpu_ms = (time.process_time() - t) / len(keys) * 1e3  # CPU time: robust to a loaded machine
     sampler = EpochBatchSampler(len(ds), batch, seed=0, epoch=0, epochs=1 + batches * batch // len(ds))
     dl = torch.utils.data.DataLoader(ds, batch_sampler=sampler, num_workers=workers, persistent_workers=False)
     it = iter(dl)
@@ -133,7 +146,8 @@ def loader(pack_dir: Path, workers: int, batch: int, batches: int) -> dict:
     children = [int(p) for p in Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read_text().split()]
     mem = rss_mb([os.getpid(), *children])
     del it, dl
-    return {"images_per_s": round(seen / wall, 1), "images": seen, "rss_mb_main_plus_workers": round(mem, 1)}
+    return {"images_per_s": round(seen / wall, 1), "images": seen, "rss_mb_main_plus_workers": round(mem, 1),
+            "item_cpu_ms": round(item_cpu_ms, 3), "cpu_bound_images_per_s_on_workers": round(workers * 1e3 / item_cpu_ms)}
 
 
 def main() -> None:
@@ -170,6 +184,7 @@ def main() -> None:
         "extrapolated_2_5M": {
             "pack_hours_at_these_workers": round(TARGET_N / packed["images_per_s"] / 3600, 2),
             "pack_hours_per_64_workers": round(TARGET_N / packed["images_per_s_per_worker"] / 64 / 3600, 2),
+            "pack_cpu_hours": round(TARGET_N * packed["cpu_ms_per_image"] / 1e3 / 3600, 2),
             "packed_gb": round(packed["bytes_per_image"] * TARGET_N / 1e9, 1),
             "warm_startup_s_linear": round(start["warm_startup_s"] * scale, 1),
         },
