@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from medmae.version import __version__
-from medmae.cli_tables import plan_table, print_check, print_demo, print_evaluation, print_probe
-from medmae.errors import EXIT_CONFIG, EXIT_DATA, EXIT_ENVIRONMENT, EXIT_INTERRUPTED, MedmaeError, environment_problem
+from medmae.cli_common import SetOpt, console, fail, run_task
+from medmae.cli_data import data_app
+from medmae.cli_tables import plan_table, print_demo, print_evaluation, print_probe
+from medmae.errors import EXIT_CONFIG
 from medmae.run_layout import export_path
 
 app = typer.Typer(
@@ -23,33 +24,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console()
 log = logging.getLogger("medmae")
-
-
-def _fail(message: str, code: int) -> typer.Exit:
-    """One unwrapped ``error: ...`` line on stderr (paths stay whole and grep-able) and the exit to raise."""
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code)
-
-
-def _run(fn, *args, **kwargs):
-    """Call a task; a user error becomes one clear line and its exit code (:mod:`medmae.errors`), never a traceback."""
-    try:
-        return fn(*args, **kwargs)
-    except MedmaeError as e:
-        raise _fail(str(e), e.exit_code) from None
-    except OSError as e:
-        problem = environment_problem(e)
-        if problem is None:
-            raise
-        raise _fail(str(problem), problem.exit_code) from None
-    except MemoryError as e:
-        raise _fail(f"out of memory{': ' + str(e) if str(e) else ''} (lower train.batch_size or the image size)",
-                    EXIT_ENVIRONMENT) from None
-    except KeyboardInterrupt:  # Ctrl-C outside training, or a second one during it
-        raise _fail("interrupted (Ctrl-C) without saving the current step; --resume auto continues from the newest "
-                    "committed checkpoint", EXIT_INTERRUPTED) from None
 
 
 def _is_main_process() -> bool:
@@ -76,8 +51,6 @@ def main_callback(
     setup_cli_logging(verbose, int(os.environ.get("RANK", "0")))
 
 
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a config value: key.path=value (repeatable). "
-                                                     "Tracking: logging.tensorboard=true, logging.mlflow_uri=URI.")]
 MaxSteps = Annotated[Optional[int], typer.Option("--max-steps", min=1, help="Stop after N optimizer steps (the schedule is fitted to N).")]
 Resume = Annotated[Optional[str], typer.Option("--resume", help="'auto' continues the newest valid checkpoint in the run dir; or a checkpoint path.")]
 Threads = Annotated[Optional[int], typer.Option("--threads", min=1, help="torch CPU threads (like train.threads); default: torch's.")]
@@ -93,7 +66,7 @@ def demo(
     """Run the whole pipeline on built-in synthetic chest radiographs (CPU, a few minutes)."""
     from medmae.tasks.demo import demo as run_demo
 
-    s = _run(run_demo, run_dir, max_steps=max_steps)
+    s = run_task(run_demo, run_dir, max_steps=max_steps)
     print_demo(console, s)
 
 
@@ -129,8 +102,8 @@ def plan(
     from medmae.tasks.plan import plan as run
 
     if task not in ("cls", "seg"):
-        raise _fail(f"--task must be cls or seg, got {task!r}", EXIT_CONFIG)
-    path, result = _run(run, source, task=task, budget=budget, device=device, family=family, out=out, full=full,
+        raise fail(f"--task must be cls or seg, got {task!r}", EXIT_CONFIG)
+    path, result = run_task(run, source, task=task, budget=budget, device=device, family=family, out=out, full=full,
                         memory_gb=memory_gb)
     console.print(plan_table(path, result))
     console.print(f"next: medmae pretrain --plan {path} --run-dir R   |   medmae finetune --plan {path} --task {task} "
@@ -141,7 +114,7 @@ def plan(
 def pretrain(
     config: Annotated[Optional[Path], typer.Argument(help="Config YAML (or use --preset).")] = None,
     preset: Annotated[Optional[str], typer.Option("--preset", help="Preset name (see `medmae presets`).")] = None,
-    data: Annotated[Optional[str], typer.Option("--data", help="Dataset folder, manifest CSV or dataset.json; omit for synthetic data.")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", help="Dataset folder, manifest CSV, dataset.json or a pack (`medmae data pack`); omit for synthetic data.")] = None,
     run_dir: Annotated[Path, typer.Option("--run-dir", help="Run directory (created).")] = Path("runs/pretrain"),
     set_: SetOpt = None,
     max_steps: MaxSteps = None,
@@ -152,7 +125,7 @@ def pretrain(
     With --plan the plan file's top level is the config and it is saved as RUN_DIR/plan.yaml."""
     from medmae.tasks.pretrain import pretrain as run
 
-    out = _run(run, config, preset=preset, data=data, run_dir=run_dir, overrides=set_ or [], max_steps=max_steps,
+    out = run_task(run, config, preset=preset, data=data, run_dir=run_dir, overrides=set_ or [], max_steps=max_steps,
                resume=resume, plan=plan)
     if _is_main_process():
         console.print(f"run directory: {out}  (encoder: {export_path(out)})")
@@ -169,7 +142,7 @@ def reconstruct(
     """Reconstruct images with a pretrained MAE: original | masked | reconstruction | error."""
     from medmae.tasks.reconstruct import reconstruct as run
 
-    written = _run(run, run_dir, inputs, out=out, mask_ratio=mask_ratio, seed=seed)
+    written = run_task(run, run_dir, inputs, out=out, mask_ratio=mask_ratio, seed=seed)
     console.print(f"wrote {len(written)} files to {out}")
 
 
@@ -192,8 +165,8 @@ def finetune(
     from medmae.tasks.finetune import finetune as run
 
     if task not in (None, "cls", "seg"):
-        raise _fail(f"--task must be cls or seg, got {task!r}", EXIT_CONFIG)
-    out = _run(run, config, task=task, init=init, preset=preset, data=data, run_dir=run_dir, overrides=set_ or [],
+        raise fail(f"--task must be cls or seg, got {task!r}", EXIT_CONFIG)
+    out = run_task(run, config, task=task, init=init, preset=preset, data=data, run_dir=run_dir, overrides=set_ or [],
                max_steps=max_steps, resume=resume, plan=plan)
     if _is_main_process():
         console.print(f"run directory: {out}   next: medmae evaluate {out}")
@@ -212,7 +185,7 @@ def evaluate(
     (eval.tta; default on for CNN segmentation)."""
     from medmae.tasks.evaluate import evaluate as run
 
-    summary = _run(run, run_dir, data=data, split=split, threads=threads)
+    summary = run_task(run, run_dir, data=data, split=split, threads=threads)
     print_evaluation(console, summary)
 
 
@@ -228,7 +201,7 @@ def predict(
     Same inference as evaluate: sliding windows and mirror test-time augmentation as the run's eval.tta says."""
     from medmae.tasks.predict import predict as run
 
-    written = _run(run, run_dir, inputs, out=out, threads=threads)
+    written = run_task(run, run_dir, inputs, out=out, threads=threads)
     console.print(f"wrote {len(written)} files to {out}")
 
 
@@ -252,12 +225,12 @@ def sweep(
     from medmae.tasks.sweep import sweep as run
 
     if task not in ("cls", "seg"):
-        raise _fail(f"--task must be cls or seg, got {task!r}", EXIT_CONFIG)
+        raise fail(f"--task must be cls or seg, got {task!r}", EXIT_CONFIG)
     try:
         fracs = [float(f) for f in fractions.split(",") if f.strip()]
     except ValueError:
-        raise _fail(f"--fractions must be comma-separated numbers, got {fractions!r}", EXIT_CONFIG) from None
-    out = _run(run, task=task, inits=init, run_dir=run_dir, preset=preset, config=config, data=data, fractions=fracs,
+        raise fail(f"--fractions must be comma-separated numbers, got {fractions!r}", EXIT_CONFIG) from None
+    out = run_task(run, task=task, inits=init, run_dir=run_dir, preset=preset, config=config, data=data, fractions=fracs,
                seeds=seeds, folds=folds, overrides=set_ or [], max_steps=max_steps, plan=plan)
     console.print(f"sweep results: {out / 'results.csv'}  report: {out / 'report.md'}")
 
@@ -268,7 +241,7 @@ def report(run_dir: Annotated[Path, typer.Argument(help="A sweep directory.")]) 
     pretraining did not learn flagged, leakage check, setup) into report.md / report.html + plots (PNG, SVG, PDF)."""
     from medmae.report import write_report
 
-    path = _run(write_report, run_dir)
+    path = run_task(write_report, run_dir)
     console.print(f"report: {path} and {path.with_suffix('.html')}")
 
 
@@ -281,11 +254,11 @@ def export_(
     """Weights for another library, with a strict-load report and an output-equivalence check (report.json)."""
     from medmae.tasks.export import export as run
 
-    report = _run(run, source, to=to, out=out)
+    report = run_task(run, source, to=to, out=out)
     for line in report.lines():
         console.print(line, markup=False, highlight=False, soft_wrap=True)
     if not report.ok:
-        raise _fail(f"{out}: written, but the check against the target failed (see {out / 'report.json'})", EXIT_CONFIG)
+        raise fail(f"{out}: written, but the check against the target failed (see {out / 'report.json'})", EXIT_CONFIG)
 
 
 @app.command()
@@ -299,7 +272,7 @@ def embed(
     """One pooled embedding per case (the mean of the encoder's final tokens; a classifier's own pooling)."""
     from medmae.tasks.embed import embed as run
 
-    written = _run(run, model, data, out=out, batch_size=batch_size, threads=threads)
+    written = run_task(run, model, data, out=out, batch_size=batch_size, threads=threads)
     console.print("wrote " + ", ".join(map(str, written)), highlight=False, soft_wrap=True)
 
 
@@ -317,79 +290,12 @@ def probe(
     """Judge a frozen encoder without fine-tuning: kNN and logistic regression on its embeddings, with evaluate's metrics."""
     from medmae.tasks.probe import probe as run
 
-    s = _run(run, model, data=data, k=k, test_fraction=test_fraction, seed=seed, bootstrap=bootstrap, out=out,
+    s = run_task(run, model, data=data, k=k, test_fraction=test_fraction, seed=seed, bootstrap=bootstrap, out=out,
              threads=threads)
     print_probe(console, s)
 
 
-# ------------------------------------------------------------------------------------- medmae data ...
-
-data_app = typer.Typer(help="Check datasets and prepare them into the cache.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-
-
-@data_app.command("check")
-def data_check(
-    sources: Annotated[list[str], typer.Argument(help="Dataset folder, manifest (.csv/.json), dataset.json or MedMNIST .npz; several form a pretraining pool.")],
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the full report, every case included, to this JSON file.")] = None,
-    full: Annotated[bool, typer.Option("--full/--quick", help="Read every case, or 32 per source (every file is still checked to exist).")] = True,
-    workers: Annotated[int, typer.Option("--workers", min=1, help="Threads reading cases.")] = 4,
-    show: Annotated[int, typer.Option("--show", min=0, help="Errors and warnings listed here (all are in --json).")] = 20,
-    preset: Annotated[Optional[str], typer.Option("--preset", help="Check with a preset's data settings (intensity preset vs modality, series filters, labels).")] = None,
-    set_: SetOpt = None,
-) -> None:
-    """Read every case (images and masks): counts, shapes, spacings, intensities, labels, problems. Exit 1 on errors."""
-    from medmae.data.check import check_source
-    from medmae.data.check_options import CheckOptions
-
-    options = CheckOptions()
-    if preset or set_:  # a config only when asked for (pydantic is not needed otherwise)
-        from medmae.config import PretrainConfig, load_config
-
-        cfg = _run(load_config, PretrainConfig, None if preset else {}, preset=preset, overrides=set_ or [])
-        options = CheckOptions.from_config(cfg.data)
-    report = _run(check_source, sources, full=full, workers=workers, options=options)
-    if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(report.to_json())
-    print_check(console, report, show, json_out)
-    if report.errors:
-        raise typer.Exit(EXIT_DATA)
-
-
-@data_app.command("prepare")
-def data_prepare(
-    paths: Annotated[Optional[list[str]], typer.Argument(help="SOURCE(s) and/or a CONFIG.yaml; without a source the config's data.path / data.sources are used.")] = None,
-    preset: Annotated[Optional[str], typer.Option("--preset", help="Preset whose preprocessing contract to use (see `medmae presets`).")] = None,
-    set_: SetOpt = None,
-    masks: Annotated[Optional[bool], typer.Option("--masks/--no-masks", help="Also cache the masks (default: only for segmentation fine-tuning configs).")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Fingerprint JSON path (default: <cache>/fingerprints/<hash>.json).")] = None,
-) -> None:
-    """Preprocess every case into the cache with a preset's or config's preprocessing and write a fingerprint JSON."""
-    from rich.markup import escape
-
-    from medmae.tasks.prepare import prepare_source
-
-    items = paths or []
-    configs = [p for p in items if p.lower().endswith((".yaml", ".yml"))]
-    if len(configs) > 1:
-        raise _fail(f"give at most one config YAML, got {configs}", EXIT_CONFIG)
-    sources = [p for p in items if p not in configs]
-    result = _run(prepare_source, sources, configs[0] if configs else None, preset=preset, overrides=set_ or [],
-                  with_masks=masks, out=out)
-    fp = result.fingerprint
-    t = Table("source", "kind", "cases", "prepared", "recipe", title=f"prepared into {fp['cache_dir']}")
-    t.columns[0].overflow = "fold"
-    for src in fp["sources"]:
-        r = src["recipe"]
-        recipe = f"{r['spatial_dims']}D x{r['in_channels']}ch, {r['intensity']['name']}, spacing {r['spacing']}, resize {r['resize']}"
-        t.add_row(escape(src["source"]), src["kind"], str(src["cases"]), str(src["prepared"]), escape(recipe))
-    console.print(t)
-    for f in result.failed[:20]:
-        console.print(f"[red]failed:[/red] {f['error']}", highlight=False)
-    console.print(f"fingerprint: {result.path}  (content sha256 {fp['content_sha256'][:16]})", highlight=False)
-    if result.failed:
-        raise typer.Exit(EXIT_DATA)
 
 
 def main() -> None:

@@ -134,3 +134,26 @@ def print_probe(console: Console, s: dict[str, Any]) -> None:
             ci = "" if r.get("ci_low") is None else f"{r['ci_low']:.3f}-{r['ci_high']:.3f}"
             t.add_row(name, r["metric"] + (f" ({r['class']})" if r.get("class") else ""), f"{r['value']:.3f}", ci)
     console.print(t)
+
+
+def print_pack(console: Console, result: Any, part: str | None) -> None:
+    """What ``data pack`` wrote: a part (and how to merge), or the pack's counts and size; failed cases."""
+    for f in result.failed[:20]:
+        console.print(f"failed: {f['error']}", markup=False, highlight=False, soft_wrap=True)
+    m, out = result.manifest, result.out
+    if m is None:
+        console.print(f"part {part} packed into {out}; when every part is done: medmae data pack --merge {out} --out {out}",
+                      highlight=False, soft_wrap=True)
+        return
+    size = sum(s["bytes"] for s in m["shards"])
+    console.print(f"pack {out}: {m['n_cases']} cases in {len(m['shards'])} shard(s), {size / 2**20:.1f} MiB, "
+                  f"{len(m['failed'])} failed", highlight=False, soft_wrap=True)
+
+
+def print_pack_verify(console: Console, rep: Any) -> None:
+    """``data pack --verify``: damaged shards and changed raw files, one line each, then the counts."""
+    lines = [f"damaged shard: {s}" for s in rep.bad_shards] + [f"changed since packing: {f}" for f in rep.changed[:20]]
+    for line in lines:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+    console.print(f"{rep.shards} shard(s), {len(rep.bad_shards)} damaged; {rep.raw_checked} raw case(s) checked, "
+                  f"{len(rep.changed)} changed, {len(rep.missing)} no longer there", highlight=False)

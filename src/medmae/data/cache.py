@@ -83,8 +83,9 @@ class CachedArray:
 
 
 def mapped(array: np.ndarray | CachedArray) -> np.ndarray:
-    """A cached array memory-mapped for one access (drop the result to unmap it); an in-memory array as it is."""
-    return array.open() if isinstance(array, CachedArray) else array
+    """A cached array memory-mapped for one access (drop the result to unmap it), a packed one decoded
+    (``medmae.data.packed.PackedArray``); an in-memory array as it is."""
+    return array if isinstance(array, np.ndarray) else array.open()
 
 
 def npy_layout(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:

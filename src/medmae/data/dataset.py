@@ -55,6 +55,7 @@ class Prepared:
     image: CachedArray | np.ndarray
     mask: CachedArray | np.ndarray | None
     spacing: tuple[float, ...]
+    digests: tuple[str, ...] | None = None  # sha256 of the raw image files when known (a pack records them)
 
 
 def prepare_cases(

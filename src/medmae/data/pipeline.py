@@ -20,6 +20,8 @@ from medmae.data.cache import ArrayCache, default_cache_dir
 from medmae.data.cases import DatasetSpec
 from medmae.data.dataset import Prepared, prepare_cases
 from medmae.data.modality_fit import intensity_misfit
+from medmae.data.pack_names import is_pack
+from medmae.data.packed import PACK_KIND, packed_cases
 from medmae.data.preprocess import Preprocessing
 from medmae.data.series_filter import SeriesFilter, select_series
 from medmae.data.sources import load_source
@@ -78,7 +80,8 @@ def resolve_parts(data_cfg: DataConfig, model_cfg: ModelConfig) -> list[PoolPart
     A source whose cases' modality does not fit its intensity preset gets one warning line."""
     if not data_cfg.sources:
         spec = resolve_spec(data_cfg).select(data_cfg.splits)
-        spec = replace(spec, cases=[replace(c, modality=c.modality or spec.modality) for c in spec.cases])
+        spec = replace(spec, cases=[c if c.modality or not spec.modality else replace(c, modality=spec.modality)
+                                    for c in spec.cases])
         parts = [PoolPart(data_cfg.path or f"synthetic:{data_cfg.synthetic.kind}", spec,
                           Preprocessing.from_config(data_cfg, model_cfg))]
         keys = ["data.intensity.name"]
@@ -100,7 +103,9 @@ def resolve_parts(data_cfg: DataConfig, model_cfg: ModelConfig) -> list[PoolPart
 
 def prepare(spec: DatasetSpec, prep: Preprocessing, data_cfg: DataConfig, *, with_masks: bool = False,
             show_progress: bool = True, skipped: list[dict[str, str]] | None = None) -> list[Prepared]:
-    """Preprocess (or load from the cache) every case of ``spec``."""
+    """Preprocess (or load from the cache) every case of ``spec``; a pack's cases come as they were packed."""
+    if spec.kind == PACK_KIND or is_pack(spec.root):  # fine-tuning re-wraps a selection of the cases
+        return packed_cases(spec, prep, with_masks=with_masks)
     cache = ArrayCache(data_cfg.cache_dir)
     step = max(1, len(spec.cases) // 10)
 

@@ -26,6 +26,7 @@ from medmae.engine import checkpoint as ckpt
 from medmae.engine.budget import Budget, fix_budget, measure_step_time, usage
 from medmae.engine.distributed import (DistInfo, all_reduce_max, all_reduce_sum, barrier, gather_objects,
                                       is_peer_failure, on_main, peer_lost)
+from medmae.engine.loader_state import check_resume, digest, loader_state
 from medmae.engine.logging import MetricsLog
 from medmae.engine.optim import build_optimizer, scheduled_lr, set_lr
 from medmae.engine.parallel import Replicated, Sharded, full_tensor, wrap
@@ -153,6 +154,7 @@ class Trainer:
                 "global_batch": schedule.global_batch,
                 "budget": self.budget.as_dict() if self.budget else None,
                 "elapsed_s": self.elapsed_s + time.perf_counter() - self._session_start,
+                "loader": self._loader_state(schedule),
             }
             path = ckpt.save_checkpoint(
                 self.ckpt_root,
@@ -210,6 +212,7 @@ class Trainer:
             self.parallel.pull()
             self.elapsed_s = float(loaded.train_state.get("elapsed_s") or 0.0)
             log.info("resumed from %s (step %d)", loaded.path, self.step)
+            check_resume(loaded.train_state.get("loader"), self._loader_state(schedule))
         if self.dist.is_main:
             metrics.truncate_after(self.step)
             drop_newer(self.ckpt_root, self.step)
@@ -322,6 +325,12 @@ class Trainer:
     def usage(self) -> dict[str, Any]:
         """Steps reached, training minutes over all sessions, and the budget (``summary.json`` / ``task.json``)."""
         return usage(self.budget, self.step, self.elapsed_s + time.perf_counter() - self._session_start)
+
+    def _loader_state(self, schedule: Schedule) -> dict[str, Any]:
+        if not hasattr(self, "_data_digests"):  # hashed once per run
+            self._data_digests = (digest(self.case_ids), digest(self.sample_weights))
+        return loader_state(self.step, schedule.steps_per_epoch, schedule.global_batch, self.train_cfg.seed,
+                            *self._data_digests)
 
     def _case_ids(self, batch: dict[str, Any]) -> list[str]:
         idx = batch.get("index")

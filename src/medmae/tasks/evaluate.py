@@ -147,7 +147,8 @@ def leakage_check(info: dict[str, Any], prepared: Sequence[Prepared], cfg: Finet
         return {"checked": False, "reason": f"{record} not found"}
     seen = {h for c in json.loads(Path(record).read_text())["cases"] for h in c["sha256"]}
     cache = ArrayCache(cfg.data.cache_dir)
-    overlap = [p.case.case_id for p in prepared if any(cache.file_digest(f) in seen for f in p.case.image)]
+    overlap = [p.case.case_id for p in prepared
+               if any(h in seen for h in (p.digests or [cache.file_digest(f) for f in p.case.image]))]
     if overlap:
         log.warning("%d of %d evaluated cases were in the MAE's pretraining data (unlabelled): %s", len(overlap),
                     len(prepared), ", ".join(overlap[:10]) + (" ..." if len(overlap) > 10 else ""))

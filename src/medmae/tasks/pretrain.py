@@ -184,7 +184,7 @@ def record_data(run_dir: Path, pool: PreparedPool, cfg: PretrainConfig) -> None:
     """What the MAE saw: case ids with content hashes (the leakage guard of later evaluations), the pool's
     composition, and the cases skipped by ``data.on_bad_case=skip`` (``bad_cases.jsonl``)."""
     cache = ArrayCache(cfg.data.cache_dir)
-    cases = [{"case_id": p.case.case_id, "sha256": [cache.file_digest(f) for f in p.case.image],
+    cases = [{"case_id": p.case.case_id, "sha256": list(p.digests or [cache.file_digest(f) for f in p.case.image]),
               "source": p.case.source, "modality": p.case.modality} for p in pool.prepared]
     (run_dir / PRETRAIN_CASES).write_text(json.dumps({"composition": pool.composition, "cases": cases}))
     if pool.skipped:

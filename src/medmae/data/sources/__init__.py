@@ -25,6 +25,7 @@ from medmae.data.sources.json_manifest import load_json_manifest
 from medmae.data.sources.medmnist import load_medmnist
 from medmae.data.sources.msd import load_msd
 from medmae.data.sources.nnunet import is_nnunet_json, load_nnunet, nnunet_regions
+from medmae.data.pack_names import is_pack
 from medmae.errors import SourceError
 
 __all__ = ["SPLIT_NAMES", "Case", "DatasetSpec", "SourceError", "load_dicom_tree", "load_folder", "load_json_manifest",
@@ -42,6 +43,7 @@ def load_source(path: str | Path) -> DatasetSpec:
     - a folder with ``dataset.json`` holding ``training``: Medical Segmentation Decathlon layout;
     - a folder with ``manifest.csv``: that manifest;
     - a folder whose first DICOM files include two slices of one series: DICOM tree, one case per series;
+    - a folder with ``medmae-pack.json``: a pack written by ``medmae data pack`` (:mod:`medmae.data.packed`);
     - any other folder: images found below it; ``train/val/test`` folders give the split and
       class-named sub-folders the class label.
     """
@@ -59,6 +61,10 @@ def load_source(path: str | Path) -> DatasetSpec:
         if suffix == ".json":
             return load_json_manifest(p)
         raise SourceError(f"{p}: expected a folder, a .csv / .json manifest, a dataset.json or a MedMNIST .npz")
+    if is_pack(p):
+        from medmae.data.packed import load_pack_source  # blosc2 is imported for packs only (speed)
+
+        return load_pack_source(p)
     ds_json = p / "dataset.json"
     if ds_json.is_file():
         meta = read_json(ds_json)

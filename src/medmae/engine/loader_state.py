@@ -1,0 +1,41 @@
+"""The data loader's state in a checkpoint: what the order of the samples depends on, checked on resume.
+
+The order is a pure function of (seed, epoch) over the list of cases (:class:`medmae.data.dataset.EpochBatchSampler`),
+so the position in it is the step number. What else it depends on (the cases, their sampling weights, the
+global batch) is recorded with each checkpoint; resuming on anything else is not bitwise exact and says why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def digest(values: Sequence[Any] | None) -> str | None:
+    """sha256 of a list (case ids, sampling weights) as JSON; None for None."""
+    return None if values is None else hashlib.sha256(json.dumps([str(v) for v in values]).encode()).hexdigest()
+
+
+def loader_state(step: int, steps_per_epoch: int, global_batch: int, seed: int, cases: str | None,
+                 weights: str | None) -> dict[str, Any]:
+    """The sampler's position (epoch, batch in the epoch) and what its order is a function of."""
+    return {"order": "epoch-permutation", "epoch": step // steps_per_epoch, "batch": step % steps_per_epoch,
+            "steps_per_epoch": steps_per_epoch, "global_batch": global_batch, "seed": seed, "cases_sha256": cases,
+            "weights_sha256": weights}
+
+
+def check_resume(saved: dict[str, Any] | None, now: dict[str, Any]) -> list[str]:
+    """The fields that differ between the checkpoint's loader state and this run's (logged as a warning)."""
+    if not saved:
+        return []
+    keys = ("order", "epoch", "batch", "steps_per_epoch", "global_batch", "seed", "cases_sha256", "weights_sha256")
+    changed = [k for k in keys if saved.get(k) != now.get(k)]
+    if changed:
+        log.warning("the data differs from the checkpoint's (%s): the resumed run does not repeat the samples of an "
+                    "uninterrupted one", ", ".join(f"{k} {saved.get(k)} -> {now.get(k)}" for k in changed))
+    return changed

@@ -1,0 +1,250 @@
+"""Packs: exact round trip of preprocessed cases (2D and 3D), parts + merge equal one pack, resumable parts,
+start-up without the raw files, sampling order over a pack, and damaged shards named in the error."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import blosc2
+import numpy as np
+import pytest
+import torch
+
+from medmae.data.dataset import Augment, CaseDataset, EpochBatchSampler
+from medmae.data.pack_codec import KIND_F16, KIND_U8, KIND_U16, decode, encode
+from medmae.data.pack_merge import verify_pack
+from medmae.data.pack_names import PART_FILE, part_dir_name
+from medmae.data.packed import Pack, PackedArray, load_pack_source, packed_cases
+from medmae.data.preprocess import Preprocessing, load_image, load_mask
+from medmae.data.sources import load_source
+from medmae.data.synthetic import write_dataset
+from medmae.errors import CaseError, ConfigError, ContractError, SourceError
+from medmae.tasks.pack import merge_packs, pack_sources
+
+TINY_2D_DATA = ("model.img_size=[32,32]",)
+TINY_3D_DATA = ("model.img_size=[32,32,32]",)
+
+
+@pytest.fixture(scope="module")
+def cxr(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("cxr")
+    write_dataset(root / "src", "cxr", 12, seed=3, size=32)
+    return root / "src"
+
+
+@pytest.fixture(scope="module")
+def cxr_pack(cxr, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("packs") / "cxr"
+    pack_sources([cxr], preset="demo-2d", overrides=TINY_2D_DATA, out=out, shard_cases=5)
+    return out
+
+
+PREP_2D = Preprocessing(2, 1, {"name": "minmax"}, orientation=None)
+
+
+def test_codec_is_exact_for_few_values_and_fp16_otherwise():
+    rng = np.random.default_rng(0)
+    few = rng.integers(0, 200, (1, 16, 16)).astype(np.float32) / 7.0
+    mid = rng.integers(0, 3000, (1, 128, 128)).astype(np.float32) / 13.0
+    many = rng.normal(size=(1, 32, 32)).astype(np.float32)
+    for x, kind, dtype in ((few, KIND_U8, np.uint8), (mid, KIND_U16, np.uint16), (many, KIND_F16, np.float16)):
+        e = encode(x)
+        assert e.kind == kind and e.codes.dtype == dtype
+        y = decode(e.codes, e.table)
+        assert y.dtype == np.float32
+        if kind == KIND_F16:
+            np.testing.assert_allclose(y, x, rtol=2**-11, atol=0)
+        else:
+            assert np.array_equal(y, x), "palette codes must give back the float32 values bit for bit"
+
+
+def test_2d_pack_round_trip_values_dtype_and_metadata(cxr, cxr_pack):
+    spec, pack = load_source(cxr), Pack(cxr_pack)
+    assert len(pack) == len(spec.cases) == 12 and len(pack.manifest["shards"]) == 3
+    for i, case in enumerate(spec.cases):
+        x, _, spacing, _ = load_image(case, PREP_2D)
+        got = pack.read_image(i)
+        assert got.dtype == np.float32 and np.array_equal(got, x), case.case_id
+        assert pack.index["kind"][i] == KIND_U8, "an 8-bit radiograph after minmax stores uint8 codes"
+        c = pack.case(i)
+        assert (c.case_id, c.subject_id, c.label, c.split, c.image) == (case.case_id, case.subject_id, case.label,
+                                                                       case.split, case.image)
+        assert c.modality == "XR" and pack.index.spacing(i) == tuple(spacing) and pack.index.shape(i) == x.shape
+        assert pack.index["sha256"][i] and pack.index["raw_bytes"][i] == os.path.getsize(case.path)
+    store = blosc2.DictStore(str(cxr_pack / pack.manifest["shards"][0]["name"]), mode="r")
+    assert store["/img/g0"].dtype == np.uint8 and store["/img/g0"].shape == (5, 1, 32, 32)
+    assert pack.manifest["contract"] == PREP_2D.contract() and pack.manifest["classes"] == spec.classes
+
+
+def test_3d_pack_round_trip_with_masks_and_crops_decoded_alone(tmp_path):
+    write_dataset(tmp_path / "ct", "abdomen_ct", 3, seed=1, shape=(40, 36, 32))
+    out = tmp_path / "pack"
+    pack_sources([tmp_path / "ct"], preset="demo-3d", overrides=TINY_3D_DATA, out=out, with_masks=True)
+    spec, pack = load_source(tmp_path / "ct"), Pack(out)
+    prep = Preprocessing.from_config(*_data_model("demo-3d", TINY_3D_DATA))
+    for i, case in enumerate(spec.cases):
+        x, meta, _, _ = load_image(case, prep)
+        y = load_mask(case, prep, meta, x.shape[1:])
+        got = pack.read_image(i)
+        if pack.index["kind"][i] == KIND_F16:
+            np.testing.assert_allclose(got, x, rtol=2**-11, atol=1e-6)
+        else:
+            assert np.array_equal(got, x)
+        mask = pack.read_mask(i)
+        assert mask.dtype == np.uint8 and np.array_equal(mask, y)
+        box = (slice(None), slice(3, 27), slice(5, 29), slice(0, 24))
+        assert np.array_equal(PackedArray(pack, i)[box], got[box]), "a crop decodes to the same values"
+        assert np.array_equal(PackedArray(pack, i, mask=True)[box[1:]], mask[box[1:]])
+        assert pack.index["mask_values"][i] == ",".join(str(v) for v in np.unique(y))
+
+
+def _data_model(preset: str, overrides):
+    from medmae.config import PretrainConfig, load_config
+
+    cfg = load_config(PretrainConfig, preset=preset, overrides=overrides)
+    return cfg.data, cfg.model
+
+
+def _records(pack: Pack) -> list[dict]:
+    return [{k: v for k, v in pack.index.record(i).items() if k not in ("shard", "group", "row")} for i in range(len(pack))]
+
+
+def test_parts_then_merge_equal_one_pack_and_a_finished_part_is_not_redone(cxr, cxr_pack, tmp_path):
+    out = tmp_path / "parts"
+    for i in range(3):
+        res = pack_sources([cxr], preset="demo-2d", overrides=TINY_2D_DATA, out=out, part=f"{i}/3", shard_cases=2)
+        assert res.manifest is None and not (out / "medmae-pack.json").exists(), "a part alone is not a pack"
+    with pytest.raises(ConfigError, match=r"parts \['1/3'\] are missing"):
+        merge_packs([out / part_dir_name(0, 3), out / part_dir_name(2, 3)], tmp_path / "incomplete")
+    merge_packs([out], out)
+    single, merged = Pack(cxr_pack), Pack(out)
+    assert _records(single) == _records(merged)
+    for i in range(len(single)):
+        assert np.array_equal(single.read_image(i), merged.read_image(i))
+
+    shard = out / part_dir_name(1, 3) / "shard-00000.b2z"
+    before = shard.stat().st_mtime_ns
+    pack_sources([cxr], preset="demo-2d", overrides=TINY_2D_DATA, out=out, part="1/3", shard_cases=2)
+    assert shard.stat().st_mtime_ns == before, "a finished part must not be packed again"
+    with pytest.raises(ConfigError, match="another contract"):
+        pack_sources([cxr], preset="demo-2d", overrides=(*TINY_2D_DATA, "data.intensity.name=xray_histeq"), out=out,
+                     part="1/3", shard_cases=2)
+
+
+def test_a_killed_part_resumes_at_its_first_unfinished_shard(cxr, cxr_pack, tmp_path):
+    out = tmp_path / "pack"
+    pack_sources([cxr], preset="demo-2d", overrides=TINY_2D_DATA, out=out, shard_cases=5)
+    part = out / part_dir_name(0, 1)
+    # what a kill after shard 0 leaves: no part.json, shard 1 without its case list, a half-written temporary file
+    (part / PART_FILE).unlink()
+    (part / "shard-00001.json").unlink()
+    (part / ".shard-00002.tmp-999.b2z").write_bytes(b"half")
+    (out / "medmae-pack.json").unlink()
+    kept = (part / "shard-00000.b2z").stat().st_mtime_ns
+    pack_sources([cxr], preset="demo-2d", overrides=TINY_2D_DATA, out=out, shard_cases=5)
+    assert (part / "shard-00000.b2z").stat().st_mtime_ns == kept, "a finished shard is not redone"
+    assert not list(part.glob(".shard-*")), "the half-written file is cleaned up"
+    assert _records(Pack(out)) == _records(Pack(cxr_pack))
+    assert verify_pack(out).ok
+
+
+def test_reading_a_pack_never_opens_the_raw_files(cxr, cxr_pack, tmp_path, monkeypatch):
+    raw = str(cxr)
+    opened: list[str] = []
+    real_open = open
+
+    def spy(file, *a, **k):
+        opened.append(str(file))
+        return real_open(file, *a, **k)
+
+    monkeypatch.setattr("builtins.open", spy)
+    spec = load_pack_source(cxr_pack)
+    prepared = packed_cases(spec, PREP_2D)
+    ds = CaseDataset(prepared, (32, 32), augment=Augment((32, 32), flip_axes=(1,)), seed=0)
+    for i in range(len(ds)):
+        assert ds[(0, i)]["image"].shape == (1, 32, 32)
+    assert prepared[0].digests == (Pack(cxr_pack).index["sha256"][0],)
+    assert not [f for f in opened if f.startswith(raw)], "reading the pack opened raw files"
+
+
+def test_a_config_with_another_contract_is_refused_naming_the_key(cxr_pack):
+    spec = load_pack_source(cxr_pack)
+    with pytest.raises(ContractError, match=r"data\.intensity=\{'name': 'minmax'\}.*data\.intensity=\{'name': 'xray_histeq'\}"):
+        packed_cases(spec, Preprocessing(2, 1, {"name": "xray_histeq"}, orientation=None))
+    with pytest.raises(ContractError, match="model.in_channels"):
+        packed_cases(spec, Preprocessing(2, 3, {"name": "minmax"}, orientation=None))
+    with pytest.raises(ContractError, match="--masks"):
+        packed_cases(spec, PREP_2D, with_masks=True)
+
+
+def test_order_is_a_function_of_seed_and_epoch_and_ddp_shards_are_disjoint_and_covering(cxr_pack):
+    prepared = packed_cases(load_pack_source(cxr_pack), PREP_2D)
+    n, gb = len(prepared), 4
+
+    def keys(rank: int, world: int, seed: int = 5, epoch: int = 2, skip: int = 0):
+        return list(EpochBatchSampler(n, gb, seed=seed, epoch=epoch, rank=rank, world_size=world, skip_batches=skip))
+
+    single = keys(0, 1)
+    assert single == keys(0, 1) and single != keys(0, 1, epoch=3) and single != keys(0, 1, seed=6)
+    r0, r1 = keys(0, 2), keys(1, 2)
+    for s, a, b in zip(single, r0, r1):
+        assert sorted(a + b) == sorted(s) and not set(a) & set(b)
+    flat = [k for batch in r0 + r1 for k in batch]
+    assert len(flat) == len(set(flat)) == n - n % gb, "ranks cover each epoch's samples once"
+    assert keys(0, 1, skip=1) == single[1:], "mid-epoch resume skips the batches already seen"
+    ds_a = CaseDataset(prepared, (24, 24), augment=Augment((24, 24), flip_axes=(0, 1)), seed=5)
+    ds_b = CaseDataset(packed_cases(load_pack_source(cxr_pack), PREP_2D), (24, 24),
+                       augment=Augment((24, 24), flip_axes=(0, 1)), seed=5)
+    for key in single[0]:
+        assert torch.equal(ds_a[key]["image"], ds_b[key]["image"])
+
+
+def test_a_damaged_shard_is_named(cxr, tmp_path):
+    out = tmp_path / "pack"
+    pack_sources([cxr], preset="demo-2d", overrides=TINY_2D_DATA, out=out, shard_cases=5)
+    manifest = json.loads((out / "medmae-pack.json").read_text())
+    shard = out / manifest["shards"][1]["name"]
+    data = bytearray(shard.read_bytes())
+    for k in range(200, len(data) - 200, 7):  # same size, scrambled content
+        data[k] ^= 0x5A
+    shard.write_bytes(bytes(data))
+    report = verify_pack(out)
+    assert report.bad_shards == [str(shard)] and not report.ok
+    prepared = packed_cases(load_pack_source(out), PREP_2D)
+    with pytest.raises(CaseError, match=str(shard)):
+        for p in prepared:
+            np.asarray(p.image)
+    shard.write_bytes(bytes(data[:1000]))  # cut short: refused when the pack is opened
+    with pytest.raises(SourceError, match=f"{shard}: shard has 1000 bytes"):
+        Pack(out)
+
+
+def test_verify_reports_raw_files_changed_since_packing(cxr, tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(cxr, src)
+    out = tmp_path / "pack"
+    pack_sources([src], preset="demo-2d", overrides=TINY_2D_DATA, out=out)
+    assert verify_pack(out).ok
+    first = Pack(out).case(0).path
+    with open(first, "ab") as f:
+        f.write(b"\0")
+    report = verify_pack(out)
+    assert report.changed == [first] and not report.ok and report.raw_checked == 12
+
+
+def test_a_pack_in_a_pool_keeps_source_weights_and_modalities(cxr, cxr_pack):
+    from medmae.config import PretrainConfig, load_config
+    from medmae.data.pipeline import prepare_pool, resolve_parts
+
+    sources = f"data.sources=[{{path: '{cxr_pack}', weight: 3.0}}, {{path: '{cxr}', weight: 1.0}}]"
+    cfg = load_config(PretrainConfig, preset="demo-2d", overrides=[*TINY_2D_DATA, sources, "data.sampling=source"])
+    pool = prepare_pool(resolve_parts(cfg.data, cfg.model), cfg.data, show_progress=False)
+    w = np.asarray(pool.weights)
+    assert len(w) == 24 and w[:12].sum() / w[12:].sum() == pytest.approx(3.0)
+    assert pool.composition == {"sources": {str(cxr_pack): 12, str(cxr): 12}, "modalities": {"XR": 24},
+                                "sampling": "source", "skipped": 0}
+    assert [type(p.image).__name__ for p in (pool.prepared[0], pool.prepared[12])] == ["PackedArray", "CachedArray"]
+    assert np.array_equal(np.asarray(pool.prepared[5].image), np.asarray(pool.prepared[17].image))
