@@ -1,19 +1,21 @@
 #!/usr/bin/env python
-"""Real-data results: MAE self-pretraining vs scratch at several label fractions, through medmae's own API.
+"""Real-data results: the planned model from scratch, with MAE pretraining, and a standard MONAI network, same run.
 
     python benchmarks/real_data.py hippocampus --profile cpu      # or gpu; --data-root or $MEDMAE_DATA
     python benchmarks/real_data.py chestxray --profile cpu
     python benchmarks/real_data.py drive --profile cpu
+    python benchmarks/real_data.py hippocampus --fold 0           # one fold of the 5 now (a later call continues)
 
-Each experiment (1) writes a manifest for the dataset where its layout needs one (subject ids, 0/255 masks),
-(2) MAE-pretrains on the unlabelled images it is allowed to see (never a held-out test split; in the
-hippocampus cross-validation, as in SelfMedMAE, the images of every fold, which each evaluation's leakage
-check records), (3) runs ``medmae sweep`` (scratch vs MAE, label fractions, seeds / folds) and (4) writes
-``benchmarks/results/<experiment>_<profile>.json`` with the exact configs, the headline table and the paired
-comparison, plus the sweep's ``report.md``, ``results.csv`` and figures. Work directories go to ``--work``
-(default ``runs/real-data``).
-The ``cpu`` profile is sized for 2 CPU cores (small models and images, about an hour or two each); ``gpu``
-uses larger models and more epochs.
+Each experiment (1) writes a manifest where the dataset's layout needs one (subject ids, 0/255 masks), (2) runs
+``medmae plan`` on it (``--budget`` minutes per training run, for the profile's device), (3) MAE-pretrains with
+the plan on the images it may see (never a labelled test split; in the hippocampus cross-validation, as in
+SelfMedMAE, the images of every fold, which each evaluation's leakage check records), (4) runs ``medmae sweep``
+with the plan and three arms: the planned network from scratch, from the MAE, and the MONAI baseline
+(``--init baseline:NAME``), all with the same data, split, augmentation and time budget, and (5) writes
+``benchmarks/results/<experiment>_<profile>_plan.json`` (the plan, the headline table, the paired comparisons
+with scratch and with the baseline, the time used) plus the sweep's ``report.md``, ``results.csv`` and figures.
+Work directories go to ``--work`` (default ``runs/real-data``). Results of the earlier ViT-only recipe are the
+files without ``_plan``.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ import re
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,35 +43,6 @@ def data_root(arg: str | None) -> Path:
 
 
 # ------------------------------------------------------------------------------------------- experiments
-
-
-def hippocampus(root: Path, work: Path, profile: str) -> dict[str, Any]:
-    """MSD Task04 Hippocampus: 3D segmentation (anterior, posterior), 5-fold CV on imagesTr."""
-    data = root / "hippocampus_msd" / "Task04_Hippocampus"
-    big = profile == "gpu"
-    model = {"arch": "vit", "spatial_dims": 3, "img_size": [32, 48, 32], "patch_size": 8, "in_channels": 1,
-             "size": None, "embed_dim": 384 if big else 192, "depth": 12 if big else 6, "num_heads": 6 if big else 3,
-             "decoder": {"embed_dim": 256 if big else 128, "depth": 4 if big else 2, "num_heads": 8 if big else 4}}
-    data_cfg = {"path": str(data), "intensity": {"name": "mri_zscore_nonzero"}, "orientation": "RAS",
-                "flip_axes": [0, 1, 2], "flip_prob": 0.5, "num_workers": 4 if big else 0}
-    pretrain = {"name": "hippocampus-mae", "data": data_cfg, "model": model, "mask": {"ratio": 0.75},
-                "loss": {"norm_pix": True},
-                "optim": {"lr": 1.5e-4 if big else 3e-4, "warmup_epochs": 10, "clip_grad": 3.0},
-                "train": {"epochs": 200 if big else 100, "batch_size": 64 if big else 16, "checkpoint_every": 500,
-                          "figure_every": 50, "precision": "bf16" if big else "fp32"}}
-    finetune = {"task": "seg", "data": {**data_cfg, "foreground_prob": 0.5, "splits": ["train"]},
-                "model": {k: v for k, v in model.items() if k != "decoder"},
-                # UNETR's full-resolution 3D convolutions dominate a CPU step (8.5 s at batch 16, feature size 16
-                # on 2 cores), so the cpu profile halves the decoder width and trains ~200 steps of batch 4.
-                "head": {"feature_size": 16 if big else 8}, "loss": {"dice_weight": 1.0, "ce_weight": 1.0},
-                "optim": {"lr": 1e-3, "layer_decay": 0.75, "warmup_epochs": 5 if big else 1, "clip_grad": 3.0},
-                "train": {"epochs": 25 if big else 6, "min_steps": 250 if big else 200, "batch_size": 16 if big else 4,
-                          "checkpoint_every": 10**6, "precision": "bf16" if big else "fp32"},
-                "eval": {"sw_overlap": 0.5, "bootstrap": 1000}}
-    sweep = {"fractions": [0.1, 0.25, 1.0], "seeds": 1, "folds": 5}
-    return {"pretrain": pretrain, "finetune": finetune, "sweep": sweep,
-            "reference": "nnU-Net 0.90 / 0.89 Dice (anterior / posterior) on the MSD test set; 3D-UCaps 4-fold CV on "
-                         "imagesTr 0.857 / 0.838"}
 
 
 def chestxray_manifest(root: Path, out: Path) -> Path:
@@ -90,34 +64,6 @@ def chestxray_manifest(root: Path, out: Path) -> Path:
     return path
 
 
-def chestxray(root: Path, work: Path, profile: str) -> dict[str, Any]:
-    """Kermany pneumonia chest X-rays (224 px): normal vs pneumonia on the official 624-image test split."""
-    manifest = chestxray_manifest(root, work / "chestxray")
-    big = profile == "gpu"
-    size = 224 if big else 112
-    model = {"arch": "vit", "spatial_dims": 2, "img_size": [size, size], "patch_size": 16, "in_channels": 1,
-             "size": "vit-s" if big else None, "embed_dim": None if big else 192, "depth": None if big else 6,
-             "num_heads": None if big else 3,
-             "decoder": {"embed_dim": 256 if big else 128, "depth": 4 if big else 2, "num_heads": 8 if big else 4}}
-    data_cfg = {"path": str(manifest), "intensity": {"name": "xray_histeq"}, "resize": [size, size],
-                "flip_axes": [], "num_workers": 8 if big else 1}
-    pretrain = {"name": "chestxray-mae", "data": {**data_cfg, "crop_scale": [0.5, 1.0], "splits": ["train"]},
-                "model": model, "mask": {"ratio": 0.75}, "loss": {"norm_pix": True},
-                "optim": {"base_lr": 1.5e-4, "warmup_epochs": 5, "clip_grad": 3.0},
-                "train": {"epochs": 40 if big else 8, "batch_size": 256 if big else 64, "checkpoint_every": 500,
-                          "figure_every": 10, "precision": "bf16"}}
-    finetune = {"task": "cls", "data": {**data_cfg, "crop_scale": [0.8, 1.0]},
-                "model": {k: v for k, v in model.items() if k != "decoder"}, "head": {"pool": "mean"},
-                "optim": {"lr": 5e-4, "layer_decay": 0.75, "warmup_epochs": 2, "clip_grad": 3.0},
-                "train": {"epochs": 10 if big else 4, "min_steps": 200 if big else 150, "batch_size": 64,
-                          "checkpoint_every": 10**6, "precision": "bf16"},
-                "eval": {"bootstrap": 1000}}
-    sweep = {"fractions": [0.05, 0.1, 0.25, 1.0], "seeds": 1, "folds": None}
-    return {"pretrain": pretrain, "finetune": finetune, "sweep": sweep,
-            "reference": "on this 624-image test set: Kermany et al. AUC 0.968 / acc 92.8 % (Inception-v3, ImageNet); "
-                         "MedMNIST+ DINO ViT-B/16 linear probe AUC 0.989"}
-
-
 def drive_manifest(root: Path, out: Path) -> Path:
     """DRIVE: train (20) and test (20) images with their first manual annotation (0/255 GIF masks)."""
     base = root / "retina_vessels" / "DRIVE" / "datasets"
@@ -137,78 +83,97 @@ def drive_manifest(root: Path, out: Path) -> Path:
     return path
 
 
-def drive(root: Path, work: Path, profile: str) -> dict[str, Any]:
-    """DRIVE retinal vessel segmentation (RGB fundus), MAE on the 20 training images, Dice on the 20 test images."""
-    manifest = drive_manifest(root, work / "drive")
-    big = profile == "gpu"
-    model = {"arch": "vit", "spatial_dims": 2, "img_size": [128, 128] if not big else [256, 256], "patch_size": 16,
-             "in_channels": 3, "size": None, "embed_dim": 384 if big else 192, "depth": 12 if big else 6,
-             "num_heads": 6 if big else 3,
-             "decoder": {"embed_dim": 256 if big else 128, "depth": 4 if big else 2, "num_heads": 8 if big else 4}}
-    data_cfg = {"path": str(manifest), "intensity": {"name": "minmax", "percentiles": [0.5, 99.5]},
-                "resize": [512, 512] if big else [288, 288], "flip_axes": [0, 1], "label_map": {255: 1}}
-    pretrain = {"name": "drive-mae", "data": {**data_cfg, "splits": ["train"]}, "model": model, "mask": {"ratio": 0.75},
-                "loss": {"norm_pix": True}, "optim": {"lr": 1e-3, "warmup_epochs": 20, "clip_grad": 3.0},
-                "train": {"epochs": 1500 if big else 300, "batch_size": 16 if big else 8, "checkpoint_every": 1000,
-                          "figure_every": 100, "precision": "bf16" if big else "fp32"}}
-    finetune = {"task": "seg", "data": {**data_cfg, "foreground_prob": 0.5},
-                "model": {k: v for k, v in model.items() if k != "decoder"}, "head": {"feature_size": 16},
-                "loss": {"dice_weight": 0.4, "ce_weight": 0.6},
-                "optim": {"lr": 1e-3, "layer_decay": 0.75, "warmup_epochs": 10, "clip_grad": 3.0},
-                "train": {"epochs": 300 if big else 100, "min_steps": 1000 if big else 300, "batch_size": 8 if big else 4,
-                          "checkpoint_every": 10**6, "precision": "bf16" if big else "fp32"},
-                "eval": {"sw_overlap": 0.5, "bootstrap": 1000}}
-    sweep = {"fractions": [0.25, 0.5, 1.0], "seeds": 2 if big else 1, "folds": None}
-    return {"pretrain": pretrain, "finetune": finetune, "sweep": sweep,
-            "reference": "DRIVE test Dice/F1 of dedicated vessel models is about 0.80-0.83 at full resolution"}
+@dataclass(frozen=True)
+class Experiment:
+    """One dataset: where its labelled source is, the task, the MONAI baseline, the grid and the targets."""
+
+    source: Callable[[Path, Path], Path]
+    task: str
+    baseline: str
+    fractions: tuple[float, ...]
+    folds: int | None
+    budget_minutes: float
+    target: str
+    reference: str
 
 
-EXPERIMENTS = {"hippocampus": hippocampus, "chestxray": chestxray, "drive": drive}
+EXPERIMENTS = {
+    "hippocampus": Experiment(
+        lambda root, work: root / "hippocampus_msd" / "Task04_Hippocampus", "seg", "dynunet", (0.1, 1.0), 5, 8,
+        "mean Dice >= 0.85 at 100 % labels with <= 8 min per fold, >= the MONAI arm; MAE - scratch >= +0.02 at 10 %",
+        "nnU-Net 0.90 / 0.89 Dice (anterior / posterior) on the MSD test set; 3D-UCaps 4-fold CV 0.857 / 0.838"),
+    "chestxray": Experiment(
+        chestxray_manifest, "cls", "densenet121", (0.05, 0.1, 0.25, 1.0), None, 20,
+        "ROC-AUC >= 0.95 at 100 % labels (<= 20 min); MAE > scratch at 5 / 10 / 25 %",
+        "on this 624-image test set: Kermany et al. AUC 0.968 (Inception-v3, ImageNet); ResNet-50 at 224 px 0.962"),
+    "drive": Experiment(
+        drive_manifest, "seg", "basicunet", (0.25, 1.0), None, 20,
+        "Dice >= 0.78 on the 20 test images (<= 20 min); MAE >= scratch",
+        "DRIVE test Dice / F1 of dedicated vessel models is about 0.80-0.83 at full resolution"),
+}
 
 
 # ------------------------------------------------------------------------------------------------- runner
 
 
-def run(name: str, profile: str, root: Path, work: Path, max_steps: int | None) -> dict[str, Any]:
+def run(name: str, profile: str, root: Path, work: Path, *, budget: float | None, folds: list[int] | None,
+        fractions: list[float] | None, max_steps: int | None) -> dict[str, Any]:
     import medmae
-    from medmae.report import aggregate, headline_key, paired_comparison, read_results
+    from medmae.report import read_results
 
-    work.mkdir(parents=True, exist_ok=True)
-    spec = EXPERIMENTS[name](root, work, profile)
+    exp = EXPERIMENTS[name]
+    base = work / f"{name}-{profile}-plan"
+    base.mkdir(parents=True, exist_ok=True)
+    source = exp.source(root, base)
+    minutes = budget or exp.budget_minutes
     t0 = time.time()
-    pre_dir = work / f"{name}-{profile}" / "pretrain"
-    medmae.pretrain(spec["pretrain"], run_dir=pre_dir, max_steps=max_steps, resume="auto")
-    t_pre = time.time() - t0
-    ft_yaml = work / f"{name}-{profile}" / "finetune.yaml"
-    ft_yaml.write_text(json.dumps(spec["finetune"]))  # JSON is YAML
-    sw = spec["sweep"]
-    sweep_dir = medmae.sweep(task=spec["finetune"]["task"], inits=["scratch", str(pre_dir)],
-                             run_dir=work / f"{name}-{profile}" / "sweep", config=ft_yaml, fractions=sw["fractions"],
-                             seeds=sw["seeds"], folds=sw["folds"], max_steps=max_steps)
+    plan_path, plan = medmae.plan(source, task=exp.task, budget=minutes,
+                                  device="cuda" if profile == "gpu" else "cpu", out=base / "plan.yaml")
+    t_plan = time.time() - t0
+    pre_dir = base / "pretrain"
+    medmae.pretrain(plan=plan_path, run_dir=pre_dir, max_steps=max_steps, resume="auto")
+    t_pre = time.time() - t0 - t_plan
+    sweep_dir = medmae.sweep(task=exp.task, inits=["scratch", str(pre_dir), f"baseline:{exp.baseline}"],
+                             run_dir=base / "sweep", plan=plan_path, fractions=fractions or list(exp.fractions),
+                             seeds=1, folds=exp.folds, only_folds=folds, max_steps=max_steps)
+    summary = json.loads((sweep_dir / "summary.json").read_text())
+    head = summary["headline"]
     rows = read_results(sweep_dir / "results.csv")
-    metric, where = headline_key(rows, spec["finetune"]["task"])
-    agg = [a for a in aggregate(rows) if a["metric"] in (metric, "dice", "auroc", "auprc", "accuracy", "hd95_mm", "hd95_px")]
     result = {
         "experiment": name, "profile": profile, "when": time.strftime("%Y-%m-%d %H:%M"),
-        "command": f"python benchmarks/real_data.py {name} --profile {profile}" + (f" --max-steps {max_steps}" if max_steps else ""),
-        "headline": {"metric": metric, "where": where}, "aggregate": agg,
-        "paired_vs_scratch": paired_comparison(rows, metric, where),
-        "pretrain_seconds": round(t_pre, 1), "pretrain_logged_seconds": logged_seconds(pre_dir),
-        "total_seconds": round(time.time() - t0, 1),
-        "reference": spec["reference"], "configs": {k: spec[k] for k in ("pretrain", "finetune", "sweep")},
-        "device": _device(),
+        "command": f"python benchmarks/real_data.py {name} --profile {profile} --budget {minutes:g}"
+                   + "".join(f" --fold {k}" for k in folds or []) + (f" --max-steps {max_steps}" if max_steps else ""),
+        "target": exp.target, "reference": exp.reference, "budget_minutes_per_run": minutes,
+        "folds_run": sorted({r["fold"] for r in rows if r.get("fold") not in (None, "")}) if exp.folds else None,
+        "plan_seconds": round(t_plan, 1), "plan": plan["plan"]["decisions"] if "plan" in plan else plan,
+        "pretrain": {"wall_s": round(t_pre, 1), **pretrain_summary(pre_dir)},
+        "headline": head, "table": [a for a in summary["aggregate"] if (a["metric"], a["where"]) == (head["metric"], head["where"])],
+        "paired_vs_scratch": summary["paired"], "paired_vs_baseline": summary["paired_baseline"],
+        "training_minutes": training_minutes(sweep_dir), "total_seconds": round(time.time() - t0, 1),
+        "device": _device(), "load_average_at_end": os.getloadavg()[0],
     }
     out = REPO / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}_{profile}.json").write_text(portable(json.dumps(result, indent=1), root, work))
-    publish_sweep(f"{name}_{profile}", sweep_dir, out, root, work)
+    (out / f"{name}_{profile}_plan.json").write_text(portable(json.dumps(result, indent=1), root, work))
+    shutil.copyfile(plan_path, out / f"{name}_{profile}_plan.yaml")
+    publish_sweep(f"{name}_{profile}_plan", sweep_dir, out, root, work)
     return result
 
 
-def logged_seconds(run_dir: Path) -> float:
-    """Training time from a run's own log (first to last step), which a resumed invocation does not see."""
-    times = [json.loads(line)["time_s"] for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
-    return round(times[-1] - times[0], 1) if times else 0.0
+def pretrain_summary(run_dir: Path) -> dict[str, Any]:
+    """Steps, minutes and whether the MAE beat its baseline, from the run's ``summary.json``."""
+    s = json.loads((run_dir / "summary.json").read_text())
+    return {k: s.get(k) for k in ("training", "learned", "masked_loss", "patch_mean_baseline")}
+
+
+def training_minutes(sweep_dir: Path) -> dict[str, float]:
+    """Training-loop minutes of every finished cell (``task.json`` ``training``), to check the budget was kept."""
+    out = {}
+    for task_json in sorted(sweep_dir.glob("cells/*/task.json")):
+        training = json.loads(task_json.read_text()).get("training") or {}
+        if training.get("train_minutes") is not None:
+            out[task_json.parent.name] = round(float(training["train_minutes"]), 2)
+    return out
 
 
 def publish_sweep(stem: str, sweep_dir: Path, out: Path, root: Path, work: Path) -> None:
@@ -239,10 +204,16 @@ def main() -> None:
     ap.add_argument("--profile", choices=["cpu", "gpu"], default="cpu")
     ap.add_argument("--data-root", default=None, help="folder holding the datasets (default $MEDMAE_DATA or ../shared/data)")
     ap.add_argument("--work", type=Path, default=REPO / "runs" / "real-data")
+    ap.add_argument("--budget", type=float, default=None, help="minutes per training run (default: the experiment's)")
+    ap.add_argument("--fold", type=int, action="append", default=None, help="run only this fold now (repeatable)")
+    ap.add_argument("--fractions", default=None, help="comma-separated label fractions (default: the experiment's)")
     ap.add_argument("--max-steps", type=int, default=None, help="cap every run (smoke test)")
     args = ap.parse_args()
-    result = run(args.experiment, args.profile, data_root(args.data_root), args.work, args.max_steps)
-    print(json.dumps({k: result[k] for k in ("experiment", "profile", "headline", "paired_vs_scratch", "total_seconds")}, indent=1))
+    fractions = [float(f) for f in args.fractions.split(",")] if args.fractions else None
+    result = run(args.experiment, args.profile, data_root(args.data_root), args.work, budget=args.budget,
+                 folds=args.fold, fractions=fractions, max_steps=args.max_steps)
+    print(json.dumps({k: result[k] for k in ("experiment", "headline", "table", "paired_vs_scratch",
+                                             "paired_vs_baseline", "total_seconds")}, indent=1))
 
 
 if __name__ == "__main__":

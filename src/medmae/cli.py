@@ -216,6 +216,7 @@ def sweep(
     fractions: Annotated[str, typer.Option("--fractions", help="Comma-separated label fractions.")] = "0.05,0.1,0.25,0.5,0.8,1.0",
     seeds: Annotated[int, typer.Option("--seeds", min=1, help="Number of seeds (0..N-1) per cell.")] = 3,
     folds: Annotated[Optional[int], typer.Option("--folds", min=2, help="k-fold cross-validation (patient-level).")] = None,
+    fold: Annotated[Optional[list[int]], typer.Option("--fold", help="Run only fold K's cells now (repeatable; with --folds); run again for the others.")] = None,
     set_: SetOpt = None,
     max_steps: MaxSteps = None,
     plan: PlanOpt = None,
@@ -231,7 +232,7 @@ def sweep(
     except ValueError:
         raise fail(f"--fractions must be comma-separated numbers, got {fractions!r}", EXIT_CONFIG) from None
     out = run_task(run, task=task, inits=init, run_dir=run_dir, preset=preset, config=config, data=data, fractions=fracs,
-               seeds=seeds, folds=folds, overrides=set_ or [], max_steps=max_steps, plan=plan)
+               seeds=seeds, folds=folds, overrides=set_ or [], max_steps=max_steps, plan=plan, only_folds=fold)
     console.print(f"sweep results: {out / 'results.csv'}  report: {out / 'report.md'}")
 
 

@@ -119,3 +119,20 @@ def test_a_folds_sweep_begun_with_the_old_round_robin_folds_is_not_continued(tmp
     with pytest.raises(ConfigError, match="older medmae .*round-robin"):
         sweep(**kw)
     assert json.loads((out / "sweep.json").read_text()) == old  # refused before anything was rewritten
+
+
+def test_only_folds_runs_those_folds_cells_and_a_later_call_the_rest(tmp_path, monkeypatch):
+    ran = []
+    monkeypatch.setattr(sweep_mod, "finetune", lambda *a, run_dir, **kw: ran.append(run_dir.name))
+    monkeypatch.setattr(sweep_mod, "evaluate", lambda cell_dir: None)
+    monkeypatch.setattr(sweep_mod, "collect", lambda run_dir: [])
+    kw = dict(task="cls", inits=["scratch", "baseline:densenet121"], run_dir=tmp_path / "W", preset="demo-2d",
+              fractions=[0.5, 1.0], seeds=1, folds=3, overrides=TINY, max_steps=1, report=False)
+    sweep(**kw, only_folds=[1])
+    assert len(ran) == 4 and all(name.endswith("_fold1") for name in ran)
+    meta = json.loads((tmp_path / "W" / "sweep.json").read_text())
+    assert len(meta["cells"]) == 12  # the grid is still the whole grid
+    with pytest.raises(ConfigError, match=r"--fold 3: folds are 0..2"):
+        sweep(**kw, only_folds=[3])
+    with pytest.raises(ConfigError, match="--fold needs --folds"):
+        sweep(**{**kw, "folds": None}, only_folds=[0])

@@ -73,6 +73,18 @@ def grid(task: str, inits: Sequence[str], fractions: Sequence[float], seeds: Seq
             for name, init in init_names(inits)]
 
 
+def select_folds(cells: Sequence[Cell], folds: int | None, only_folds: Sequence[int] | None) -> list[Cell]:
+    """The cells of the folds asked for (all without ``only_folds``); a fold outside ``0..folds-1`` is an error."""
+    if not only_folds:
+        return list(cells)
+    if not folds:
+        raise ConfigError("--fold needs --folds K (k-fold cross-validation)")
+    bad = [k for k in only_folds if not 0 <= k < folds]
+    if bad:
+        raise ConfigError(f"--fold {bad[0]}: folds are 0..{folds - 1} with --folds {folds}")
+    return [c for c in cells if c.fold in set(only_folds)]
+
+
 def cell_overrides(cell: Cell, folds: int | None) -> list[str]:
     out = [f"data.label_fraction={cell.fraction}", f"train.seed={cell.seed}", f"data.label_seed={cell.seed}"]
     if folds:
@@ -95,10 +107,12 @@ def sweep(
     max_steps: int | None = None,
     report: bool = True,
     plan: str | Path | None = None,
+    only_folds: Sequence[int] | None = None,
 ) -> Path:
     """Run (or continue) the grid; writes ``results.csv`` and ``sweep.json`` and, with ``report``, the report.
     ``inits`` may name MONAI baselines (``baseline:NAME``), trained from scratch on the same cells; ``plan``: a
-    ``medmae plan`` file instead of ``config`` / ``preset``."""
+    ``medmae plan`` file instead of ``config`` / ``preset``; ``only_folds``: run only these folds' cells now (the
+    grid and its folds stay the same; a later call continues with the others)."""
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
     if plan is not None and (config is not None or preset is not None):
         raise ConfigError("give one of --config, --preset or --plan")
@@ -106,6 +120,7 @@ def sweep(
         if is_baseline(str(i)):
             baseline_name(str(i), task)  # an unknown name fails before any cell runs
     cells = grid(task, [str(i) for i in inits], fractions, seed_list, folds)
+    to_run = select_folds(cells, folds, only_folds)
     missing = [str(i) for i in inits if str(i) != "scratch" and not is_baseline(str(i)) and not Path(i).exists()]
     if missing:
         raise ConfigError(f"--init {missing[0]}: no such encoder file or run directory")
@@ -123,11 +138,11 @@ def sweep(
             raise ConfigError(f"{run_dir}: its folds were made by an older medmae (round-robin, not {KFOLD_METHOD}); "
                               "new cells would use other folds. Finish it with that version or use another --run-dir")
     write_sweep(run_dir, meta)
-    for i, cell in enumerate(cells, start=1):
+    for i, cell in enumerate(to_run, start=1):
         cell_dir = run_dir / CELLS_DIR / cell.name
         if find_summary(cell_dir) is not None:
             continue
-        log.info("sweep cell %d/%d: %s", i, len(cells), cell.name)
+        log.info("sweep cell %d/%d: %s", i, len(to_run), cell.name)
         finetune(config, task=task, init=cell.init, preset=preset, data=data, run_dir=cell_dir,
                  overrides=[*overrides, *cell_overrides(cell, folds)], max_steps=max_steps, resume="auto", plan=plan)
         evaluate(cell_dir)
