@@ -13,7 +13,6 @@ file), the machine's load average, and the decisions.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import platform
@@ -22,23 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from real_data import drive_manifest  # the benchmark beside this one (same folder)
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def drive_manifest(root: Path, out: Path) -> Path:
-    base = root / "retina_vessels" / "DRIVE" / "datasets"
-    rows = []
-    for split, folder, suffix in (("train", "training", "training"), ("test", "testing", "test")):
-        for img in sorted((base / folder / "images").glob(f"*_{suffix}.tif")):
-            num = img.name.split("_")[0]
-            rows.append({"case_id": f"drive{num}", "path": str(img), "split": split,
-                         "mask": str(base / folder / "1st_manual" / f"{num}_manual1.gif")})
-    path = out / "drive.csv"
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, ["case_id", "path", "mask", "split"])
-        w.writeheader()
-        w.writerows(rows)
-    return path
 
 
 def main() -> None:

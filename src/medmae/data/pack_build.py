@@ -26,7 +26,7 @@ import numpy as np
 
 from medmae.data.cases import Case
 from medmae.data.pack_codec import encode
-from medmae.data.pack_store import (PART_FILE, StoredCase, part_dir_name, sha256_path, shard_name, write_json_atomic,
+from medmae.data.pack_store import (PART_FILE, StoredCase, part_dir_name, sha256_file, shard_name, write_json_atomic,
                                     write_shard)
 from medmae.data.preprocess import Preprocessing, load_image, load_mask
 from medmae.errors import CaseError, ConfigError
@@ -81,10 +81,10 @@ def raw_digest(f: str) -> str:
     if Path(real).is_dir():
         h = hashlib.sha256()
         for p in sorted(q for q in Path(real).rglob("*") if q.is_file()):
-            h.update(f"{p.relative_to(real)}:{sha256_path(p)}\n".encode())
+            h.update(f"{p.relative_to(real)}:{sha256_file(p)}\n".encode())
         digest = h.hexdigest()
     else:
-        digest = sha256_path(Path(real))
+        digest = sha256_file(Path(real))
     return hashlib.sha256(f"{digest}::{member}".encode()).hexdigest() if sep else digest
 
 
@@ -140,7 +140,7 @@ def pack_shard(job: ShardJob) -> dict[str, Any]:
         r.update(group=g, row=row, kind=s.encoded.kind)
     size = (part_dir / name).stat().st_size if stored else 0
     listing = {"identity": job.identity, "shard": name if stored else None, "bytes": size,
-               "sha256": sha256_path(part_dir / name) if stored else None, "cases": records, "failed": failed}
+               "sha256": sha256_file(part_dir / name) if stored else None, "cases": records, "failed": failed}
     write_json_atomic(part_dir / name.replace(".b2z", ".json"), listing)
     return listing
 

@@ -18,7 +18,7 @@ from typing import Any
 from medmae.version import __version__
 from medmae.data.pack_build import part_listing, raw_digest
 from medmae.data.pack_store import (FORMAT, FORMAT_VERSION, INDEX_FILE, PACK_FILE, PART_FILE, PackIndex, save_index,
-                                    sha256_path, write_json_atomic)
+                                    sha256_file, write_json_atomic)
 from medmae.errors import ConfigError, SourceError
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ def verify_pack(root: Path) -> VerifyReport:
     report = VerifyReport(shards=len(manifest["shards"]))
     for s in manifest["shards"]:
         path = root / s["name"]
-        if not path.is_file() or path.stat().st_size != s["bytes"] or sha256_path(path) != s["sha256"]:
+        if not path.is_file() or path.stat().st_size != s["bytes"] or sha256_file(path) != s["sha256"]:
             report.bad_shards.append(str(path))
     index = PackIndex.load(root / INDEX_FILE)
     for i in range(len(index)):

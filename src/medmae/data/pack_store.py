@@ -13,7 +13,6 @@ shard file is complete or absent. Reading keeps a few shards open per process (`
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections import OrderedDict
@@ -25,6 +24,7 @@ from typing import Any
 import blosc2
 import numpy as np
 
+from medmae.data.cache import atomic_write_bytes, sha256_file  # noqa: F401 - sha256_file re-exported
 from medmae.data.pack_codec import Encoded, blocks_for, cparams, mask_dtype
 from medmae.data.pack_names import INDEX_FILE, PACK_FILE, PART_FILE, part_dir_name, shard_name  # noqa: F401 - re-exported
 from medmae.errors import CaseError
@@ -35,22 +35,9 @@ OPEN_SHARDS = 8
 TABLE_CACHE_BYTES = 8 << 20
 
 
-def sha256_path(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def write_json_atomic(path: Path, data: Any) -> None:
-    """JSON written to a temporary name in the same folder, flushed and renamed into place."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(data, f, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """JSON (sorted keys) written to a temporary name in the same folder, flushed and renamed into place."""
+    atomic_write_bytes(path, json.dumps(data, sort_keys=True).encode())
 
 
 # ------------------------------------------------------------------------------------------------ writing
