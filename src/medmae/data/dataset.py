@@ -111,6 +111,12 @@ def _prepare_one(case: Case, prep: Preprocessing, cache: ArrayCache, with_masks:
 # ------------------------------------------------------------------------------------------ augmentation
 
 
+def pad_value(image_cs: np.ndarray) -> np.ndarray | float:
+    """What an image is padded with, in training crops and at inference alike: each channel's minimum (the
+    background of a normalised image; 0 would read as mean tissue after a z-score)."""
+    return np.asarray([float(np.min(c)) for c in image_cs]) if image_cs.size else 0.0
+
+
 def pad_to(x_cs: np.ndarray, size: Sequence[int], value: float | np.ndarray) -> np.ndarray:
     """Pad spatial dims symmetrically up to ``size`` (no-op where already large enough)."""
     pads = [(0, 0)] + [((max(0, s - d)) // 2, max(0, s - d) - max(0, s - d) // 2) for d, s in zip(x_cs.shape[1:], size)]
@@ -171,8 +177,8 @@ def augment_case(
     fg_coords: np.ndarray | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Crop (random when ``aug``, else centred) and flip one case; returns tensors (C, *crop) and (*crop)."""
-    pad_value = np.asarray([float(np.min(c)) for c in image_cs]) if image_cs.size else 0.0
-    image = pad_to(image_cs, crop_size, pad_value)
+    fill = pad_value(image_cs)
+    image = pad_to(image_cs, crop_size, fill)
     mask = pad_to(mask_s[None], crop_size, 0)[0] if mask_s is not None else None
     shape = image.shape[1:]
     if aug is None:
@@ -185,7 +191,7 @@ def augment_case(
             center = fg_coords[int(rng.integers(len(fg_coords)))]
         box = random_crop_box(rng, shape, crop_size, center)
     if aug is not None and aug.transforms is not None:  # MONAI transforms, seeded by a child of this item's rng
-        img_t, msk_t = aug.transforms(image, mask, box, pad_value, int(rng.spawn(1)[0].integers(2**32)))
+        img_t, msk_t = aug.transforms(image, mask, box, fill, int(rng.spawn(1)[0].integers(2**32)))
     else:
         img_t = resize_to(np.asarray(image[(slice(None), *box)]), crop_size, label=False)
         msk_t = resize_to(np.asarray(mask[box])[None], crop_size, label=True)[0].to(torch.int64) if mask is not None else None

@@ -13,7 +13,7 @@ from monai.inferers import sliding_window_inference
 from torch import nn
 
 from medmae.config import ConfigError, FinetuneConfig, load_config
-from medmae.data.dataset import augment_case
+from medmae.data.dataset import augment_case, pad_to, pad_value
 from medmae.engine import checkpoint as ckpt
 from medmae.engine.distributed import pick_device
 from medmae.errors import RunDirError
@@ -97,11 +97,18 @@ def classify(model: nn.Module, images: Sequence[np.ndarray], crop: Sequence[int]
 def segment(model: nn.Module, image_cs: np.ndarray, roi: Sequence[int], *, overlap: float = 0.5,
             sw_batch_size: int = 4, device: str | torch.device = "cpu", tta: Sequence[int] = ()) -> torch.Tensor:
     """Class probabilities (K, *S) of a whole preprocessed image by Gaussian-blended sliding windows; with ``tta``
-    axes, the mean of the softmax over every mirroring of them (each flipped back)."""
-    x = torch.from_numpy(np.array(image_cs, dtype=np.float32))[None].to(device)
+    axes, the mean of the softmax over every mirroring of them (each flipped back).
+
+    An image smaller than ``roi`` is padded here as training pads its crops (each channel's minimum, centred), not
+    by MONAI's zero padding, which after a z-score reads as tissue around the image."""
+    image_cs = np.asarray(image_cs, dtype=np.float32)
+    shape = image_cs.shape[1:]
+    padded = pad_to(image_cs, roi, pad_value(image_cs))
+    inside = (slice(None), slice(None), *(slice((p - s) // 2, (p - s) // 2 + s) for p, s in zip(padded.shape[1:], shape)))
+    x = torch.from_numpy(np.array(padded, dtype=np.float32))[None].to(device)
     total = None
     for m in mirror_sets(tta):
         logits = sliding_window_inference(_flip(x, m), tuple(roi), sw_batch_size, model, overlap=overlap, mode="gaussian")
         probs = _flip(torch.softmax(logits.float(), dim=1), m)
         total = probs if total is None else total + probs
-    return (total / len(mirror_sets(tta)))[0].cpu()
+    return (total / len(mirror_sets(tta)))[inside][0].cpu()
