@@ -18,6 +18,7 @@ EPOCHS_BOUND = 10_000  # the budget, not the epochs, ends a planned run
 NNUNET_SGD = {"name": "sgd", "lr": 1.0e-2, "momentum": 0.99, "nesterov": True, "weight_decay": 3.0e-5,
               "schedule": "poly", "poly_power": 0.9, "warmup_epochs": 0, "clip_grad": 12.0, "layer_decay": None}
 FOREGROUND_PROB = 0.33  # nnU-Net oversamples foreground in a third of the crops
+FINETUNE_AUGMENT = {"seg": "nnunet", "cls": "light"}  # the recipe presets' MONAI augmentation (docs/howto/recipes.md)
 MASK_RATIO = 0.75
 
 
@@ -75,7 +76,8 @@ def pretrain_sections(fp: Fingerprint, choice: Choice, s: dict[str, Any]) -> dic
 def finetune_sections(choice: Choice, s: dict[str, Any]) -> dict[str, Any]:
     """The ``finetune`` section of the plan: common keys and the task's (``finetune.seg`` / ``finetune.cls``)."""
     arch = choice.network.model["arch"]
-    common: dict[str, Any] = {"data": {"splits": None}, "head": {"pool": "mean"}, "eval": {"sw_overlap": 0.5}}
+    common: dict[str, Any] = {"data": {"splits": None, "augment": {"preset": FINETUNE_AUGMENT[s["task"]]}},
+                              "head": {"pool": "mean"}, "eval": {"sw_overlap": 0.5}}
     if s["task"] == "seg":
         common["data"]["foreground_prob"] = FOREGROUND_PROB
     model = model_section(choice, s, deep_supervision=s["task"] == "seg")
