@@ -155,7 +155,7 @@ def run(name: str, profile: str, root: Path, work: Path, *, budget: float | None
     out = REPO / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}_{profile}_plan.json").write_text(portable(json.dumps(result, indent=1), root, work))
-    shutil.copyfile(plan_path, out / f"{name}_{profile}_plan.yaml")
+    (out / f"{name}_{profile}_plan.yaml").write_text(portable(plan_path.read_text(), root, work))
     publish_sweep(f"{name}_{profile}_plan", sweep_dir, out, root, work)
     return result
 
