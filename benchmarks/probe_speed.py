@@ -25,9 +25,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
+def data_root() -> Path:
+    return Path(os.environ.get("MEDMAE_DATA", REPO.parent / "shared" / "data"))
+
+
 def default_data() -> Path:
-    root = Path(os.environ.get("MEDMAE_DATA", REPO.parent / "shared" / "data"))
-    return root / "chestxray_pneumonia_224" / "dataset"
+    return data_root() / "chestxray_pneumonia_224" / "dataset"
 
 
 def random_demo_encoder(path: Path) -> Path:
@@ -73,7 +76,7 @@ def main() -> None:
             print(f"{name} cache: {runs[name]} s", flush=True)
     headline = {p: {r["metric"]: round(r["value"], 4) for r in summary[p] if r["metric"] in ("auroc", "accuracy")}
                 for p in ("knn", "logistic")}
-    result = {"data": str(args.data), "model": args.model or "demo-2d ViT, random weights, resize 64",
+    result = {"data": str(args.data).replace(str(data_root()), "$MEDMAE_DATA"), "model": args.model or "demo-2d ViT, random weights, resize 64",
               "n_train": summary["n_train"], "n_test": summary["n_test"], "split": summary["split"],
               "embedding_dim": summary["embedding_dim"], "seconds": runs, "headline": headline,
               "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "machine": platform.machine(),

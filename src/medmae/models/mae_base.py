@@ -7,6 +7,7 @@ target is the encoder's patch (ViT, Swin) or the mask block (ResEnc, whose stem 
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 import torch
@@ -67,7 +68,7 @@ def draw_seeds(batch: int, seeds_b: torch.Tensor | None, device: torch.device) -
     return seeds_b.to(device)
 
 
-class MaskedAutoencoder(nn.Module):
+class MaskedAutoencoder(nn.Module, ABC):
     """Base of the MAEs: ``forward(x, seeds) -> {"loss"}``, ``reconstruct(x, seeds) -> (recon, mask)`` and
     ``mean_patch_baseline(x, seeds)``, with attributes ``encoder`` and ``norm_pix_loss``.
 
@@ -90,13 +91,13 @@ class MaskedAutoencoder(nn.Module):
         """Target patches along each axis."""
         return self.encoder.grid
 
+    @abstractmethod
     def token_mask(self, batch: int, seeds_b: torch.Tensor | None, device: torch.device) -> torch.Tensor:
-        """(B, L) bool, True where masked, over the target patches in raster order."""
-        raise NotImplementedError
+        """(B, L) bool, True where masked, over the target patches in raster order (each family's masking)."""
 
+    @abstractmethod
     def predict_patches(self, x_bcs: torch.Tensor, seeds_b: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Predictions for every target patch (B, L, P) (normalised values with ``norm_pix_loss``) and the mask (B, L)."""
-        raise NotImplementedError
 
     def target(self, x_bcs: torch.Tensor) -> torch.Tensor:
         """Reconstruction target per patch (B, L, P), normalised per patch when ``norm_pix_loss``."""
