@@ -97,9 +97,14 @@ def plan_table(path: Path, plan: dict[str, Any]) -> Table:
     t.add_row("intensity", escape(f"{d['intensity']['value']}  ({d['intensity']['why']})"))
     t.add_row("channels", escape(f"{d['in_channels']['value']}  ({d['in_channels']['why']})"))
     t.add_row("network", escape(f"{d['network']}, batch {d['batch']}"))
-    t.add_row("device", escape(f"{d['device']['memory']}; {d['device']['tflops']:.3g} TFLOP/s ({d['device']['speed']})"))
-    t.add_row("predicted", f"{d['predicted_step_s']:.3g} s per step, {d['predicted_steps']} steps, "
-                           f"{d['predicted_epochs']:g} epochs, {d['memory_gib']:g} GiB")
+    overhead = d["device"].get("step_overhead_s", 0.0)
+    t.add_row("device", escape(f"{d['device']['memory']}; {d['device']['tflops']:.3g} TFLOP/s + {overhead:.3g} s "
+                               f"per step ({d['device']['speed']})"))
+    measured = f", measured {d['measured_step_s']:.3g} s" if "measured_step_s" in d else ""
+    t.add_row("step", f"{d['predicted_step_s']:.3g} s predicted{measured}; {d['predicted_steps']} steps, "
+                      f"{d['predicted_epochs']:g} epochs, {d['memory_gib']:g} GiB")
+    if "optimizer" in d:
+        t.add_row("optimizer", escape(d["optimizer"]))
     if d.get("label_map"):
         t.add_row("label map", escape(str(d["label_map"])))
     for w in m.get("warnings", []):

@@ -21,6 +21,7 @@ from medmae.planning import network
 from medmae.planning.fingerprint import fingerprint
 from medmae.planning.plan import make_plan
 from medmae.planning.plan_file import plan_configs, read_plan, write_plan
+from medmae.planning.sections import SGD_MIN_STEPS
 from medmae.tasks.plan import parse_budget
 
 FAST = {"flops_per_s": 2e11, "memory_bytes": 8 * 2**30}  # a fixed device: no timing in the tests
@@ -66,8 +67,7 @@ def test_anisotropic_ct_gets_the_separate_axis_rule_a_foreground_window_and_a_va
     crop = plan["model"]["img_size"]
     stride = 2 ** (len(plan["model"]["resenc"]["widths"]) - 1)
     assert all(c % stride == 0 for c in crop)
-    assert plan["model"]["arch"] == "resenc" and plan["optim"]["name"] == "sgd" and plan["optim"]["nesterov"]
-    assert plan["finetune"]["seg"]["optim"]["schedule"] == "poly" and plan["train"]["max_minutes"] == 30
+    assert plan["model"]["arch"] == "resenc" and plan["train"]["max_minutes"] == 30
     assert plan["finetune"]["seg"]["model"]["resenc"]["deep_supervision"] is True
     assert plan["finetune"]["data"]["foreground_prob"] == pytest.approx(0.33)
     path = write_plan(tmp_path / "plan.yaml", plan)
@@ -110,6 +110,19 @@ def test_vit_and_swin_on_request_get_adamw_cosine_and_their_masks(cxr):
         make_plan(fp, task="seg", budget_minutes=60, family="unet", **FAST)
 
 
+def test_a_short_budget_trains_the_cnn_with_adamw_and_a_long_one_with_nnunets_sgd(anisotropic_ct):
+    fp = fingerprint(str(anisotropic_ct))
+    short = make_plan(fp, task="seg", budget_minutes=5, **FAST)
+    long = make_plan(fp, task="seg", budget_minutes=60 * 24 * 30, **FAST)
+    assert short["plan"]["decisions"]["predicted_steps"] < SGD_MIN_STEPS <= long["plan"]["decisions"]["predicted_steps"]
+    for opt in (short["optim"], short["finetune"]["seg"]["optim"]):
+        assert opt["name"] == "adamw" and opt["schedule"] == "cosine" and opt["layer_decay"] is None
+    assert short["finetune"]["seg"]["optim"]["lr"] > short["optim"]["lr"], "fine-tuning at 3e-3, the MAE at 1e-3"
+    for opt in (long["optim"], long["finetune"]["seg"]["optim"]):
+        assert opt["name"] == "sgd" and opt["nesterov"] and opt["schedule"] == "poly"
+    assert "AdamW" in short["plan"]["decisions"]["optimizer"] and "SGD" in long["plan"]["decisions"]["optimizer"]
+
+
 def test_budget_parsing():
     assert parse_budget("90s") == 1.5 and parse_budget("30m") == 30 and parse_budget("2h") == 120
     assert parse_budget("45") == 45 and parse_budget("1d") == 1440
@@ -119,7 +132,7 @@ def test_budget_parsing():
 
 def test_plan_cli_then_pretrain_finetune_and_sweep_with_plan(cxr, tmp_path, monkeypatch):
     """The plan loads in every verb, is saved as plan.yaml in each run, and the export and task.json carry it."""
-    monkeypatch.setattr(network, "measure_flops_per_s", lambda *a, **k: 1e9)  # a slow device: the smallest network
+    monkeypatch.setattr(network, "measure_step_s", lambda cfg, n, batch, *a, **k: 10.0 * batch)  # slow: the smallest
     out = tmp_path / "plan.yaml"
     r = invoke(["plan", cxr, "--task", "seg", "--budget", "1m", "--out", out])
     assert r.exit_code == 0, r.output

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from medmae.planning import rules
-from medmae.planning.network import Cost, Network
+from medmae.planning.network import Cost, Network, speed_model
 from medmae.planning.search import Device, Problem, batch_options, choose
 
 
@@ -100,3 +100,28 @@ def test_segmentation_batches_cover_at_most_5_percent_of_the_data():
     assert batch_options(Problem("seg", 3, 208, 63000.0, 60, dataset_cases=260), [40, 56, 40]) == [9, 8, 4, 2]
     assert batch_options(Problem("seg", 2, 16, 330000.0, 60), [512, 512]) == [2]
     assert batch_options(Problem("cls", 2, 5000, 50176.0, 60), [224, 224]) == [64, 32, 16, 8]
+
+
+def test_the_speed_model_separates_throughput_from_a_fixed_per_step_cost():
+    # 1 GFLOP per sample; 0.3 s at batch 1 and 0.6 s at batch 4: 10 GFLOP/s plus 0.2 s no batch amortises
+    rate, overhead = speed_model(1e9, (1, 0.3), (4, 0.6))
+    assert rate == pytest.approx(1e10) and overhead == pytest.approx(0.2)
+    assert Device("cpu", 2**34, rate, "t", "t", overhead_s=overhead).step_s(8e9) == pytest.approx(1.0)
+    assert speed_model(1e9, (1, 0.5), (4, 0.4)) == (pytest.approx(1e10), 0.0), "noise: pure throughput"
+
+
+def test_a_candidate_predicted_to_fit_is_timed_and_a_slower_one_is_passed_over():
+    problem = Problem("seg", 3, train_cases=100, image_voxels=32**3, budget_s=3600)
+    fast = Device("cpu", 2**34, 1e11, "test", "measured")
+    predicted = choose(lambda c: nets_of(4), costs, [32, 32, 32], lambda c: 8, problem, fast)
+    timed_calls = []
+
+    def timer(choice):  # the device is 1000x slower than predicted for the predicted network
+        timed_calls.append((choice.network.model["i"], choice.batch))
+        return choice.step_s * (1000.0 if choice.network.model["i"] == predicted.network.model["i"] else 1.0)
+
+    got = choose(lambda c: nets_of(4), costs, [32, 32, 32], lambda c: 8, problem, fast, timer=timer)
+    assert timed_calls[0] == (predicted.network.model["i"], predicted.batch)
+    assert got.measured_step_s is not None and got.fits
+    assert (got.network.model["i"], got.batch) != (predicted.network.model["i"], predicted.batch)
+    assert "measured_step_s" in got.as_dict()

@@ -4,8 +4,9 @@ device in FLOP/s measured once on a real forward/backward.
 The cost of a candidate is counted, not guessed: its task model is built on the ``meta`` device (no memory, no
 weights) and one forward pass runs under :class:`torch.utils.flop_counter.FlopCounterMode`, with the tensors
 autograd saves for the backward pass summed by a saved-tensor hook. A training step is taken as 3x the forward
-FLOPs (backward = 2x forward). The device's throughput comes from one timed forward/backward of the smallest
-candidate, so predicted step time = FLOPs / measured FLOP/s (``docs/howto/plan-and-budget.md``).
+FLOPs (backward = 2x forward). The device's throughput comes from timed forward/backward passes of the smallest
+candidate at two batch sizes (throughput and a fixed per-step cost), so predicted step time = fixed cost + FLOPs /
+measured FLOP/s; the chosen candidate is then timed itself (``docs/howto/plan-and-budget.md``).
 """
 
 from __future__ import annotations
@@ -127,9 +128,10 @@ def cost(cfg: FinetuneConfig, num_outputs: int) -> Cost:
     return Cost(BACKWARD_FACTOR * counter.get_total_flops(), float(saved[0]), sum(p.numel() for p in model.parameters()))
 
 
-def measure_flops_per_s(cfg: FinetuneConfig, num_outputs: int, flops_per_sample: float, batch: int,
-                        device: torch.device, bf16: bool, repeats: int = 1) -> float:
-    """FLOP/s of this device on real forward/backward passes of ``cfg``'s model (after one warm-up pass)."""
+def measure_step_s(cfg: FinetuneConfig, num_outputs: int, batch: int, device: torch.device, bf16: bool,
+                   repeats: int = 2) -> float:
+    """Seconds of one real forward/backward of ``cfg``'s model at ``batch`` on ``device`` (the best of ``repeats``
+    after one warm-up pass)."""
     torch.manual_seed(0)
     model = build(cfg, num_outputs, device).train()
     x = torch.randn(batch, cfg.model.in_channels, *cfg.model.img_size, device=device)
@@ -142,11 +144,23 @@ def measure_flops_per_s(cfg: FinetuneConfig, num_outputs: int, flops_per_sample:
             torch.cuda.synchronize(device)
 
     step()
-    t0 = time.perf_counter()
+    times = []
     for _ in range(repeats):
+        t0 = time.perf_counter()
         step()
-    seconds = (time.perf_counter() - t0) / repeats
-    return flops_per_sample * batch / max(seconds, 1e-9)
+        times.append(time.perf_counter() - t0)
+    return max(min(times), 1e-9)
+
+
+def speed_model(flops_per_sample: float, small: tuple[int, float], large: tuple[int, float]) -> tuple[float, float]:
+    """(FLOP/s, fixed seconds per step) from the step times of one network at two batch sizes ``(batch, seconds)``:
+    the slope is the throughput, the intercept the per-step cost no batch amortises (small 3D nets on a CPU are
+    mostly the latter). Timing noise that makes the larger batch no slower gives a pure-throughput model."""
+    (b1, t1), (b2, t2) = small, large
+    if b2 <= b1 or t2 <= t1:
+        return flops_per_sample * b2 / t2, 0.0
+    rate = flops_per_sample * (b2 - b1) / (t2 - t1)
+    return rate, max(0.0, t1 - flops_per_sample * b1 / rate)
 
 
 def device_memory(device: str) -> tuple[float, str]:

@@ -6,6 +6,7 @@ mapping (the pretraining config at the top, the fine-tuning settings under ``fin
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -15,7 +16,7 @@ from medmae.planning import network as nets
 from medmae.planning import rules
 from medmae.planning.fingerprint import Fingerprint
 from medmae.planning.search import Choice, Device, Problem, choose, cost_cache
-from medmae.planning.sections import finetune_sections, pretrain_sections
+from medmae.planning.sections import finetune_sections, optim_why, pretrain_sections
 from medmae.version import __version__
 
 log = logging.getLogger(__name__)
@@ -68,10 +69,14 @@ def family_space(family: str, dims: int, capped: list[int]):
     return networks, unit, rules.stride_multiple(capped, unit(capped))
 
 
+CALIBRATION_BATCHES = {2: (8, 32), 3: (2, 8)}  # the batch sizes the probe network is timed at (CPU convolutions
+# at batch 1 take a slow path, and close sizes leave the slope to timing noise)
+
+
 def measured_device(kind: str, probe: tuple[nets.Network, list[int]], task: str, dims: int, channels: int,
-                    outputs: int, batch: int, memory: float | None, flops_per_s: float | None) -> Device:
-    """The device's memory and speed: given, measured here on the smallest candidate, or assumed for a GPU that
-    this machine does not have."""
+                    outputs: int, memory: float | None, flops_per_s: float | None) -> Device:
+    """The device's memory and speed: given, measured here on the smallest candidate at two batch sizes, or
+    assumed for a GPU that this machine does not have."""
     mem, mem_src = (memory, "given") if memory is not None else nets.device_memory(kind)
     if flops_per_s is not None:
         return Device(kind, mem, flops_per_s, mem_src, "given")
@@ -82,8 +87,24 @@ def measured_device(kind: str, probe: tuple[nets.Network, list[int]], task: str,
     net, crop = probe
     cfg = nets.task_config(net.model, task, dims, crop, channels)
     per_sample = nets.cost(cfg, outputs).flops
-    rate = nets.measure_flops_per_s(cfg, outputs, per_sample, batch, torch.device(kind), bf16=kind == "cuda")
-    return Device(kind, mem, rate, mem_src, f"measured: forward/backward of {net.label} at {crop}, batch {batch}")
+    small, big = CALIBRATION_BATCHES[dims]
+    times = [(b, nets.measure_step_s(cfg, outputs, b, torch.device(kind), bf16=kind == "cuda")) for b in (small, big)]
+    rate, overhead = nets.speed_model(per_sample, times[0], times[1])
+    return Device(kind, mem, rate, mem_src, f"measured: forward/backward of {net.label} at {crop}, batch {small} "
+                  f"and {big}", overhead_s=overhead)
+
+
+def step_timer(device: Device, task: str, dims: int, channels: int, outputs: int) -> Callable[[Choice], float] | None:
+    """Times a candidate's real step on this machine; None where the speed was given or assumed, not measured."""
+    if not device.speed_source.startswith("measured"):
+        return None
+    kind = torch.device(device.kind)
+
+    def timer(choice: Choice) -> float:
+        cfg = nets.task_config(choice.network.model, task, dims, choice.crop, channels)
+        return nets.measure_step_s(cfg, outputs, choice.batch, kind, bf16=device.kind == "cuda", repeats=1)
+
+    return timer
 
 
 def make_plan(fp: Fingerprint, *, task: str, budget_minutes: float, device: str = "cpu", family: str | None = None,
@@ -105,11 +126,12 @@ def make_plan(fp: Fingerprint, *, task: str, budget_minutes: float, device: str 
         crop = rules.round_to(geo["median_shape"], unit(crop))
     problem = Problem(task, fp.spatial_dims, n_train, float(nets.voxels(geo["median_shape"])), budget_minutes * 60.0,
                       bf16=device == "cuda", dataset_cases=labelled)
-    dev = measured_device(device, (networks(crop)[0], crop), task, fp.spatial_dims, channels, outputs, 1,
+    dev = measured_device(device, (networks(crop)[0], crop), task, fp.spatial_dims, channels, outputs,
                           memory_bytes, flops_per_s)
     counted = cost_cache(lambda net, c: nets.cost(nets.task_config(net.model, task, fp.spatial_dims, c, channels),
                                                   outputs))
-    choice = choose(networks, counted, crop, unit, problem, dev)
+    choice = choose(networks, counted, crop, unit, problem, dev,
+                    timer=step_timer(dev, task, fp.spatial_dims, channels, outputs))
     intensity, intensity_why = rules.intensity_preset(fp.modality, fp.foreground, channels)
     for w in choice.warnings:
         log.warning(w)
@@ -143,8 +165,10 @@ def plan_record(fp: Fingerprint, choice: Choice, dev: Device, geo: dict[str, Any
             "label_map": settings["label_map"], "flip_axes": settings["flip_axes"],
             "pretrain_splits": settings["pretrain_splits"],
             **choice.as_dict(),
+            **({"optimizer": optim_why(choice)} if settings["family"] == "resenc" else {}),
             "device": {"memory_gib": round(dev.memory_bytes / 2**30, 1), "memory": dev.memory_source,
-                       "tflops": round(dev.flops_per_s / 1e12, 4), "speed": dev.speed_source},
+                       "tflops": round(dev.flops_per_s / 1e12, 4), "step_overhead_s": round(dev.overhead_s, 4),
+                       "speed": dev.speed_source},
         },
         "warnings": list(choice.warnings),
         "fingerprint": fp.summary(),

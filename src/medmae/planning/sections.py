@@ -2,7 +2,9 @@
 both from the same choice of crop, network and batch, so a pretrained encoder fits its fine-tuning.
 
 Schedules: CNNs (ResEnc) train with nnU-Net's SGD (Nesterov momentum 0.99, lr 1e-2, poly decay, no warmup,
-gradients clipped at 12); ViT and Swin with AdamW and warmup + cosine (MAE's recipe: base lr 1.5e-4 for the
+gradients clipped at 12) when the budget buys at least ``SGD_MIN_STEPS`` steps; nnU-Net tuned that recipe for
+250 000 steps, and in a short budget it is still at the background-only solution where AdamW (lr 3e-3 to fine-tune,
+1e-3 for the MAE, warmup + cosine) has converged (``docs/explanation/short-budgets.md``); ViT and Swin with AdamW and warmup + cosine (MAE's recipe: base lr 1.5e-4 for the
 MAE, 1e-3 with layer decay 0.75 for fine-tuning). ``train.max_minutes`` is the budget; ``epochs`` is only an upper
 bound, so the budget decides the step count.
 """
@@ -17,6 +19,10 @@ from medmae.planning.search import Choice
 EPOCHS_BOUND = 10_000  # the budget, not the epochs, ends a planned run
 NNUNET_SGD = {"name": "sgd", "lr": 1.0e-2, "momentum": 0.99, "nesterov": True, "weight_decay": 3.0e-5,
               "schedule": "poly", "poly_power": 0.9, "warmup_epochs": 0, "clip_grad": 12.0, "layer_decay": None}
+SGD_MIN_STEPS = 25_000  # below: AdamW (a tenth of nnU-Net's 250 000 steps)
+SHORT_ADAMW = {"name": "adamw", "weight_decay": 1.0e-4, "betas": [0.9, 0.999], "schedule": "cosine",
+               "warmup_epochs": EPOCHS_BOUND * 0.02, "clip_grad": 12.0, "layer_decay": None}
+SHORT_LR = {"finetune": 3.0e-3, "mae": 1.0e-3}
 FOREGROUND_PROB = 0.33  # nnU-Net oversamples foreground in a third of the crops
 FINETUNE_AUGMENT = {"seg": "nnunet", "cls": "light"}  # the recipe presets' MONAI augmentation (docs/howto/recipes.md)
 MASK_RATIO = 0.75
@@ -25,6 +31,20 @@ MASK_RATIO = 0.75
 def mask_block(crop: list[int]) -> list[int]:
     """Per axis the largest of 16 / 8 / 4 voxels that divides the crop into at least 2 blocks (nnssl: 16)."""
     return [next((b for b in (16, 8, 4) if c % b == 0 and c // b >= 2), 1) for c in crop]
+
+
+def cnn_optim(choice: Choice, stage: str) -> dict[str, Any]:
+    """nnU-Net's SGD for a long budget, AdamW for a short one (see the module); ``stage``: 'finetune' or 'mae'."""
+    if choice.steps >= SGD_MIN_STEPS:
+        return dict(NNUNET_SGD)
+    return {**SHORT_ADAMW, "lr": SHORT_LR[stage]}
+
+
+def optim_why(choice: Choice) -> str:
+    if choice.steps >= SGD_MIN_STEPS:
+        return f"~{choice.steps} steps: nnU-Net's SGD (its recipe is tuned for long runs)"
+    return (f"~{choice.steps} steps, fewer than {SGD_MIN_STEPS}: AdamW (nnU-Net's SGD is still near the background-"
+            "only solution after a few thousand steps)")
 
 
 def model_section(choice: Choice, s: dict[str, Any], *, deep_supervision: bool) -> dict[str, Any]:
@@ -59,7 +79,7 @@ def pretrain_sections(fp: Fingerprint, choice: Choice, s: dict[str, Any]) -> dic
     train = {**train_section(choice, s), "figure_every": 50}
     if arch == "resenc":
         mask = {"kind": "block", "ratio": MASK_RATIO, "block_size": mask_block(choice.crop), "sparse": False}
-        optim, loss = dict(NNUNET_SGD), {"norm_pix": False}
+        optim, loss = cnn_optim(choice, "mae"), {"norm_pix": False}
     else:
         small = model.get("size") == "vit-t"
         if arch == "vit":
@@ -82,7 +102,7 @@ def finetune_sections(choice: Choice, s: dict[str, Any]) -> dict[str, Any]:
         common["data"]["foreground_prob"] = FOREGROUND_PROB
     model = model_section(choice, s, deep_supervision=s["task"] == "seg")
     if arch == "resenc":
-        optim = dict(NNUNET_SGD)
+        optim = cnn_optim(choice, "finetune")
     else:
         model["drop_path"] = 0.1
         optim = {"name": "adamw", "lr": 1e-3, "layer_decay": 0.75, "weight_decay": 0.05, "betas": [0.9, 0.999],
