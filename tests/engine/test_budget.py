@@ -122,6 +122,21 @@ def test_the_calibration_leaves_no_trace(tmp_path, monkeypatch):
     assert losses(tmp_path / "budget") == losses(tmp_path / "steps")
 
 
+def test_short_steps_are_timed_again_over_a_longer_stretch_and_that_leaves_no_trace_either(tmp_path, monkeypatch):
+    """3 timed steps of 10 ms are noise-prone: a second timing covers 2 % of the budget, capped at 48 steps."""
+    assert budget.calibration_steps(0.01, 1.0) == budget.CALIBRATION_MAX_STEPS  # 1.2 s wanted: 121 steps, capped
+    assert budget.calibration_steps(0.5, 8.0) == 1 + 20  # 2 % of 8 min = 9.6 s: 20 timed steps of 0.5 s
+    assert budget.calibration_steps(6.0, 1.0) == budget.CALIBRATION_STEPS  # long steps: the first timing stands
+    assert budget.calibration_steps(0.01, 600.0) == budget.CALIBRATION_MAX_STEPS  # 30 s at most
+    fake_clock(monkeypatch, tick=0.03)  # each timing reads the clock twice: 0.03 s over its timed steps
+    result = make_trainer(tmp_path / "budget", step_fn(), max_minutes=1.0).fit()
+    logged = budget_rows(tmp_path / "budget")[0]
+    assert logged["timed_steps"] == budget.CALIBRATION_MAX_STEPS - 1
+    assert logged["step_s"] == pytest.approx(0.03 / (budget.CALIBRATION_MAX_STEPS - 1))
+    make_trainer(tmp_path / "steps", step_fn()).fit(max_steps=result.step)
+    assert losses(tmp_path / "budget") == losses(tmp_path / "steps")
+
+
 def test_a_crashed_budgeted_run_resumes_with_its_step_count_bit_for_bit(tmp_path, monkeypatch):
     """The resumed run has a machine ten times faster (another clock): it must not measure again."""
     fake_clock(monkeypatch, tick=18.0)

@@ -222,6 +222,9 @@ def test_segmentation_needs_declared_labels(tmp_path):
     (tmp_path / "manifest.csv").write_text("path,mask\n" + "".join(f"{a},{b}\n" for a, b in rows))
     with pytest.raises(ft.ConfigError, match=rf"{tmp_path}: segmentation needs declared labels"):
         ft.finetune(task="seg", data=tmp_path, run_dir=tmp_path / "run", overrides=TINY_2D, max_steps=1)
+    csv_file = tmp_path / "manifest.csv"  # a manifest given as the file is named, not its folder
+    with pytest.raises(ft.ConfigError, match=rf"{csv_file}: segmentation needs declared labels"):
+        ft.finetune(task="seg", data=csv_file, run_dir=tmp_path / "run2", overrides=TINY_2D, max_steps=1)
 
 
 def test_task_labels_and_class_targets():

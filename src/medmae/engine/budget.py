@@ -1,7 +1,9 @@
 """Compute budgets: ``train.max_minutes`` turned into a fixed step count.
 
 A fresh run times a few real training steps (forward, backward, optimizer step, batch loading) before it starts:
-the first step is a warm-up, steps 2..k are timed, and the count is ``(1 - margin) * budget / step time``, never
+the first step is a warm-up, steps 2..k are timed; when those are short, a second timing covers about
+``CALIBRATION_SHARE`` of the budget (at most ``CALIBRATION_MAX_STEPS`` steps), since augmentation makes single
+steps vary (3 steps put two identical Hippocampus arms 27 % apart in step count). The count is ``(1 - margin) * budget / step time``, never
 above what ``epochs`` / ``max_steps`` give. The calibration leaves no trace: the weights, buffers and RNG states
 are put back and its optimizer is thrown away, so a budgeted run of N steps is the run ``max_steps=N`` would
 be. The count is fixed once and stored in every checkpoint's train state (``budget``); a resumed run reuses it
@@ -30,6 +32,9 @@ log = logging.getLogger(__name__)
 
 MARGIN = 0.1  # share of the budget left for checkpoints, epoch hooks and the slower steps
 CALIBRATION_STEPS = 4  # the first is a warm-up, the others are timed
+CALIBRATION_SHARE = 0.02  # of the budget the second, longer timing may take
+CALIBRATION_MAX_S = 30.0  # ... and at most this many seconds
+CALIBRATION_MAX_STEPS = 48
 CLOCK: Callable[[], float] = time.perf_counter  # the calibration's clock (tests replace it with a fake one)
 
 StepFn = Callable[[nn.Module, dict[str, Any]], dict[str, torch.Tensor]]
@@ -59,6 +64,14 @@ def steps_in_budget(max_minutes: float, step_s: float, margin: float = MARGIN) -
     if step_s <= 0 or not math.isfinite(step_s):
         raise ValueError(f"a measured step time must be positive and finite, got {step_s} s")
     return max(1, int(max_minutes * 60.0 * (1.0 - margin) / step_s + 1e-9))  # 5.4 / 0.6 is 8.999...: 9 steps
+
+
+def calibration_steps(step_s: float, max_minutes: float) -> int:
+    """Steps (warm-up included) of the second timing: enough to fill ``CALIBRATION_SHARE`` of the budget (capped)."""
+    seconds = min(CALIBRATION_SHARE * max_minutes * 60.0, CALIBRATION_MAX_S)
+    if step_s <= 0 or not math.isfinite(step_s):
+        return CALIBRATION_STEPS
+    return int(min(CALIBRATION_MAX_STEPS, max(CALIBRATION_STEPS, 1 + math.ceil(seconds / step_s))))
 
 
 def time_steps(run_step: Callable[[], None], steps: int = CALIBRATION_STEPS,
@@ -116,19 +129,19 @@ def measure_step_time(model: nn.Module, dataset: Dataset, param_groups: Sequence
 
 
 def fix_budget(max_minutes: float, schedule_steps: int, saved: Mapping[str, Any] | None,
-               measure: Callable[[], float]) -> tuple[Budget, bool]:
-    """The run's budget: the one a resumed checkpoint holds (``saved``), else one measured now. Returns the
-    budget and whether it was measured in this call."""
+               measure: Callable[[], tuple[float, int]]) -> tuple[Budget, bool]:
+    """The run's budget: the one a resumed checkpoint holds (``saved``), else one measured now (``measure`` gives
+    seconds per step and the steps timed). Returns the budget and whether it was measured in this call."""
     if saved is not None:
         budget = Budget.from_dict(saved)
         if budget.max_minutes != max_minutes:
             log.warning("train.max_minutes changed from %g to %g since the run started: the run keeps its %d steps "
                         "(fixed at the start, for exact resume)", budget.max_minutes, max_minutes, budget.total_steps)
         return budget, False
-    step_s = measure()
+    step_s, timed = measure()
     allowed = steps_in_budget(max_minutes, step_s)
     budget = Budget(max_minutes=max_minutes, step_s=step_s, total_steps=min(allowed, schedule_steps),
-                    budget_steps=allowed)
+                    budget_steps=allowed, timed_steps=timed)
     log.info("budget %g min: %.3g s per step measured over %d steps -> %d steps%s", max_minutes, step_s,
              budget.timed_steps, budget.total_steps,
              f" (epochs / max_steps allow only {schedule_steps})" if schedule_steps < allowed else "")

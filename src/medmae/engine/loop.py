@@ -23,7 +23,8 @@ from torch.utils.data import DataLoader
 from medmae.config import LoggingConfig, OptimConfig, TrainConfig
 from medmae.data.dataset import EpochBatchSampler
 from medmae.engine import checkpoint as ckpt
-from medmae.engine.budget import Budget, fix_budget, measure_step_time, usage
+from medmae.engine.budget import (CALIBRATION_STEPS, Budget, calibration_steps, fix_budget, measure_step_time,
+                                  usage)
 from medmae.engine.distributed import (DistInfo, all_reduce_max, all_reduce_sum, barrier, gather_objects,
                                       is_peer_failure, on_main, peer_lost)
 from medmae.engine.loader_state import check_resume, digest, loader_state
@@ -314,13 +315,20 @@ class Trainer:
             last_saved = ckpt.find_latest_valid(self.ckpt_root)
         return FitResult(self.step, schedule.total_steps, False, last_loss, last_saved, skipped, usage=self.usage())
 
-    def _measure_step(self, schedule: Schedule) -> float:
-        """Seconds per step measured on this run's model and data (the slowest process's), leaving no trace."""
-        step_s = measure_step_time(self.model, self.dataset, self.param_groups, self.optim_cfg, self.step_fn,
-                                   batch=schedule.global_batch // self.dist.world_size, device=self.dist.device,
-                                   lr=schedule.lr, bf16=self.train_cfg.precision == "bf16")
-        slowest = all_reduce_max(torch.tensor([step_s], dtype=torch.float64, device=self.dist.device), self.dist)
-        return float(slowest.item())  # float64: 0.6 s must stay 0.6, not 0.6000000238
+    def _measure_step(self, schedule: Schedule) -> tuple[float, int]:
+        """Seconds per step and the steps timed, measured on this run's model and data (the slowest process's), leaving no trace: a
+        first short timing, then, when its steps are short, a longer one that covers ``calibration_steps``
+        (augmentation makes single steps vary; every process runs the same number of steps)."""
+        def timed(steps: int) -> float:
+            step_s = measure_step_time(self.model, self.dataset, self.param_groups, self.optim_cfg, self.step_fn,
+                                       batch=schedule.global_batch // self.dist.world_size, device=self.dist.device,
+                                       lr=schedule.lr, bf16=self.train_cfg.precision == "bf16", steps=steps)
+            slowest = all_reduce_max(torch.tensor([step_s], dtype=torch.float64, device=self.dist.device), self.dist)
+            return float(slowest.item())  # float64: 0.6 s must stay 0.6, not 0.6000000238
+
+        first = timed(CALIBRATION_STEPS)
+        more = calibration_steps(first, self.train_cfg.max_minutes or 0.0)
+        return (timed(more), more - 1) if more > CALIBRATION_STEPS else (first, CALIBRATION_STEPS - 1)
 
     def usage(self) -> dict[str, Any]:
         """Steps reached, training minutes over all sessions, and the budget (``summary.json`` / ``task.json``)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,8 @@ from medmae.errors import RunDirError
 from medmae.models.adapt import build_task_model
 from medmae.models.monai_nets import build_baseline, is_baseline
 from medmae.run_layout import CONFIG_FILE, EXPORT_DIR, PRETRAIN_CASES, TASK_FILE, checkpoints_dir
+
+STACK_MIRRORS_VOXELS = 2  # images up to this many windows' voxels run all their mirrorings as one batch
 
 
 def load_task_run(run_dir: str | Path, device: str | torch.device = "auto") -> tuple[FinetuneConfig, dict[str, Any], nn.Module, Path]:
@@ -97,7 +100,8 @@ def classify(model: nn.Module, images: Sequence[np.ndarray], crop: Sequence[int]
 def segment(model: nn.Module, image_cs: np.ndarray, roi: Sequence[int], *, overlap: float = 0.5,
             sw_batch_size: int = 4, device: str | torch.device = "cpu", tta: Sequence[int] = ()) -> torch.Tensor:
     """Class probabilities (K, *S) of a whole preprocessed image by Gaussian-blended sliding windows; with ``tta``
-    axes, the mean of the softmax over every mirroring of them (each flipped back).
+    axes, the mean of the softmax over every mirroring of them (each flipped back); a small image runs all its
+    mirrorings as one batch (a CPU convolution at batch 1 costs nearly what it costs at batch 8).
 
     An image smaller than ``roi`` is padded here as training pads its crops (each channel's minimum, centred), not
     by MONAI's zero padding, which after a z-score reads as tissue around the image."""
@@ -106,9 +110,17 @@ def segment(model: nn.Module, image_cs: np.ndarray, roi: Sequence[int], *, overl
     padded = pad_to(image_cs, roi, pad_value(image_cs))
     inside = (slice(None), slice(None), *(slice((p - s) // 2, (p - s) // 2 + s) for p, s in zip(padded.shape[1:], shape)))
     x = torch.from_numpy(np.array(padded, dtype=np.float32))[None].to(device)
-    total = None
-    for m in mirror_sets(tta):
-        logits = sliding_window_inference(_flip(x, m), tuple(roi), sw_batch_size, model, overlap=overlap, mode="gaussian")
-        probs = _flip(torch.softmax(logits.float(), dim=1), m)
-        total = probs if total is None else total + probs
-    return (total / len(mirror_sets(tta)))[inside][0].cpu()
+    mirrors = mirror_sets(tta)
+    if math.prod(padded.shape[1:]) <= STACK_MIRRORS_VOXELS * math.prod(roi):  # one batch: batch 1 is slow on CPUs
+        logits = sliding_window_inference(torch.cat([_flip(x, m) for m in mirrors]), tuple(roi),
+                                          sw_batch_size * len(mirrors), model, overlap=overlap, mode="gaussian")
+        probs = torch.softmax(logits.float(), dim=1)
+        total = sum(_flip(probs[i : i + 1], m) for i, m in enumerate(mirrors))
+    else:
+        total = None
+        for m in mirrors:
+            logits = sliding_window_inference(_flip(x, m), tuple(roi), sw_batch_size, model, overlap=overlap,
+                                              mode="gaussian")
+            probs = _flip(torch.softmax(logits.float(), dim=1), m)
+            total = probs if total is None else total + probs
+    return (total / len(mirrors))[inside][0].cpu()

@@ -18,13 +18,13 @@ def task_labels(cfg: FinetuneConfig, spec: DatasetSpec) -> dict[str, Any]:
     """What the model predicts: class names (cls) or label values (seg); stored as ``task.json``."""
     if cfg.task == "cls":
         if not spec.classes:
-            raise ConfigError(f"{spec.root}: no class labels found (a 'label' column, class folders or dataset.json 'classes')")
+            raise ConfigError(f"{cfg.data.path or spec.root}: no class labels found (a 'label' column, class folders or dataset.json 'classes')")
         multilabel = spec.multilabel
         return {"task": "cls", "classes": list(spec.classes), "multilabel": multilabel,
                 "num_outputs": len(spec.classes)}
     names = dict(cfg.data.labels or spec.label_names)  # data.labels replaces what the dataset declares
     if not names:
-        raise ConfigError(f"{spec.root}: segmentation needs declared labels: data.labels (e.g. --set "
+        raise ConfigError(f"{cfg.data.path or spec.root}: segmentation needs declared labels: data.labels (e.g. --set "
                           "'data.labels={1: lesion}') or a dataset.json 'labels'")
     if 0 not in names:
         names[0] = "background"

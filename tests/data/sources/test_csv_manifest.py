@@ -68,9 +68,18 @@ def test_duplicate_case_id_names_file_and_line(tmp_path):
 
 def test_manifest_without_path_column(tmp_path):
     path = tmp_path / "m.csv"
-    path.write_text("image,label\na.png,x\n")
-    with pytest.raises(SourceError, match=rf"{path}: manifest needs a 'path' column \(found \['image', 'label'\]\)"):
+    path.write_text("file,label\na.png,x\n")
+    with pytest.raises(SourceError, match=rf"{path}: manifest needs a 'path' \(or 'image'\) column "
+                                          r"\(found \['file', 'label'\]\)"):
         load_source(path)
+
+
+def test_an_image_column_is_read_as_path_monai_style(tmp_path):
+    path = tmp_path / "m.csv"
+    path.write_text("image,label\nimg/a.png,x\nimg/b.png,y\n")
+    spec = load_source(path)
+    assert [c.image for c in spec.cases] == [(str((tmp_path / "img/a.png").resolve()),),
+                                             (str((tmp_path / "img/b.png").resolve()),)]
 
 
 def test_manifest_with_an_empty_path(tmp_path):

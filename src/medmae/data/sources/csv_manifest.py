@@ -1,4 +1,5 @@
-"""CSV manifest layout: columns ``path[,label][,mask][,subject_id][,split][,case_id][,modality]``.
+"""CSV manifest layout: columns ``path[,label][,mask][,subject_id][,split][,case_id][,modality]`` (``image`` is
+read as ``path``, MONAI's name for it).
 
 Paths are relative to the CSV's folder; ``a;b`` in ``path`` lists one image's channel files. ``label`` is a class
 name (``a|b`` for several). A ``dataset.json`` beside the CSV adds declarations (labels, classes, modality).
@@ -13,6 +14,9 @@ from medmae.data.cases import Case, DatasetSpec, declared, read_json, split_name
 from medmae.errors import SourceError
 
 
+IMAGE_COLUMNS = ("path", "image")  # the image column, by the first name present
+
+
 def load_manifest(path: Path) -> DatasetSpec:
     """CSV manifest; paths relative to the CSV's folder. A ``dataset.json`` beside it adds declarations."""
     root = path.parent
@@ -21,11 +25,13 @@ def load_manifest(path: Path) -> DatasetSpec:
             rows = list(csv.DictReader(f))
     except (OSError, csv.Error, UnicodeDecodeError) as e:
         raise SourceError(f"{path}: cannot read CSV: {e}") from None
-    if not rows or "path" not in rows[0]:
-        raise SourceError(f"{path}: manifest needs a 'path' column (found {list(rows[0]) if rows else 'no rows'})")
+    column = next((c for c in IMAGE_COLUMNS if rows and c in rows[0]), None)
+    if column is None:
+        raise SourceError(f"{path}: manifest needs a 'path' (or 'image') column "
+                          f"(found {list(rows[0]) if rows else 'no rows'})")
     cases, seen = [], set()
     for i, row in enumerate(rows, start=2):
-        rel = (row.get("path") or "").strip()
+        rel = (row.get(column) or "").strip()
         if not rel:
             raise SourceError(f"{path}: line {i}: empty path")
         images = tuple(str((root / r.strip()).resolve()) for r in rel.split(";"))
