@@ -14,7 +14,8 @@ with the plan and three arms: the planned network from scratch, from the MAE, an
 (``--init baseline:NAME``), all with the same data, split, augmentation and time budget, and (5) writes
 ``benchmarks/results/<experiment>_<profile>_plan.json`` (the plan, the headline table, the paired comparisons
 with scratch and with the baseline, the time used) plus the sweep's ``report.md``, ``results.csv`` and figures.
-Work directories go to ``--work`` (default ``runs/real-data``). Results of the earlier ViT-only recipe are the
+Work directories go to ``--work`` (default ``runs/real-data``); a later call with the same ``--work`` reuses its
+``plan.yaml`` and MAE (so ``--fold 1`` continues under fold 0's plan; delete the folder to start over). Results of the earlier ViT-only recipe are the
 files without ``_plan``.
 """
 
@@ -31,6 +32,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
+
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -127,8 +130,15 @@ def run(name: str, profile: str, root: Path, work: Path, *, budget: float | None
     source = exp.source(root, base)
     minutes = budget or exp.budget_minutes
     t0 = time.time()
-    plan_path, plan = medmae.plan(source, task=exp.task, budget=minutes,
-                                  device="cuda" if profile == "gpu" else "cpu", out=base / "plan.yaml")
+    plan_path = base / "plan.yaml"
+    if plan_path.is_file():  # a later call (another --fold) continues under the same plan; delete it to re-plan
+        plan = yaml.safe_load(plan_path.read_text())
+        if plan["plan"]["budget_minutes"] != minutes:
+            sys.exit(f"{plan_path} was planned for {plan['plan']['budget_minutes']:g} min per run, not {minutes:g}: "
+                     "delete it (and the runs made with it) to re-plan")
+    else:
+        plan_path, plan = medmae.plan(source, task=exp.task, budget=minutes,
+                                      device="cuda" if profile == "gpu" else "cpu", out=plan_path)
     t_plan = time.time() - t0
     pre_dir = base / "pretrain"
     medmae.pretrain(plan=plan_path, run_dir=pre_dir, max_steps=max_steps, resume="auto")
