@@ -34,9 +34,10 @@ def test_mirror_sets_are_every_subset_identity_first():
     assert len(mirror_sets((0, 1, 2))) == 8 and len(set(mirror_sets((0, 1, 2)))) == 8
 
 
-@pytest.mark.parametrize(("shape", "roi", "axes"), [((20, 24), (16, 16), (0, 1)), ((40, 36), (16, 16), (0, 1)),
-                                                   ((10, 12, 8), (8, 8, 8), (0, 1, 2)), ((12, 16, 10), (8, 8, 8), (0, 1, 2))],
-                         ids=["2d-stacked", "2d-looped", "3d-stacked", "3d-looped"])  # mirrorings in one batch or not
+@pytest.mark.parametrize(("shape", "roi", "axes"), [
+    ((20, 24), (16, 16), (0, 1)), ((40, 36), (16, 16), (0, 1)),  # mirrorings in one batch / one by one
+    ((10, 12, 8), (8, 8, 8), (0, 1, 2)), ((12, 16, 10), (8, 8, 8), (0, 1, 2))],
+    ids=["2d-stacked", "2d-looped", "3d-stacked", "3d-looped"])
 def test_segmentation_tta_is_the_mean_of_the_flipped_back_softmax(shape, roi, axes):
     model = TinySeg(len(shape)).eval()
     image = np.random.default_rng(0).random((1, *shape), dtype=np.float32)

@@ -3,8 +3,8 @@
 A fresh run times a few real training steps (forward, backward, optimizer step, batch loading) before it starts:
 the first step is a warm-up, steps 2..k are timed; when those are short, a second timing covers about
 ``CALIBRATION_SHARE`` of the budget (at most ``CALIBRATION_MAX_STEPS`` steps), since augmentation makes single
-steps vary (3 steps put two identical Hippocampus arms 27 % apart in step count). The count is ``(1 - margin) * budget / step time``, never
-above what ``epochs`` / ``max_steps`` give. The calibration leaves no trace: the weights, buffers and RNG states
+steps vary (3 steps put two identical Hippocampus arms 27 % apart in step count). The count is
+``(1 - margin) * budget / step time``, never above what ``epochs`` / ``max_steps`` give. The calibration leaves no trace: the weights, buffers and RNG states
 are put back and its optimizer is thrown away, so a budgeted run of N steps is the run ``max_steps=N`` would
 be. The count is fixed once and stored in every checkpoint's train state (``budget``); a resumed run reuses it
 and never measures again, so exact resume holds and the lr schedule spans the budgeted steps.

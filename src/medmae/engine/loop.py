@@ -316,8 +316,8 @@ class Trainer:
         return FitResult(self.step, schedule.total_steps, False, last_loss, last_saved, skipped, usage=self.usage())
 
     def _measure_step(self, schedule: Schedule) -> tuple[float, int]:
-        """Seconds per step and the steps timed, measured on this run's model and data (the slowest process's), leaving no trace: a
-        first short timing, then, when its steps are short, a longer one that covers ``calibration_steps``
+        """Seconds per step and the steps timed, on this run's model and data (the slowest process's), leaving no
+        trace: a first short timing, then, when its steps are short, a longer one of ``calibration_steps`` steps
         (augmentation makes single steps vary; every process runs the same number of steps)."""
         def timed(steps: int) -> float:
             step_s = measure_step_time(self.model, self.dataset, self.param_groups, self.optim_cfg, self.step_fn,

@@ -3,9 +3,10 @@ both from the same choice of crop, network and batch, so a pretrained encoder fi
 
 Schedules: CNNs (ResEnc) train with nnU-Net's SGD (Nesterov momentum 0.99, lr 1e-2, poly decay, no warmup,
 gradients clipped at 12) when the budget buys at least ``SGD_MIN_STEPS`` steps; nnU-Net tuned that recipe for
-250 000 steps, and in a short budget it is still at the background-only solution where AdamW (lr 3e-3 to fine-tune,
-1e-3 for the MAE, warmup + cosine) has converged (``docs/explanation/short-budgets.md``); ViT and Swin with AdamW and warmup + cosine (MAE's recipe: base lr 1.5e-4 for the
-MAE, 1e-3 with layer decay 0.75 for fine-tuning). ``train.max_minutes`` is the budget; ``epochs`` is only an upper
+250 000 steps, and in a short budget it is still at the background-only solution where AdamW (lr 3e-3 to
+fine-tune, 1e-3 for the MAE, warmup + cosine) has converged (``docs/explanation/short-budgets.md``). ViT and Swin
+train with AdamW and warmup + cosine (MAE's recipe: base lr 1.5e-4 for the MAE, 1e-3 with layer decay 0.75 for
+fine-tuning). ``train.max_minutes`` is the budget; ``epochs`` is only an upper
 bound, so the budget decides the step count.
 """
 
