@@ -248,3 +248,18 @@ def test_a_pack_in_a_pool_keeps_source_weights_and_modalities(cxr, cxr_pack):
                                 "sampling": "source", "skipped": 0}
     assert [type(p.image).__name__ for p in (pool.prepared[0], pool.prepared[12])] == ["PackedArray", "CachedArray"]
     assert np.array_equal(np.asarray(pool.prepared[5].image), np.asarray(pool.prepared[17].image))
+
+
+def test_loader_workers_forked_after_the_parent_read_the_pack_do_not_hang(cxr_pack):
+    """The budget calibration reads batches in the main process before the DataLoader forks its workers; a blosc2
+    thread pool started by those reads does not exist in the forked workers, which then waited forever (seen with
+    224 px packs). Reading keeps blosc2 single-threaded; the workers must deliver what one process reads."""
+    prepared = packed_cases(load_pack_source(cxr_pack), PREP_2D)
+    ds = CaseDataset(prepared, (24, 24), augment=Augment((24, 24), flip_axes=(0, 1)), seed=5)
+    blosc2.set_nthreads(2)  # as blosc2 starts in a fresh process on a 2-core machine
+    want = [ds[(0, i)]["image"] for i in range(len(ds))]  # the parent reads first
+    assert blosc2.nthreads == 1, "a pack reader must decompress in the calling thread"
+    loader = torch.utils.data.DataLoader(ds, batch_sampler=[[(0, i) for i in range(len(ds))]], num_workers=2,
+                                         multiprocessing_context="fork", timeout=60)
+    (batch,) = list(loader)
+    assert torch.equal(batch["image"], torch.stack(want))

@@ -99,12 +99,21 @@ def _put(store: blosc2.DictStore, key: str, stack: np.ndarray, spatial_dims: int
 # ------------------------------------------------------------------------------------------------ reading
 
 
+def single_threaded_blosc() -> None:
+    """Decompress in the calling thread: a blosc2 thread pool started in a process that then forks DataLoader
+    workers (the budget calibration reads batches before the loader starts) leaves the workers waiting forever on
+    a pool that does not exist in them. Loader workers are the parallelism."""
+    if blosc2.nthreads != 1:
+        blosc2.set_nthreads(1)
+
+
 class ShardReader:
     """Reads case arrays from a pack's shards; keeps at most ``OPEN_SHARDS`` shards open in this process."""
 
     def __init__(self, root: Path, shards: Sequence[str]):
         self.root, self.shards = Path(root), list(shards)
         self._open: OrderedDict[int, tuple[int, blosc2.DictStore, dict[str, Any]]] = OrderedDict()
+        single_threaded_blosc()
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickled (spawned DataLoader workers) without its open shards: each process opens its own."""
@@ -137,6 +146,7 @@ class ShardReader:
         """Row ``row`` of stack ``key`` (only the blocks under ``box`` are decompressed); errors name the shard.
 
         A value-table stack of up to 8 MB is decompressed whole once per open shard and kept with it."""
+        single_threaded_blosc()  # whatever set it since: a pool here would hang forked loader workers
         try:
             if key.startswith("/tab/"):
                 arrays = self._arrays(shard)
