@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
+from medmae.engine.distributed import shutdown_distributed
 from medmae.errors import EXIT_ENVIRONMENT, EXIT_INTERRUPTED, MedmaeError, environment_problem
 
 console = Console()
@@ -24,7 +25,9 @@ def fail(message: str, code: int) -> typer.Exit:
 def run_task(fn, *args, **kwargs):
     """Call a task; a user error becomes one clear line and its exit code (:mod:`medmae.errors`), never a traceback."""
     try:
-        return fn(*args, **kwargs)
+        result = fn(*args, **kwargs)
+        shutdown_distributed()  # under torchrun: leave the process group before the interpreter exits
+        return result
     except MedmaeError as e:
         raise fail(str(e), e.exit_code) from None
     except OSError as e:

@@ -64,6 +64,14 @@ def init_distributed(device_pref: str = "auto", timeout_s: float = 1800) -> Dist
     return DistInfo(rank, world, local, device)
 
 
+def shutdown_distributed() -> None:
+    """Leave the process group at the end of a command. A process that exits with it still open can abort in
+    gloo's thread teardown ('terminate called without an active exception', SIGABRT), which then holds its
+    peer's torchrun until a timeout (seen once in the 2-node test under load)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     if info.enabled:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
