@@ -199,7 +199,8 @@ def paired_over_cases(sweep_dir: Path, metric: str, n_resamples: int = 4000) -> 
                 values.setdefault(row.get("case", ""), []).append(float(row[metric]))
         return {case: sum(v) / len(v) for case, v in values.items()}
 
-    rng = np.random.default_rng(0)
+    from medmae.metrics.bootstrap import bootstrap_ci
+
     out = []
     for scratch in sorted(sweep_dir.glob("cells/*_scratch_*")):
         if not (scratch / "eval" / "test" / "per_case.csv").is_file():
@@ -211,10 +212,10 @@ def paired_over_cases(sweep_dir: Path, metric: str, n_resamples: int = 4000) -> 
             arm = per_case(cell)
             cases = sorted(set(ref) & set(arm))
             diff = np.array([arm[c] - ref[c] for c in cases])
-            boot = diff[rng.integers(0, len(diff), (n_resamples, len(diff)))].mean(1)
+            low, high = bootstrap_ci(diff, n_resamples=n_resamples)
             out.append({"cell": cell.name, "reference": scratch.name, "metric": metric, "n_cases": len(cases),
-                        "mean_diff": round(float(diff.mean()), 4), "ci_low": round(float(np.percentile(boot, 2.5)), 4),
-                        "ci_high": round(float(np.percentile(boot, 97.5)), 4), "wins": int((diff > 0).sum())})
+                        "mean_diff": round(float(diff.mean()), 4), "ci_low": round(low, 4), "ci_high": round(high, 4),
+                        "wins": int((diff > 0).sum())})
     return out
 
 

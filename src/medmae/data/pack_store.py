@@ -113,7 +113,6 @@ class ShardReader:
     def __init__(self, root: Path, shards: Sequence[str]):
         self.root, self.shards = Path(root), list(shards)
         self._open: OrderedDict[int, tuple[int, blosc2.DictStore, dict[str, Any]]] = OrderedDict()
-        single_threaded_blosc()
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickled (spawned DataLoader workers) without its open shards: each process opens its own."""
@@ -146,7 +145,7 @@ class ShardReader:
         """Row ``row`` of stack ``key`` (only the blocks under ``box`` are decompressed); errors name the shard.
 
         A value-table stack of up to 8 MB is decompressed whole once per open shard and kept with it."""
-        single_threaded_blosc()  # whatever set it since: a pool here would hang forked loader workers
+        single_threaded_blosc()  # on every read: whatever set blosc2's threads since, a pool would hang forked workers
         try:
             if key.startswith("/tab/"):
                 arrays = self._arrays(shard)

@@ -91,12 +91,12 @@ def measured_device(kind: str, probe: tuple[nets.Network, list[int]], task: str,
     times = [(b, nets.measure_step_s(cfg, outputs, b, torch.device(kind), bf16=kind == "cuda")) for b in (small, big)]
     rate, overhead = nets.speed_model(per_sample, times[0], times[1])
     return Device(kind, mem, rate, mem_src, f"measured: forward/backward of {net.label} at {crop}, batch {small} "
-                  f"and {big}", overhead_s=overhead)
+                  f"and {big}", overhead_s=overhead, measured=True)
 
 
 def step_timer(device: Device, task: str, dims: int, channels: int, outputs: int) -> Callable[[Choice], float] | None:
     """Times a candidate's real step on this machine; None where the speed was given or assumed, not measured."""
-    if not device.speed_source.startswith("measured"):
+    if not device.measured:
         return None
     kind = torch.device(device.kind)
 

@@ -40,6 +40,7 @@ class Device:
     memory_source: str
     speed_source: str
     overhead_s: float = 0.0
+    measured: bool = False  # speed timed on this machine (candidates can be timed too), not given or assumed
 
     def step_s(self, flops: float) -> float:
         """Predicted seconds of a training step of ``flops`` FLOPs."""

@@ -34,15 +34,17 @@ def mask_block(crop: list[int]) -> list[int]:
     return [next((b for b in (16, 8, 4) if c % b == 0 and c // b >= 2), 1) for c in crop]
 
 
+def short_budget(choice: Choice) -> bool:
+    return choice.steps < SGD_MIN_STEPS
+
+
 def cnn_optim(choice: Choice, stage: str) -> dict[str, Any]:
     """nnU-Net's SGD for a long budget, AdamW for a short one (see the module); ``stage``: 'finetune' or 'mae'."""
-    if choice.steps >= SGD_MIN_STEPS:
-        return dict(NNUNET_SGD)
-    return {**SHORT_ADAMW, "lr": SHORT_LR[stage]}
+    return {**SHORT_ADAMW, "lr": SHORT_LR[stage]} if short_budget(choice) else dict(NNUNET_SGD)
 
 
 def optim_why(choice: Choice) -> str:
-    if choice.steps >= SGD_MIN_STEPS:
+    if not short_budget(choice):
         return f"~{choice.steps} steps: nnU-Net's SGD (its recipe is tuned for long runs)"
     return (f"~{choice.steps} steps, fewer than {SGD_MIN_STEPS}: AdamW (nnU-Net's SGD is still near the background-"
             "only solution after a few thousand steps)")

@@ -111,16 +111,13 @@ def segment(model: nn.Module, image_cs: np.ndarray, roi: Sequence[int], *, overl
     inside = (slice(None), slice(None), *(slice((p - s) // 2, (p - s) // 2 + s) for p, s in zip(padded.shape[1:], shape)))
     x = torch.from_numpy(np.array(padded, dtype=np.float32))[None].to(device)
     mirrors = mirror_sets(tta)
-    if math.prod(padded.shape[1:]) <= STACK_MIRRORS_VOXELS * math.prod(roi):  # one batch: batch 1 is slow on CPUs
-        logits = sliding_window_inference(torch.cat([_flip(x, m) for m in mirrors]), tuple(roi),
-                                          sw_batch_size * len(mirrors), model, overlap=overlap, mode="gaussian")
+    small = math.prod(padded.shape[1:]) <= STACK_MIRRORS_VOXELS * math.prod(roi)
+    per_pass = len(mirrors) if small else 1  # a small image's mirrorings in one batch: batch 1 is slow on CPUs
+    total = 0.0
+    for i in range(0, len(mirrors), per_pass):
+        group = mirrors[i : i + per_pass]
+        logits = sliding_window_inference(torch.cat([_flip(x, m) for m in group]), tuple(roi),
+                                          sw_batch_size * len(group), model, overlap=overlap, mode="gaussian")
         probs = torch.softmax(logits.float(), dim=1)
-        total = sum(_flip(probs[i : i + 1], m) for i, m in enumerate(mirrors))
-    else:
-        total = None
-        for m in mirrors:
-            logits = sliding_window_inference(_flip(x, m), tuple(roi), sw_batch_size, model, overlap=overlap,
-                                              mode="gaussian")
-            probs = _flip(torch.softmax(logits.float(), dim=1), m)
-            total = probs if total is None else total + probs
+        total = total + sum(_flip(probs[j : j + 1], m) for j, m in enumerate(group))
     return (total / len(mirrors))[inside][0].cpu()
