@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -160,7 +159,7 @@ def run(name: str, profile: str, root: Path, work: Path, *, budget: float | None
         "pretrain": {"wall_s": round(t_pre, 1), **pretrain_summary(pre_dir)},
         "headline": head, "table": [a for a in summary["aggregate"] if (a["metric"], a["where"]) == (head["metric"], head["where"])],
         "paired_vs_scratch": summary["paired"], "paired_vs_baseline": summary["paired_baseline"],
-        "paired_over_cases": paired_over_cases(sweep_dir, "dice") if exp.task == "seg" else None,  # AUC: not per case
+        "paired_over_cases": summary["paired_over_cases"] or None,  # AUROC is not per case: none for cls
         "training_minutes": training_minutes(sweep_dir), "total_seconds": round(time.time() - t0, 1),
         "device": _device(), "load_average_at_end": os.getloadavg()[0],
     }
@@ -185,37 +184,6 @@ def training_minutes(sweep_dir: Path) -> dict[str, float]:
         training = json.loads(task_json.read_text()).get("training") or {}
         if training.get("train_minutes") is not None:
             out[task_json.parent.name] = round(float(training["train_minutes"]), 2)
-    return out
-
-
-def paired_over_cases(sweep_dir: Path, metric: str, n_resamples: int = 4000) -> list[dict[str, Any]]:
-    """Every arm minus scratch in the same cell (fraction, seed, fold), case by case (the per-case mean of
-    ``metric`` over the regions other than ``mean``), with a paired bootstrap 95 % CI over the cases: the
-    comparison a single fold or seed still allows."""
-    def per_case(cell: Path) -> dict[str, float]:
-        values: dict[str, list[float]] = {}
-        for row in csv.DictReader((cell / "eval" / "test" / "per_case.csv").open()):
-            if row.get(metric) not in (None, "") and row.get("region", "") != "mean":
-                values.setdefault(row.get("case", ""), []).append(float(row[metric]))
-        return {case: sum(v) / len(v) for case, v in values.items()}
-
-    from medmae.metrics.bootstrap import bootstrap_ci
-
-    out = []
-    for scratch in sorted(sweep_dir.glob("cells/*_scratch_*")):
-        if not (scratch / "eval" / "test" / "per_case.csv").is_file():
-            continue
-        ref = per_case(scratch)
-        for cell in sorted(sweep_dir.glob(f"cells/{scratch.name.replace('_scratch_', '_*_')}")):
-            if cell == scratch or not (cell / "eval" / "test" / "per_case.csv").is_file():
-                continue
-            arm = per_case(cell)
-            cases = sorted(set(ref) & set(arm))
-            diff = np.array([arm[c] - ref[c] for c in cases])
-            low, high = bootstrap_ci(diff, n_resamples=n_resamples)
-            out.append({"cell": cell.name, "reference": scratch.name, "metric": metric, "n_cases": len(cases),
-                        "mean_diff": round(float(diff.mean()), 4), "ci_low": round(low, 4), "ci_high": round(high, 4),
-                        "wins": int((diff > 0).sum())})
     return out
 
 

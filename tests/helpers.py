@@ -8,7 +8,7 @@ set by environment variables, that make crashes land at an exact point of a run:
 - ``MEDMAE_TEST_KILL_IN_SAVE=k``: SIGKILL itself while checkpoint ``k`` is half written (weights written,
   no train state, no manifest);
 - ``MEDMAE_TEST_CLOCK_TICK=s``: the budget's calibration clock advances ``s`` seconds per call, so
-  ``train.max_minutes`` gives a known step count (3 timed steps between two calls: ``s / 3`` s per step).
+  ``train.max_minutes`` gives a known step count (the clock is read after every timed step: ``s`` s per step).
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ import pytest
 
 from medmae.metrics import bootstrap_ci
 from medmae.report import aggregate, collect, paired_comparison
+from medmae.report.cases import paired_over_cases
 
 
 def test_aggregate_matches_hand_computed_values():
@@ -54,3 +55,29 @@ def test_collect_reads_new_cells_and_old_ones(tmp_path):
         {"metric": "macro_auroc", "value": 0.1, "ci_low": 0.0, "ci_high": 0.2, "n": 5}]}))
     rows = collect(out)
     assert sorted((r["init"], r["value"]) for r in rows) == [("mae", 0.7), ("scratch", 0.6)]
+
+
+def _per_case(cell, rows):
+    d = cell / "eval" / "test"
+    d.mkdir(parents=True)
+    lines = ["case,region,dice"] + [f"{c},{r},{'' if v is None else v}" for c, r, v in rows]
+    (d / "per_case.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_paired_over_cases_averages_regions_per_case_and_pairs_cells_by_coordinates(tmp_path):
+    meta = {"task": "seg", "folds": None}
+    cells = tmp_path / "cells"
+    scratch = [(f"c{i}", r, 0.5) for i in range(6) for r in ("lung", "heart")] + [("c0", "mean", 0.9)]
+    _per_case(cells / "seg_frac0.1_seed0_scratch", scratch)
+    # MAE: +0.1 on c0..c4 (both regions), -0.2 on c5's heart only; an undefined value (empty) is skipped
+    mae = [(f"c{i}", r, 0.6) for i in range(5) for r in ("lung", "heart")] + [("c5", "lung", 0.5), ("c5", "heart", 0.3),
+                                                                               ("c5", "extra", None)]
+    _per_case(cells / "seg_frac0.1_seed0_mae", mae)
+    _per_case(cells / "seg_frac1_seed0_mae", mae)  # no scratch cell at 100 %: no row
+    (row,) = paired_over_cases(tmp_path, meta, "dice")
+    diffs = np.array([0.1] * 5 + [-0.1])
+    assert (row["init"], row["fraction"], row["n_cases"], row["wins"]) == ("mae", 0.1, 6, 5)
+    assert row["mean_diff"] == pytest.approx(diffs.mean())
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx(bootstrap_ci(diffs, n_resamples=4000))
+    assert paired_over_cases(tmp_path, meta, "auroc") == []  # no such per-case column (classification)
+    assert paired_over_cases(tmp_path / "nothing", meta, "dice") == []

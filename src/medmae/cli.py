@@ -62,11 +62,13 @@ PretrainPlanOpt = Annotated[Optional[Path], typer.Option("--plan", help="A `medm
 def demo(
     run_dir: Annotated[Path, typer.Option("--run-dir", help="Where the demo writes data and runs.")] = Path("medmae-demo"),
     max_steps: MaxSteps = None,
+    budget: Annotated[str, typer.Option("--budget", help="Time of each training run (pretraining, each sweep cell): 25s, 2m.")] = "25s",
 ) -> None:
-    """Run the whole pipeline on built-in synthetic chest radiographs (CPU, a few minutes)."""
+    """Plan, MAE-pretrain and fine-tune on built-in synthetic chest radiographs, against scratch and MONAI's
+    BasicUNet (CPU, a few minutes)."""
     from medmae.tasks.demo import demo as run_demo
 
-    s = run_task(run_demo, run_dir, max_steps=max_steps)
+    s = run_task(run_demo, run_dir, max_steps=max_steps, budget=budget)
     print_demo(console, s)
 
 

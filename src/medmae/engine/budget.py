@@ -1,7 +1,7 @@
 """Compute budgets: ``train.max_minutes`` turned into a fixed step count.
 
 A fresh run times a few real training steps (forward, backward, optimizer step, batch loading) before it starts:
-the first step is a warm-up, steps 2..k are timed; when those are short, a second timing covers about
+the first step is a warm-up, steps 2..k are timed (their mean without the slowest quarter); when those are short, a second timing covers about
 ``CALIBRATION_SHARE`` of the budget (at most ``CALIBRATION_MAX_STEPS`` steps), since augmentation makes single
 steps vary (3 steps put two identical Hippocampus arms 27 % apart in step count). The count is
 ``(1 - margin) * budget / step time``, never above what ``epochs`` / ``max_steps`` give. The calibration leaves no trace: the weights, buffers and RNG states
@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 MARGIN = 0.1  # share of the budget left for checkpoints, epoch hooks and the slower steps
 CALIBRATION_STEPS = 4  # the first is a warm-up, the others are timed
 CALIBRATION_SHARE = 0.02  # of the budget the second, longer timing may take
+CALIBRATION_MIN_S = 2.0  # ... but at least this many seconds (0.5 s of a 25 s budget left two arms 20 % apart)
 CALIBRATION_MAX_S = 30.0  # ... and at most this many seconds
 CALIBRATION_MAX_STEPS = 48
 CLOCK: Callable[[], float] = time.perf_counter  # the calibration's clock (tests replace it with a fake one)
@@ -67,8 +68,9 @@ def steps_in_budget(max_minutes: float, step_s: float, margin: float = MARGIN) -
 
 
 def calibration_steps(step_s: float, max_minutes: float) -> int:
-    """Steps (warm-up included) of the second timing: enough to fill ``CALIBRATION_SHARE`` of the budget (capped)."""
-    seconds = min(CALIBRATION_SHARE * max_minutes * 60.0, CALIBRATION_MAX_S)
+    """Steps (warm-up included) of the second timing: enough to fill ``CALIBRATION_SHARE`` of the budget, at least
+    ``CALIBRATION_MIN_S`` (capped)."""
+    seconds = min(max(CALIBRATION_SHARE * max_minutes * 60.0, CALIBRATION_MIN_S), CALIBRATION_MAX_S)
     if step_s <= 0 or not math.isfinite(step_s):
         return CALIBRATION_STEPS
     return int(min(CALIBRATION_MAX_STEPS, max(CALIBRATION_STEPS, 1 + math.ceil(seconds / step_s))))
@@ -76,15 +78,22 @@ def calibration_steps(step_s: float, max_minutes: float) -> int:
 
 def time_steps(run_step: Callable[[], None], steps: int = CALIBRATION_STEPS,
                clock: Callable[[], float] | None = None) -> float:
-    """Mean seconds of ``run_step`` over calls 2..``steps`` (the first call is a warm-up: allocation, caches)."""
+    """Seconds per call of ``run_step``: the mean of calls 2..``steps`` without the slowest quarter of them (the
+    first call is a warm-up; first touches of cases and lazy set-ups make a few early calls several times slower,
+    which in a 12-step timing gave one of two identical arms a third of the other's steps)."""
     if steps < 2:
         raise ValueError(f"timing needs at least 2 steps (one warm-up), got {steps}")
     clock = clock or CLOCK
     run_step()
+    durations = []
     t0 = clock()
     for _ in range(steps - 1):
         run_step()
-    return (clock() - t0) / (steps - 1)
+        t1 = clock()
+        durations.append(t1 - t0)
+        t0 = t1
+    kept = sorted(durations)[: len(durations) - len(durations) // 4]
+    return sum(kept) / len(kept)
 
 
 def sample_batch(dataset: Dataset, batch: int, step: int) -> dict[str, Any]:

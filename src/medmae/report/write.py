@@ -12,6 +12,7 @@ from typing import Any
 from medmae.errors import RunDirError
 from medmae.report.arms import baseline_comparisons, learned_label, not_learned
 from medmae.report.arms import markdown as arms_markdown
+from medmae.report.cases import cases_table, paired_over_cases
 from medmae.report.context import init_details, labelled_counts, leakage, leakage_table, setup_section, sweep_data
 from medmae.report.html import markdown_to_html
 from medmae.report.plots import init_label, plot_label_efficiency
@@ -80,6 +81,7 @@ def write_report(run_dir: str | Path) -> Path:
     agg = aggregate(rows)
     paired = paired_comparison(rows, metric, where) if "scratch" in meta["inits"] else []
     vs_baseline = baseline_comparisons(rows, meta, metric, where)
+    by_case = paired_over_cases(run_dir, meta, metric) if "scratch" in meta["inits"] else []
     flagged = not_learned(rows)
     files = run_dir / REPORT_FILES
     files.mkdir(exist_ok=True)
@@ -99,7 +101,7 @@ def write_report(run_dir: str | Path) -> Path:
     leak_section, leak_warning = leakage_lines(leaks)
     (run_dir / SUMMARY_FILE).write_text(json.dumps(strict({
         "task": task, "headline": {"metric": metric, "where": where}, "aggregate": agg, "paired": paired,
-        "paired_baseline": vs_baseline, "not_learned": flagged, "inits": details, "leakage": leaks}), indent=1))
+        "paired_baseline": vs_baseline, "paired_over_cases": by_case, "not_learned": flagged, "inits": details, "leakage": leaks}), indent=1))
     md = [f"# Label-efficiency sweep: {TASK_NAMES.get(task, task)}", "",
           f"Data `{sweep_data(run_dir, meta)}`, seeds {', '.join(map(str, meta['seeds']))}, "
           f"{'%d-fold CV' % meta['folds'] if meta.get('folds') else 'one held-out split'}, fractions "
@@ -115,6 +117,12 @@ def write_report(run_dir: str | Path) -> Path:
         md += ["", "## Paired comparison with scratch", "",
                "Difference on the same label subset, seed and fold; positive = better than scratch. One pair has no "
                "interval and no test (n/a).", "", paired_table(paired)]
+    if by_case:
+        md += ["", "## Paired over test cases", "",
+               f"Per case, the mean {metric} over its regions, arm minus scratch in the same cell (both predicted the same "
+               "images); 95 % CI by paired bootstrap over the cases. It says whether a difference is larger than the "
+               "choice of test cases explains, which one seed and one split still allow (not the spread over seeds).",
+               "", cases_table(by_case)]
     ratios = {n: d["mask_ratio"] for n, d in details.items() if d["mask_ratio"] is not None}
     if len(set(ratios.values())) > 1:
         md += ["", "## Mask-ratio ablation", "", ablation_table(head, ratios)]
