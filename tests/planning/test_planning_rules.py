@@ -93,6 +93,12 @@ def test_a_bigger_budget_buys_a_bigger_network_and_the_search_shrinks_the_crop_o
     kept = choose(lambda c: nets_of(4), costs, [32, 32, 32], lambda c: 8, problem, slow)
     assert kept.crop == [32, 32, 32] and kept.network.model["i"] == 0 and not kept.fits
     assert any("budget buys only" in w for w in kept.warnings)
+    quick = choose(lambda c: nets_of(4), costs, [32, 32, 32], lambda c: 8, problem, slow,
+                   timer=lambda choice: choice.step_s / 1000)  # predicted too slow, measured 1000x faster
+    assert (quick.network.model["i"], quick.crop) == (0, [32, 32, 32]) and quick.fits and not quick.warnings, \
+        "a candidate that fits by its measured step takes no 'budget buys only' warning"
+    stays = choose(lambda c: nets_of(4), costs, [32, 32, 32], lambda c: 8, problem, slow, timer=lambda choice: choice.step_s)
+    assert not stays.fits and any("budget buys only" in w for w in stays.warnings)
 
 
 def test_segmentation_batches_cover_at_most_5_percent_of_the_data():

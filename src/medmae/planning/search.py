@@ -145,8 +145,10 @@ def choose(networks: Callable[[list[int]], list[Network]], costs: Callable[[Netw
         fallback = evaluate(net, costs(net, crop), crop, min(batch_options(problem, crop)), problem, device)
         fallback.warnings.append(f"even the smallest candidate ({net.label}, batch {fallback.batch}) needs "
                                  f"{fallback.memory_bytes / 2**30:.1f} GiB, more than the {device.memory_source}")
-    elif fallback.measured_step_s is None:
-        fallback = timed(fallback, problem, timer)
+    elif fallback.measured_step_s is None and timer is not None:
+        fallback = timed(replace(fallback, fits=True), problem, timer)  # fits now only if the measured step does
+        if fallback.fits:  # predicted too slow, measured fast enough: no warning
+            return fallback
     fallback.warnings.append(
         f"the budget buys only ~{fallback.steps} steps ({fallback.epochs:.1f} epochs) of the smallest candidate "
         f"(wanted at least {MIN_STEPS} steps and {MIN_EPOCHS[problem.task]} epochs): give a larger --budget or a GPU")
