@@ -11,6 +11,7 @@ def test_the_demo_plans_pretrains_and_compares_three_arms_paired_over_cases(tmp_
     assert result.exit_code == 0, result.output
     s = json.loads((run / "demo_summary.json").read_text())
     assert s["network"].startswith("ResEnc") and (run / "plan.yaml").is_file()
+    plan_text = (run / "plan.yaml").read_text()
     assert s["pretrain_steps"] == 2 and (run / "pretrain" / "export" / "encoder.safetensors").is_file()
     rows = s["comparison"]
     assert [(r["fraction"], r["arm"]) for r in rows] == [
@@ -27,3 +28,8 @@ def test_the_demo_plans_pretrains_and_compares_three_arms_paired_over_cases(tmp_
     assert "## Paired over test cases" in report and "baseline-basicunet" in report
     text = flat(result.output)
     assert "vsscratch:thedifferencepairedovertheheld-outimages" in text and "MONAIBasicUNet" in text
+    again = invoke(["demo", "--run-dir", str(run), "--max-steps", "2", "--budget", "10s"])  # resumes, same plan
+    assert again.exit_code == 0, again.output
+    assert (run / "plan.yaml").read_text() == plan_text
+    other = invoke(["demo", "--run-dir", str(run), "--budget", "2m"])
+    assert other.exit_code == 2 and "plannedfor10sperrun,not--budget2m" in flat(other.output), other.output

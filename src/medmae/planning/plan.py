@@ -6,6 +6,7 @@ mapping (the pretraining config at the top, the fine-tuning settings under ``fin
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +27,22 @@ FAMILIES = ("resenc", "vit", "swin")
 DEFAULT_FAMILY = {"seg": "resenc", "cls": "resenc"}  # the CNN path: nnU-Net's ResEnc U-Net / its encoder
 CLS_MAX_VOXELS = {2: 256 * 256, 3: 128 * 128 * 128}
 TRAIN_SHARE = 0.8  # of the labelled cases that train (the default held-out split takes 20 %)
+_BUDGET = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|hr|d)?\s*$", re.IGNORECASE)
+_UNIT_MINUTES = {"s": 1 / 60, "sec": 1 / 60, "m": 1.0, "min": 1.0, "h": 60.0, "hr": 60.0, "d": 1440.0}
+
+
+def parse_budget(text: str | float | int) -> float:
+    """Minutes of a budget written as ``90s``, ``30m``, ``2h``, ``1d`` or a bare number of minutes."""
+    if isinstance(text, (int, float)):
+        minutes = float(text)
+    else:
+        m = _BUDGET.match(str(text))
+        if not m:
+            raise ConfigError(f"--budget {text!r}: give a duration like 90s, 30m, 2h or 1d")
+        minutes = float(m.group(1)) * _UNIT_MINUTES[(m.group(2) or "m").lower()]
+    if minutes <= 0:
+        raise ConfigError(f"--budget {text!r}: must be positive")
+    return minutes
 
 
 def labelled_cases(fp: Fingerprint, task: str) -> int:

@@ -20,7 +20,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from medmae.config import ConfigError
 from medmae.data.synthetic import write_dataset
+from medmae.planning.plan import parse_budget
+from medmae.planning.plan_file import read_plan
 from medmae.run_layout import FIGURES_DIR, SUMMARY_FILE
 from medmae.tasks.plan import plan
 from medmae.tasks.pretrain import pretrain
@@ -55,7 +58,14 @@ def demo(run_dir: str | Path = "medmae-demo", *, max_steps: int | None = None, n
     run_dir = output_dir(run_dir, "--run-dir")
     t0 = time.time()
     manifest = write_dataset(run_dir / "data", "cxr", n_images, seed=0, size=64)
-    plan_path, planned = plan(manifest, task="seg", budget=budget, out=run_dir / "plan.yaml")
+    plan_path = run_dir / "plan.yaml"
+    if plan_path.is_file():  # a second `medmae demo` continues under the first one's plan (its runs resume)
+        planned = read_plan(plan_path).raw
+        if planned["plan"]["budget_minutes"] != parse_budget(budget):
+            raise ConfigError(f"--run-dir {run_dir} holds a demo planned for {planned['plan']['budget_minutes'] * 60:g}s "
+                              f"per run, not --budget {budget}: give another --run-dir (or delete this one)")
+    else:
+        plan_path, planned = plan(manifest, task="seg", budget=budget, out=plan_path)
     pre_dir = pretrain(plan=plan_path, data=manifest, run_dir=run_dir / "pretrain", max_steps=max_steps, resume="auto")
     pre = json.loads((pre_dir / SUMMARY_FILE).read_text())
     t_pre = time.time() - t0

@@ -3,33 +3,15 @@
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 from typing import Any
 
 from medmae.config import ConfigError
 from medmae.planning.fingerprint import fingerprint
-from medmae.planning.plan import make_plan
+from medmae.planning.plan import make_plan, parse_budget
 from medmae.planning.plan_file import plan_configs, read_plan, write_plan
 
 log = logging.getLogger(__name__)
-
-_BUDGET = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|hr|d)?\s*$", re.IGNORECASE)
-_UNIT_MINUTES = {"s": 1 / 60, "sec": 1 / 60, "m": 1.0, "min": 1.0, "h": 60.0, "hr": 60.0, "d": 1440.0}
-
-
-def parse_budget(text: str | float | int) -> float:
-    """Minutes of a budget written as ``90s``, ``30m``, ``2h``, ``1d`` or a bare number of minutes."""
-    if isinstance(text, (int, float)):
-        minutes = float(text)
-    else:
-        m = _BUDGET.match(str(text))
-        if not m:
-            raise ConfigError(f"--budget {text!r}: give a duration like 90s, 30m, 2h or 1d")
-        minutes = float(m.group(1)) * _UNIT_MINUTES[(m.group(2) or "m").lower()]
-    if minutes <= 0:
-        raise ConfigError(f"--budget {text!r}: must be positive")
-    return minutes
 
 
 def plan(source: str | Path, *, task: str, budget: str | float = "30m", device: str = "cpu",
