@@ -8,6 +8,7 @@ import pytest
 from medmae.metrics import bootstrap_ci
 from medmae.report import aggregate, collect, paired_comparison
 from medmae.report.cases import paired_over_cases
+from medmae.report.sweep_files import finished_cells
 
 
 def test_aggregate_matches_hand_computed_values():
@@ -62,6 +63,7 @@ def _per_case(cell, rows):
     d.mkdir(parents=True)
     lines = ["case,region,dice"] + [f"{c},{r},{'' if v is None else v}" for c, r, v in rows]
     (d / "per_case.csv").write_text("\n".join(lines) + "\n")
+    (d / "summary.json").write_text("{}")
 
 
 def test_paired_over_cases_averages_regions_per_case_and_pairs_cells_by_coordinates(tmp_path):
@@ -74,10 +76,11 @@ def test_paired_over_cases_averages_regions_per_case_and_pairs_cells_by_coordina
                                                                                ("c5", "extra", None)]
     _per_case(cells / "seg_frac0.1_seed0_mae", mae)
     _per_case(cells / "seg_frac1_seed0_mae", mae)  # no scratch cell at 100 %: no row
-    (row,) = paired_over_cases(tmp_path, meta, "dice")
+    cells = finished_cells(tmp_path)
+    (row,) = paired_over_cases(cells, meta, "dice")
     diffs = np.array([0.1] * 5 + [-0.1])
     assert (row["init"], row["fraction"], row["n_cases"], row["wins"]) == ("mae", 0.1, 6, 5)
     assert row["mean_diff"] == pytest.approx(diffs.mean())
     assert (row["ci_low"], row["ci_high"]) == pytest.approx(bootstrap_ci(diffs, n_resamples=4000))
-    assert paired_over_cases(tmp_path, meta, "auroc") == []  # no such per-case column (classification)
-    assert paired_over_cases(tmp_path / "nothing", meta, "dice") == []
+    assert paired_over_cases(cells, meta, "auroc") == []  # no such per-case column (classification)
+    assert paired_over_cases(finished_cells(tmp_path / "nothing"), meta, "dice") == []

@@ -9,23 +9,22 @@ not defined per case, so classification sweeps have no such rows.
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from medmae.metrics import bootstrap_ci
-from medmae.report.sweep_files import CELLS_DIR, parse_cell
+from medmae.report.sweep_files import parse_cell
 from medmae.report.tables import md_table, percent
-from medmae.run_layout import eval_split_dir
-
-PER_CASE_CSV = "per_case.csv"
+from medmae.run_layout import PER_CASE_FILE, eval_split_dir
 
 
 def per_case_means(cell_dir: Path, metric: str) -> dict[str, float]:
     """``{case: mean of metric over its regions}`` from the cell's test ``per_case.csv`` (regions other than
     ``mean``; empty values, i.e. undefined metrics, skipped); empty when the file or the column is missing."""
-    path = eval_split_dir(cell_dir, "test") / PER_CASE_CSV
+    path = eval_split_dir(cell_dir, "test") / PER_CASE_FILE
     if not path.is_file():
         return {}
     values: dict[str, list[float]] = {}
@@ -36,18 +35,18 @@ def per_case_means(cell_dir: Path, metric: str) -> dict[str, float]:
     return {case: sum(v) / len(v) for case, v in values.items()}
 
 
-def paired_over_cases(run_dir: str | Path, meta: dict[str, Any], metric: str,
+def paired_over_cases(cells: Sequence[tuple[Path, Any]], meta: dict[str, Any], metric: str,
                       n_resamples: int = 4000) -> list[dict[str, Any]]:
-    """One row per (arm, cell) with a scratch cell beside it: ``mean_diff`` (arm - scratch, averaged over the
+    """For the evaluated ``cells`` of a sweep (:func:`~medmae.report.sweep_files.finished_cells`), one row per
+    (arm, cell) with a scratch cell beside it: ``mean_diff`` (arm - scratch, averaged over the
     cases both evaluated), its paired bootstrap 95 % CI over those cases, ``wins`` (cases where the arm is
     better) and ``n_cases``."""
-    cells = Path(run_dir) / CELLS_DIR
-    coords: dict[tuple[Any, ...], dict[str, Path]] = {}
-    for cell in sorted(p for p in cells.iterdir() if p.is_dir()) if cells.is_dir() else []:
+    coords: dict[tuple[float, int, str], dict[str, Path]] = {}
+    for cell, _ in cells:
         c = parse_cell(cell.name, meta)
         coords.setdefault((c["fraction"], c["seed"], c["fold"]), {})[c["init"]] = cell
     out = []
-    for (fraction, seed, fold), arms in sorted(coords.items(), key=lambda kv: tuple(map(str, kv[0]))):
+    for (fraction, seed, fold), arms in sorted(coords.items()):
         ref = per_case_means(arms["scratch"], metric) if "scratch" in arms else {}
         if not ref:
             continue

@@ -81,7 +81,7 @@ def write_report(run_dir: str | Path) -> Path:
     agg = aggregate(rows)
     paired = paired_comparison(rows, metric, where) if "scratch" in meta["inits"] else []
     vs_baseline = baseline_comparisons(rows, meta, metric, where)
-    by_case = paired_over_cases(run_dir, meta, metric) if "scratch" in meta["inits"] else []
+    by_case = paired_over_cases(cells, meta, metric) if "scratch" in meta["inits"] else []
     flagged = not_learned(rows)
     files = run_dir / REPORT_FILES
     files.mkdir(exist_ok=True)
