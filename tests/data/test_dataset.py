@@ -100,6 +100,52 @@ def test_a_worker_error_reaches_the_main_process_naming_the_case():
     assert "died" not in msg and "exited unexpectedly" not in msg
 
 
+class SlicedOnly:
+    """An array read on slicing (like a pack's ``PackedArray``): records the boxes read; whole reads are counted."""
+
+    def __init__(self, array: np.ndarray):
+        self.array, self.shape, self.boxes, self.whole = array, array.shape, [], 0
+
+    def __getitem__(self, box):
+        self.boxes.append(box)
+        return self.array[box].copy()
+
+    def open(self):
+        self.whole += 1
+        return self.array
+
+
+def volume_case(i: int, shape=(20, 18, 16), lazy: bool = False) -> Prepared:
+    rng = np.random.default_rng(i)
+    img = rng.normal(size=(1, *shape)).astype(np.float32)
+    msk = (rng.random(shape) > 0.7).astype(np.int64)
+    img_a, msk_a = (SlicedOnly(img), SlicedOnly(msk)) if lazy else (img, msk)
+    return Prepared(Case(f"vol{i}", (f"/data/vol{i}.nii.gz",), f"vol{i}"), img_a, msk_a, (1.0, 1.0, 1.0))
+
+
+@pytest.mark.parametrize("augment", [Augment((8, 8, 8), flip_axes=(0, 1, 2), foreground_prob=0.5), None])
+def test_a_crop_reads_only_its_box_and_gives_the_item_of_the_whole_array(augment):
+    whole = CaseDataset([volume_case(i) for i in range(3)], (8, 8, 8), augment=augment, seed=5,
+                        foreground=[np.argwhere(volume_case(i).mask) for i in range(3)])
+    lazy_cases = [volume_case(i, lazy=True) for i in range(3)]
+    lazy = CaseDataset(lazy_cases, (8, 8, 8), augment=augment, seed=5,
+                       foreground=[np.argwhere(volume_case(i).mask) for i in range(3)])
+    for key in [(e, i) for e in range(3) for i in range(3)]:
+        a, b = whole[key], lazy[key]
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["mask"], b["mask"]), key
+    for p in lazy_cases:
+        assert p.image.whole == 0 and p.mask.whole == 0, "the whole volume was read for a crop"
+        sizes = {tuple(b.stop - b.start for b in box[-3:]) for box in p.image.boxes}
+        assert sizes == {(8, 8, 8)}, sizes
+
+
+def test_a_volume_smaller_than_the_crop_is_read_whole_and_padded():
+    p = volume_case(0, shape=(6, 18, 16), lazy=True)
+    item = CaseDataset([p], (8, 8, 8), augment=Augment((8, 8, 8)), seed=0)[(0, 0)]
+    assert item["image"].shape == (1, 8, 8, 8) and p.image.whole == 1
+    assert float(item["image"][0, 0].min()) == float(p.image.array.min()), "padded with the image's minimum"
+
+
 # ------------------------------------------------------------------------------------------- batch sampler
 
 

@@ -98,6 +98,12 @@ def test_3d_pack_round_trip_with_masks_and_crops_decoded_alone(tmp_path):
         box = (slice(None), slice(3, 27), slice(5, 29), slice(0, 24))
         assert np.array_equal(PackedArray(pack, i)[box], got[box]), "a crop decodes to the same values"
         assert np.array_equal(PackedArray(pack, i, mask=True)[box[1:]], mask[box[1:]])
+    packed = packed_cases(load_pack_source(out), prep, with_masks=True)
+    in_memory = [type(c)(c.case, c.image[()], c.mask[()], c.spacing) for c in packed]
+    aug = Augment((16, 16, 16), flip_axes=(0, 1, 2))
+    a, b = (CaseDataset(cases, (16, 16, 16), augment=aug, seed=3) for cases in (packed, in_memory))
+    for key in [(e, i) for e in range(2) for i in range(len(packed))]:  # crop-only reads: the same items
+        assert torch.equal(a[key]["image"], b[key]["image"]) and torch.equal(a[key]["mask"], b[key]["mask"])
         assert pack.index["mask_values"][i] == ",".join(str(v) for v in np.unique(y))
 
 

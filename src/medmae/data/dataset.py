@@ -169,17 +169,28 @@ def resize_to(x_cs: np.ndarray, size: Sequence[int], *, label: bool) -> torch.Te
 
 
 def augment_case(
-    image_cs: np.ndarray,
-    mask_s: np.ndarray | None,
+    image_cs: np.ndarray | CachedArray,
+    mask_s: np.ndarray | CachedArray | None,
     aug: Augment | None,
     rng: np.random.Generator | None,
     crop_size: Sequence[int],
     fg_coords: np.ndarray | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Crop (random when ``aug``, else centred) and flip one case; returns tensors (C, *crop) and (*crop)."""
-    fill = pad_value(image_cs)
-    image = pad_to(image_cs, crop_size, fill)
-    mask = pad_to(mask_s[None], crop_size, 0)[0] if mask_s is not None else None
+    """Crop (random when ``aug``, else centred) and flip one case; returns tensors (C, *crop) and (*crop).
+
+    ``image_cs`` / ``mask_s`` may be arrays read on slicing (a pack's ``PackedArray``, the cache's ``CachedArray``):
+    when neither padding nor MONAI transforms need the whole image, only the crop is read (a 96^3 crop of a large
+    CT decompresses the blocks under it, not the volume). Same random draws, so the same item either way."""
+    transforms = aug is not None and aug.transforms is not None
+    whole = transforms or any(d < s for d, s in zip(image_cs.shape[1:], crop_size))
+    if whole:  # padding (with the image's minimum) and the transforms take the whole image
+        image_cs = mapped(image_cs)  # a cached array is mapped for this access only, a packed one decoded
+        mask_s = mapped(mask_s) if mask_s is not None else None
+        fill = pad_value(image_cs)
+        image = pad_to(image_cs, crop_size, fill)
+        mask = pad_to(mask_s[None], crop_size, 0)[0] if mask_s is not None else None
+    else:
+        image, mask = image_cs, mask_s
     shape = image.shape[1:]
     if aug is None:
         box = center_crop_box(shape, crop_size)
@@ -190,7 +201,7 @@ def augment_case(
         if fg_coords is not None and len(fg_coords) and rng.random() < aug.foreground_prob:
             center = fg_coords[int(rng.integers(len(fg_coords)))]
         box = random_crop_box(rng, shape, crop_size, center)
-    if aug is not None and aug.transforms is not None:  # MONAI transforms, seeded by a child of this item's rng
+    if transforms:  # MONAI transforms, seeded by a child of this item's rng
         img_t, msk_t = aug.transforms(image, mask, box, fill, int(rng.spawn(1)[0].integers(2**32)))
     else:
         img_t = resize_to(np.asarray(image[(slice(None), *box)]), crop_size, label=False)
@@ -257,8 +268,9 @@ class CaseDataset(Dataset):
         try:
             rng = np.random.default_rng(case_seed(self.seed, epoch, index, STREAM_AUGMENT))
             fg = self.foreground[index] if self.foreground is not None else None
-            image = mapped(p.image)  # mapped for this access only: held cases keep no file open
-            mask = mapped(p.mask) if p.mask is not None else None
+            image, mask = p.image, p.mask  # held cases keep no file open: read per access, crop only if it can
+            if self.slice_axis is not None:
+                image, mask = mapped(image), (mapped(mask) if mask is not None else None)
             if self.slice_axis is not None and image.ndim == len(self.crop_size) + 2:
                 image, mask = pick_slice(image, mask, self.slice_axis, rng if self.augment else None)
                 fg = None
