@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -36,16 +37,23 @@ SIZE = 224
 TARGET_N = 2_500_000
 
 
-def write_pool(root: Path, n: int, seed: int = 0) -> Path:
-    """``n`` PNG images under root/train/{a,b}/ (two class folders), each a smooth field plus noise."""
-    rng = np.random.default_rng(seed)
-    for k in range(n):
+def _write_chunk(root: Path, lo: int, hi: int, seed: int) -> None:
+    rng = np.random.default_rng([seed, lo])
+    for k in range(lo, hi):
         folder = root / "train" / ("a" if k % 2 else "b")
         folder.mkdir(parents=True, exist_ok=True)
         low = torch.from_numpy(rng.normal(size=(1, 1, 8, 8)).astype(np.float32))
         field = F.interpolate(low, size=(SIZE, SIZE), mode="bicubic", align_corners=False)[0, 0].numpy()
         img = 128 + 40 * field + rng.normal(0, 6, (SIZE, SIZE))
         Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(folder / f"img_{k:07d}.png", compress_level=1)
+
+
+def write_pool(root: Path, n: int, seed: int = 0, workers: int = 1) -> Path:
+    """``n`` PNG images under root/train/{a,b}/ (two class folders), each a smooth field plus noise; chunks of
+    10 000 images written by ``workers`` processes."""
+    chunks = [(root, lo, min(lo + 10_000, n), seed) for lo in range(0, n, 10_000)]
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        pool.starmap(_write_chunk, chunks)
     return root
 
 
@@ -166,8 +174,8 @@ def main() -> None:
         tmp = Path(tmp)
         os.environ["MEDMAE_CACHE"] = str(tmp / "cache")
         t = time.perf_counter()
-        write_pool(tmp / "small", max(args.n // 10, args.batch * 2), seed=1)
-        write_pool(tmp / "pool", args.n)
+        write_pool(tmp / "small", max(args.n // 10, args.batch * 2), seed=1, workers=args.workers)
+        write_pool(tmp / "pool", args.n, workers=args.workers)
         generate_s = time.perf_counter() - t
         packed = pack(tmp / "pool", tmp / "pack", args.workers)
         pack(tmp / "small", tmp / "pack-small", args.workers)

@@ -10,7 +10,7 @@ measures per volume:
 - ``nifti_ms``: what the raw path costs per sample: ``load_image`` (decode the .nii.gz, reorient, window);
 - ``crop_ms``: a random 96^3 crop read from the pack (only the 32^3 blocks under it are decompressed);
 - ``full_decode_ms``: the whole volume decoded from the pack;
-- ``item_ms``: one training item of ``CaseDataset`` (decode, random 96^3 crop, flips);
+- ``item_ms``: one training item of ``CaseDataset`` (random 96^3 crop read alone, flips);
 - the ratio nifti / crop (target >= 50x), packed bytes vs the int16 voxels and vs the .nii.gz files;
 - the same ratio on one volume of ``--reference-shape`` (default 512 512 150, the shape of
   ``shared/bench/data_bench.py``, whose 96^3 memmap crop took 6.5 ms against ~640-740 ms to decode the .nii.gz).
@@ -67,8 +67,10 @@ def cpu_ms(fn) -> float:
 
 
 def reference_volume(tmp: Path, shape: tuple[int, int, int], prep, codec: str, calls: int) -> dict:
-    """NIfTI decode vs a packed 96^3 crop on one volume of ``shape`` (the shared data bench's comparison)."""
-    from medmae.data.packed import Pack, PackedArray
+    """NIfTI decode vs a packed 96^3 crop on one volume of ``shape`` (the shared data bench's comparison), and
+    a training item of ``CaseDataset`` on it (a random crop read alone, flips) vs decoding the whole volume."""
+    from medmae.data.dataset import Augment, CaseDataset
+    from medmae.data.packed import Pack, PackedArray, load_pack_source, packed_cases
     from medmae.data.sources import load_source
     from medmae.data.preprocess import load_image
     from medmae.tasks.pack import pack_sources
@@ -90,8 +92,13 @@ def reference_volume(tmp: Path, shape: tuple[int, int, int], prep, codec: str, c
     fdata = per_call_ms(fdata_fn, 3)
     load = per_call_ms(lambda _: load_image(case, prep), 2)
     crop_ms = per_call_ms(crop, calls)
+    ds = CaseDataset(packed_cases(load_pack_source(tmp / "ref-pack"), prep), (CROP,) * 3,
+                     augment=Augment((CROP,) * 3, flip_axes=(0, 1, 2)), seed=0)
+    item_ms = per_call_ms(lambda k: ds[(k, 0)], calls)
+    full_ms = per_call_ms(lambda _: pack.read_image(0), 3)
     return {"shape": list(shape), "nibabel_get_fdata_ms": round(fdata, 1), "load_image_ms": round(load, 1),
-            "crop_ms": round(crop_ms, 2), "fdata_over_crop": round(fdata / crop_ms, 1),
+            "crop_ms": round(crop_ms, 2), "item_ms": round(item_ms, 2), "full_decode_ms": round(full_ms, 1),
+            "load_image_over_item": round(load / item_ms, 1), "fdata_over_crop": round(fdata / crop_ms, 1),
             "load_image_over_crop": round(load / crop_ms, 1), "fdata_cpu_ms": cpu_ms(fdata_fn),
             "crop_cpu_ms": cpu_ms(crop), "fdata_over_crop_cpu": round(cpu_ms(fdata_fn) / cpu_ms(crop), 1)}
 
