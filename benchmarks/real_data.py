@@ -152,14 +152,15 @@ def run(name: str, profile: str, root: Path, work: Path, *, budget: float | None
     result = {
         "experiment": name, "profile": profile, "when": time.strftime("%Y-%m-%d %H:%M"),
         "command": f"python benchmarks/real_data.py {name} --profile {profile} --budget {minutes:g}"
-                   + "".join(f" --fold {k}" for k in folds or []) + (f" --max-steps {max_steps}" if max_steps else ""),
+                   + "".join(f" --fold {k}" for k in folds or []) + (f" --max-steps {max_steps}" if max_steps else "")
+                   + (f" --fractions {','.join(f'{f:g}' for f in fractions)}" if fractions else ""),
         "target": exp.target, "reference": exp.reference, "budget_minutes_per_run": minutes,
         "folds_run": sorted({r["fold"] for r in rows if r.get("fold") not in (None, "")}) if exp.folds else None,
         "plan_seconds": round(t_plan, 1), "plan": plan["plan"]["decisions"] if "plan" in plan else plan,
         "pretrain": {"wall_s": round(t_pre, 1), **pretrain_summary(pre_dir)},
         "headline": head, "table": [a for a in summary["aggregate"] if (a["metric"], a["where"]) == (head["metric"], head["where"])],
         "paired_vs_scratch": summary["paired"], "paired_vs_baseline": summary["paired_baseline"],
-        "paired_over_cases": summary["paired_over_cases"] or None,  # AUROC is not per case: none for cls
+        "paired_over_cases": summary["paired_over_cases"] or None,
         "training_minutes": training_minutes(sweep_dir), "total_seconds": round(time.time() - t0, 1),
         "device": _device(), "load_average_at_end": os.getloadavg()[0],
     }

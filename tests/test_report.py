@@ -1,9 +1,11 @@
 """medmae report: results.csv from the cells (new and old layouts), aggregation and paired comparison."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from medmae.metrics import bootstrap_ci
 from medmae.report import aggregate, collect, paired_comparison
@@ -84,3 +86,25 @@ def test_paired_over_cases_averages_regions_per_case_and_pairs_cells_by_coordina
     assert (row["ci_low"], row["ci_high"]) == pytest.approx(bootstrap_ci(diffs, n_resamples=4000))
     assert paired_over_cases(cells, meta, "auroc") == []  # no such per-case column (classification)
     assert paired_over_cases(finished_cells(tmp_path / "nothing"), meta, "dice") == []
+
+
+def _cls_per_case(cell: Path, targets, probs) -> None:
+    d = cell / "eval" / "test"
+    d.mkdir(parents=True)
+    lines = ["case,target,pred,prob_NORMAL,prob_PNEUMONIA"] + [
+        f"c{i},{t},{int(p > 0.5)},{1 - p},{p}" for i, (t, p) in enumerate(zip(targets, probs))]
+    (d / "per_case.csv").write_text("\n".join(lines) + "\n")
+    (d / "summary.json").write_text("{}")
+
+
+def test_paired_over_cases_for_classification_is_the_paired_roc_auc_difference(tmp_path):
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 80)
+    scratch = np.clip(0.5 + 0.2 * (2 * y - 1) + rng.normal(0, 0.25, 80), 0, 1)
+    mae = np.clip(scratch + 0.1 * (2 * y - 1), 0, 1)  # better on every case (until clipped)
+    _cls_per_case(tmp_path / "cells" / "cls_frac0.1_seed0_scratch", y, scratch)
+    _cls_per_case(tmp_path / "cells" / "cls_frac0.1_seed0_mae", y, mae)
+    (row,) = paired_over_cases(finished_cells(tmp_path), {"task": "cls", "folds": None}, "auroc", "PNEUMONIA")
+    want = roc_auc_score(y, mae) - roc_auc_score(y, scratch)
+    assert row["mean_diff"] == pytest.approx(want) and row["ci_low"] <= want <= row["ci_high"] and want > 0
+    assert row["wins"] == int((((mae - scratch) * (2 * y - 1)) > 0).sum()) > 60 and row["n_cases"] == 80

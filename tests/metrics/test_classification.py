@@ -7,7 +7,7 @@ import pytest
 from sklearn.metrics import accuracy_score, average_precision_score, roc_auc_score
 
 from medmae.metrics.bootstrap import bootstrap_metric_ci
-from medmae.metrics.classification import classification_metrics, summarize_classification
+from medmae.metrics.classification import classification_metrics, paired_auroc_difference, summarize_classification
 
 
 def _softmax_probs(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
@@ -218,3 +218,34 @@ def test_the_bootstrap_path_equals_sklearn_on_tied_scores(multilabel):
         got = {r["metric"]: r["value"] for r in rows if r.get("class") == name}
         assert got["auroc"] == pytest.approx(roc_auc_score(y[:, j], probs[:, j]), abs=1e-12)
         assert got["auprc"] == pytest.approx(average_precision_score(y[:, j], probs[:, j]), abs=1e-12)
+
+
+# ------------------------------------------------------------------------------------------------
+# paired ROC-AUC difference
+
+
+def test_paired_auroc_difference_is_sklearns_difference_with_a_paired_interval():
+    rng = np.random.default_rng(3)
+    y_n = rng.integers(0, 2, 300)
+    b_n = y_n + rng.normal(0, 1.0, 300)  # scratch
+    a_n = b_n + 0.3 * y_n + rng.normal(0, 0.1, 300)  # the arm: the same errors, a little better
+    res = paired_auroc_difference(a_n[:, None], b_n[:, None], y_n[:, None].astype(float), n_resamples=1000)
+    want = roc_auc_score(y_n, a_n) - roc_auc_score(y_n, b_n)
+    assert res.value == pytest.approx(want, abs=1e-12) and want > 0
+    assert 0 < res.low < res.value < res.high
+    single = bootstrap_metric_ci(lambda y, s: roc_auc_score(y, s), y_n, b_n, n_resamples=1000)
+    assert res.high - res.low < 0.5 * (single.high - single.low), "pairing must remove the shared case variance"
+    same = paired_auroc_difference(b_n[:, None], b_n[:, None], y_n[:, None].astype(float), n_resamples=200)
+    assert (same.value, same.low, same.high) == (0.0, 0.0, 0.0)
+
+
+def test_paired_auroc_difference_averages_classes_and_refuses_bad_input():
+    rng = np.random.default_rng(4)
+    y_nk = np.eye(3)[rng.integers(0, 3, 120)]
+    a, b = _softmax_probs(rng, 120, 3), _softmax_probs(rng, 120, 3)
+    want = np.mean([roc_auc_score(y_nk[:, j], a[:, j]) - roc_auc_score(y_nk[:, j], b[:, j]) for j in range(3)])
+    assert paired_auroc_difference(a, b, y_nk, n_resamples=50).value == pytest.approx(want, abs=1e-12)
+    with pytest.raises(ValueError, match=r"\(120, 3\) and \(120, 2\)"):
+        paired_auroc_difference(a, b[:, :2], y_nk)
+    with pytest.raises(ValueError, match="no positive or no negative"):
+        paired_auroc_difference(a, b, np.zeros_like(y_nk))

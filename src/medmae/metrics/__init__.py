@@ -17,7 +17,7 @@ Conventions
 from __future__ import annotations
 
 from medmae.metrics.bootstrap import BootstrapResult, bootstrap_ci, bootstrap_metric_ci
-from medmae.metrics.classification import classification_metrics, summarize_classification
+from medmae.metrics.classification import classification_metrics, paired_auroc_difference, summarize_classification
 from medmae.metrics.rows import MetricRow
 from medmae.metrics.segmentation import (
     EMPTY_MASK_POLICY,
@@ -41,6 +41,7 @@ __all__ = [
     "bootstrap_metric_ci",
     "classification_metrics",
     "hd95_mm",
+    "paired_auroc_difference",
     "regions_from_labels",
     "segmentation_case_metrics",
     "summarize_classification",

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from medmae.metrics.bootstrap import bootstrap_resamples, check_bootstrap_args
+from medmae.metrics.bootstrap import BootstrapResult, bootstrap_resamples, check_bootstrap_args
 from medmae.metrics.rows import SUMMARY_CONFIDENCE, MetricRow
 
 _PROB_SUM_TOL = 1e-3
@@ -329,3 +329,28 @@ def summarize_classification(
         case.update({f"prob_{name}": float(probs_nk[i, j]) for j, name in enumerate(names)})
         per_case.append(case)
     return rows, per_case
+
+
+def paired_auroc_difference(
+    scores_a_nk: np.ndarray, scores_b_nk: np.ndarray, y_nk: np.ndarray, *, n_resamples: int = 2000, seed: int = 0
+) -> BootstrapResult:
+    """Mean over the K classes of ROC-AUC(a) - ROC-AUC(b), two models' scores ``(N, K)`` on the same cases with
+    0/1 targets ``y_nk``, and its paired percentile-bootstrap 95 % CI: each resample weights both models' cases
+    alike (draw counts, scores sorted once). Resamples without a positive or a negative are skipped and counted.
+    ValueError when the shapes differ or a class lacks positives or negatives in the data."""
+    a, b, y = (np.asarray(v, dtype=np.float64) for v in (scores_a_nk, scores_b_nk, y_nk))
+    if a.ndim != 2 or a.shape != b.shape or a.shape != y.shape:
+        raise ValueError(f"paired_auroc_difference: scores {a.shape} and {b.shape}, targets {y.shape}: need one (N, K)")
+    n, k = a.shape
+    ranked = _rank_scores(np.concatenate([a, b], axis=1), np.concatenate([y, y], axis=1))
+
+    def diff(w_n: np.ndarray) -> float:
+        auroc = _weighted_auroc_auprc(ranked, w_n)[0]
+        if not np.all(np.isfinite(auroc)):
+            raise ValueError("a class has no positive or no negative case in this resample")
+        return float(auroc[:k].mean() - auroc[k:].mean())
+
+    value = np.asarray(diff(np.ones(n)))
+    check_bootstrap_args(n_resamples, SUMMARY_CONFIDENCE)
+    return bootstrap_resamples(lambda idx: diff(np.bincount(idx, minlength=n)), value, n, n_resamples,
+                               SUMMARY_CONFIDENCE, seed)

@@ -2,8 +2,10 @@
 
 With one seed and one split, the comparison over runs has a single pair and no interval; the test cases still
 pair up (both arms predicted the same images), so a paired bootstrap over them says whether the difference is
-larger than what the choice of test cases explains. Needs a per-case metric (segmentation's Dice, ...): AUROC is
-not defined per case, so classification sweeps have no such rows.
+larger than what the choice of test cases explains. Segmentation: the per-case metric (Dice, ...) of each case,
+arm minus scratch, bootstrapped as a mean. Classification: ROC-AUC is not defined per case, so each resample of the
+cases scores both arms' ROC-AUC on it (:func:`medmae.metrics.paired_auroc_difference`); ``wins`` is then the
+number of cases the arm ranks better (a higher score for its true class than scratch gives it).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from medmae.metrics import bootstrap_ci
+from medmae.metrics import bootstrap_ci, paired_auroc_difference
 from medmae.report.sweep_files import parse_cell
 from medmae.report.tables import md_table, percent
 from medmae.run_layout import PER_CASE_FILE, eval_split_dir
@@ -35,31 +37,68 @@ def per_case_means(cell_dir: Path, metric: str) -> dict[str, float]:
     return {case: sum(v) / len(v) for case, v in values.items()}
 
 
-def paired_over_cases(cells: Sequence[tuple[Path, Any]], meta: dict[str, Any], metric: str,
+def per_case_scores(cell_dir: Path, where: str | None) -> dict[str, tuple[list[float], list[float]]]:
+    """``{case: (0/1 targets, scores)}`` over the classes of a classification cell's test ``per_case.csv`` (only
+    class ``where`` when given: a binary task's headline); empty when the file is missing."""
+    path = eval_split_dir(cell_dir, "test") / PER_CASE_FILE
+    if not path.is_file():
+        return {}
+    with path.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    names = [c[len("prob_"):] for c in (rows[0] if rows else {}) if c.startswith("prob_")]
+    keep = [(j, name) for j, name in enumerate(names) if where is None or name == where]
+    if not keep:  # not a classification cell, or no such class
+        return {}
+    out = {}
+    for row in rows:
+        y = [float(row[f"target_{n}"]) if f"target_{n}" in row else float(int(row["target"]) == j) for j, n in keep]
+        out[row["case"]] = (y, [float(row[f"prob_{n}"]) for _, n in keep])
+    return out
+
+
+def _cls_diff(arm: dict, ref: dict, cases: list[str], n_resamples: int) -> tuple[float, float, float, int]:
+    """ROC-AUC difference with its paired CI, and the cases the arm ranks better, on ``cases``."""
+    y = np.array([ref[c][0] for c in cases])
+    a, b = np.array([arm[c][1] for c in cases]), np.array([ref[c][1] for c in cases])
+    boot = paired_auroc_difference(a, b, y, n_resamples=n_resamples)
+    wins = int((((a - b) * (2 * y - 1)).sum(axis=1) > 0).sum())  # higher on positives, lower on negatives
+    return float(boot.value), float(boot.low), float(boot.high), wins
+
+
+def paired_over_cases(cells: Sequence[tuple[Path, Any]], meta: dict[str, Any], metric: str, where: str | None = None,
                       n_resamples: int = 4000) -> list[dict[str, Any]]:
     """For the evaluated ``cells`` of a sweep (:func:`~medmae.report.sweep_files.finished_cells`), one row per
-    (arm, cell) with a scratch cell beside it: ``mean_diff`` (arm - scratch, averaged over the
-    cases both evaluated), its paired bootstrap 95 % CI over those cases, ``wins`` (cases where the arm is
-    better) and ``n_cases``."""
+    (arm, cell) with a scratch cell beside it: ``mean_diff`` (arm - scratch on the cases both evaluated: the mean
+    of per-case differences, or for ``auroc`` / ``macro_auroc`` the difference of ROC-AUCs of class ``where``
+    / of the classes' mean), its paired bootstrap 95 % CI over those cases, ``wins`` and ``n_cases``."""
+    cls = metric in ("auroc", "macro_auroc")
+
+    def read(cell: Path) -> dict:
+        return per_case_scores(cell, where if metric == "auroc" else None) if cls else per_case_means(cell, metric)
+
     coords: dict[tuple[float, int, str], dict[str, Path]] = {}
     for cell, _ in cells:
         c = parse_cell(cell.name, meta)
         coords.setdefault((c["fraction"], c["seed"], c["fold"]), {})[c["init"]] = cell
     out = []
     for (fraction, seed, fold), arms in sorted(coords.items()):
-        ref = per_case_means(arms["scratch"], metric) if "scratch" in arms else {}
+        ref = read(arms["scratch"]) if "scratch" in arms else {}
         if not ref:
             continue
         for init, cell in sorted(arms.items()):
-            arm = per_case_means(cell, metric) if init != "scratch" else {}
+            arm = read(cell) if init != "scratch" else {}
             cases = sorted(set(ref) & set(arm))
             if not cases:
                 continue
-            diff_n = np.array([arm[c] - ref[c] for c in cases])
-            low, high = bootstrap_ci(diff_n, n_resamples=n_resamples)
+            if cls:
+                mean, low, high, wins = _cls_diff(arm, ref, cases, n_resamples)
+            else:
+                diff_n = np.array([arm[c] - ref[c] for c in cases])
+                low, high = bootstrap_ci(diff_n, n_resamples=n_resamples)
+                mean, wins = float(diff_n.mean()), int((diff_n > 0).sum())
             out.append({"init": init, "reference": "scratch", "fraction": fraction, "seed": seed, "fold": fold,
-                        "metric": metric, "n_cases": len(cases), "mean_diff": float(diff_n.mean()),
-                        "ci_low": float(low), "ci_high": float(high), "wins": int((diff_n > 0).sum())})
+                        "metric": metric, "n_cases": len(cases), "mean_diff": mean,
+                        "ci_low": float(low), "ci_high": float(high), "wins": wins})
     return out
 
 
