@@ -108,3 +108,7 @@ def test_paired_over_cases_for_classification_is_the_paired_roc_auc_difference(t
     want = roc_auc_score(y, mae) - roc_auc_score(y, scratch)
     assert row["mean_diff"] == pytest.approx(want) and row["ci_low"] <= want <= row["ci_high"] and want > 0
     assert row["wins"] == int((((mae - scratch) * (2 * y - 1)) > 0).sum()) > 60 and row["n_cases"] == 80
+    one_class = tmp_path / "one"
+    for init in ("scratch", "mae"):
+        _cls_per_case(one_class / "cells" / f"cls_frac0.1_seed0_{init}", [1] * 5, [0.7] * 5)
+    assert paired_over_cases(finished_cells(one_class), {"task": "cls", "folds": None}, "auroc", "PNEUMONIA") == []

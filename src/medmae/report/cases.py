@@ -91,7 +91,10 @@ def paired_over_cases(cells: Sequence[tuple[Path, Any]], meta: dict[str, Any], m
             if not cases:
                 continue
             if cls:
-                mean, low, high, wins = _cls_diff(arm, ref, cases, n_resamples)
+                try:
+                    mean, low, high, wins = _cls_diff(arm, ref, cases, n_resamples)
+                except ValueError:  # a test set without positives or negatives has no ROC-AUC (its rows say so)
+                    continue
             else:
                 diff_n = np.array([arm[c] - ref[c] for c in cases])
                 low, high = bootstrap_ci(diff_n, n_resamples=n_resamples)
