@@ -8,7 +8,8 @@ noise; never in CI), packs it with ``medmae data pack`` (preset ``demo-2d``: min
 
 - pack throughput (images/s in all and per worker) and packed bytes vs the raw uint8 pixels (target <= 1.5x);
 - warm start-up: a fresh process opening the pack and building the training dataset (target <= 10 s at 200 000);
-- loader throughput: DataLoader with ``--loader-workers`` processes over the epoch permutation, each item a
+- loader throughput: DataLoader with ``--loader-workers`` processes in the training order (shard windows when the
+  pack has more shards than a reader keeps open; also the global permutation, for comparison), each item a
   random resized crop to 224 + flip + a random intensity scale/shift (target >= 1500 images/s on 2 cores),
   page cache warm; also the CPU time of one item (``process_time``, robust to a loaded machine) and the
   throughput that CPU time allows on the loader workers;
@@ -126,24 +127,25 @@ def rss_mb(pids: list[int]) -> float:
     return total / 1024
 
 
-def loader(pack_dir: Path, workers: int, batch: int, batches: int) -> dict:
+def loader(pack_dir: Path, workers: int, batch: int, batches: int, grouped: bool = True) -> dict:
     """Images/s of the training DataLoader over the pack, and its memory (main + workers) at the end."""
     from medmae.data.dataset import Augment, CaseDataset, EpochBatchSampler
-    from medmae.data.packed import load_pack_source, packed_cases
+    from medmae.data.packed import load_pack_source, packed_cases, shard_groups
     from medmae.data.preprocess import Preprocessing
 
     prepared = packed_cases(load_pack_source(pack_dir), Preprocessing(2, 1, {"name": "minmax"}, orientation=None))
+    groups = shard_groups(prepared) if grouped else None  # what pretraining uses (None: few shards, global order)
     ds = Intensity(CaseDataset(prepared, (SIZE, SIZE), augment=Augment((SIZE, SIZE), (0.2, 1.0), (1,)), seed=0))
     for shard in pack_dir.rglob("shard-*.b2z"):  # warm page cache: the figure is the loader's, not the disk's
         with open(shard, "rb") as f:
             while f.read(1 << 24):
                 pass
-    keys = [(0, int(i)) for i in np.random.default_rng(1).permutation(len(ds))[:500]]
+    sampler = EpochBatchSampler(len(ds), batch, seed=0, epoch=0, epochs=1 + batches * batch // len(ds), groups=groups)
+    keys = [k for b in sampler for k in b][:500]  # the training order's first items
     t = time.process_time()
     for key in keys:
         ds[key]
     item_cpu_ms = (time.process_time() - t) / len(keys) * 1e3  # CPU time: robust to a loaded machine
-    sampler = EpochBatchSampler(len(ds), batch, seed=0, epoch=0, epochs=1 + batches * batch // len(ds))
     dl = torch.utils.data.DataLoader(ds, batch_sampler=sampler, num_workers=workers, persistent_workers=False)
     it = iter(dl)
     next(it)  # workers started
@@ -154,7 +156,8 @@ def loader(pack_dir: Path, workers: int, batch: int, batches: int) -> dict:
     children = [int(p) for p in Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read_text().split()]
     mem = rss_mb([os.getpid(), *children])
     del it, dl
-    return {"images_per_s": round(seen / wall, 1), "images": seen, "rss_mb_main_plus_workers": round(mem, 1),
+    return {"order": "shard windows" if groups else "global permutation", "images_per_s": round(seen / wall, 1),
+            "images": seen, "rss_mb_main_plus_workers": round(mem, 1),
             "item_cpu_ms": round(item_cpu_ms, 3), "cpu_bound_images_per_s_on_workers": round(workers * 1e3 / item_cpu_ms)}
 
 
@@ -182,11 +185,12 @@ def main() -> None:
         start = startup(tmp / "pack")
         load_small = loader(tmp / "pack-small", args.loader_workers, args.batch, args.batches)
         load = loader(tmp / "pack", args.loader_workers, args.batch, args.batches)
+        load_global = loader(tmp / "pack", args.loader_workers, args.batch, args.batches, grouped=False)
     scale = TARGET_N / args.n
     result = {
         "kind": "pack_2d", "n": args.n, "size": SIZE, "when": time.strftime("%Y-%m-%d %H:%M"),
         "machine_loaded": args.loaded, "cpus": len(os.sched_getaffinity(0)), "generate_s": round(generate_s, 1),
-        "pack": packed, "startup": start, "loader": load, "loader_small_pool": {**load_small, "n": max(args.n // 10, args.batch * 2)},
+        "pack": packed, "startup": start, "loader": load, "loader_global_order": load_global, "loader_small_pool": {**load_small, "n": max(args.n // 10, args.batch * 2)},
         "memory_ratio_n_vs_n_over_10": round(load["rss_mb_main_plus_workers"] / load_small["rss_mb_main_plus_workers"], 3),
         "targets": {"size_vs_uint8_max": 1.5, "warm_startup_s_max_at_200k": 10, "loader_images_per_s_min": 1500},
         "extrapolated_2_5M": {

@@ -182,6 +182,24 @@ def test_skip_batches_resumes_mid_epoch():
     assert batches(20, 4, epoch=2, rank=1, world=2, skip=3) == [b[2:] for b in full[3:]]
 
 
+def test_a_grouped_order_shuffles_a_few_groups_at_a_time_and_keeps_every_sampler_property():
+    groups = [i // 10 for i in range(120)][::-1]  # 12 groups of 10 cases, listed out of order
+    window = ds_mod.GROUP_WINDOW
+    order = [i for b in EpochBatchSampler(120, 8, seed=1, epoch=0, groups=groups) for _, i in b]
+    assert sorted(order) == list(range(120)), "every case once per epoch (120 = 15 batches of 8)"
+    for start in range(0, 120, 10 * window):  # each run of `window` groups' cases comes as one shuffled block
+        block = order[start: start + 10 * window]
+        assert len({groups[i] for i in block}) == window
+    assert order[: 10 * window] != sorted(order[: 10 * window], key=lambda i: (groups[i], i)), "shuffled within"
+    grouped = lambda **kw: list(EpochBatchSampler(120, 8, seed=1, groups=groups, **kw))  # noqa: E731
+    assert grouped(epoch=0) == grouped(epoch=0) != grouped(epoch=1)
+    for step, full in enumerate(grouped(epoch=2)):  # DDP: the ranks' slices make the single-process batch
+        assert [k for r in range(2) for k in grouped(epoch=2, rank=r, world_size=2)[step]] == full
+    assert grouped(epoch=2, skip_batches=4) == grouped(epoch=2)[4:]
+    with pytest.raises(ValueError, match="3 groups for 120 cases"):
+        EpochBatchSampler(120, 8, seed=1, epoch=0, groups=[0, 1, 2])
+
+
 def test_sampler_rejects_impossible_shapes():
     with pytest.raises(ValueError, match="not divisible by the 3 processes"):
         EpochBatchSampler(20, 4, seed=0, epoch=0, world_size=3)

@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from medmae.data.dataset import Augment, CaseDataset, EpochBatchSampler
+from medmae.data.dataset import GROUP_WINDOW, Augment, CaseDataset, EpochBatchSampler
 from medmae.data.pack_codec import KIND_F16, KIND_U8, KIND_U16, decode, encode
 from medmae.data.pack_merge import verify_pack
 from medmae.data.pack_names import PART_FILE, part_dir_name
-from medmae.data.packed import Pack, PackedArray, load_pack_source, packed_cases
+from medmae.data.pack_store import OPEN_SHARDS
+from medmae.data.packed import Pack, PackedArray, load_pack_source, packed_cases, shard_groups
 from medmae.data.preprocess import Preprocessing, load_image, load_mask
 from medmae.data.sources import load_source
 from medmae.data.synthetic import write_dataset
@@ -206,6 +207,18 @@ def test_order_is_a_function_of_seed_and_epoch_and_ddp_shards_are_disjoint_and_c
                        augment=Augment((24, 24), flip_axes=(0, 1)), seed=5)
     for key in single[0]:
         assert torch.equal(ds_a[key]["image"], ds_b[key]["image"])
+
+
+def test_cases_over_more_shards_than_a_reader_keeps_open_get_their_shards_as_groups(cxr, cxr_pack, tmp_path):
+    assert shard_groups(packed_cases(load_pack_source(cxr_pack), PREP_2D)) is None, "3 shards: global order"
+    out = tmp_path / "many"
+    pack_sources([cxr], preset="demo-2d", overrides=TINY_2D_DATA, out=out, shard_cases=1)
+    prepared = packed_cases(load_pack_source(out), PREP_2D)
+    groups = shard_groups(prepared)
+    assert groups is not None and len(set(groups)) == len(prepared) == 12 > OPEN_SHARDS >= GROUP_WINDOW
+    assert [p.image.pack.index["shard"][p.image.i] for p in prepared] == groups
+    assert shard_groups([*prepared[:-1], type(prepared[0])(prepared[-1].case, np.zeros((1, 4, 4)), None, (1.0, 1.0))]) \
+        is None, "a case from the cache: global order"
 
 
 def test_a_damaged_shard_is_named(cxr, tmp_path):

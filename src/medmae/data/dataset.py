@@ -26,6 +26,7 @@ from medmae.errors import CaseError
 log = logging.getLogger(__name__)
 
 STREAM_AUGMENT, STREAM_MASK = 0, 1
+GROUP_WINDOW = 4  # shards shuffled together by a grouped order (at most the 8 a reader keeps open: pack_store)
 
 
 def case_seed(seed: int, epoch: int, index: int, stream: int) -> int:
@@ -289,18 +290,34 @@ class CaseDataset(Dataset):
         return item
 
 
+def grouped_order(groups_n: Sequence[int], window: int, g: torch.Generator) -> list[int]:
+    """A shuffle that keeps reads local: the groups (a pack's shards) in random order, then the cases of each run
+    of ``window`` consecutive groups shuffled together (a shuffle buffer of ``window`` shards, as in webdataset /
+    nnssl). Every case once; a pure function of ``g``'s state."""
+    ids, inverse, counts = torch.unique(torch.as_tensor(groups_n), return_inverse=True, return_counts=True)
+    by_group = torch.argsort(inverse, stable=True)
+    starts = (torch.cumsum(counts, 0) - counts).tolist()
+    chosen = torch.randperm(len(ids), generator=g).tolist()
+    out = []
+    for w in range(0, len(chosen), window):
+        members = torch.cat([by_group[starts[c]: starts[c] + int(counts[c])] for c in chosen[w: w + window]])
+        out.append(members[torch.randperm(len(members), generator=g)])
+    return torch.cat(out).tolist() if out else []
+
+
 class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
     """Batches of ``(epoch, index)`` keys: this rank's share of each global batch, for ``epochs`` epochs from ``epoch``.
 
     Each epoch's order is ``randperm`` seeded by (seed, epoch) (with ``weights``: a weighted draw with
-    replacement of the same length); rank r takes slice r of every global batch, so the union over ranks at
-    each step is exactly the single-process batch. Incomplete final batches are dropped. ``skip_batches``
-    resumes mid-epoch. Spanning many epochs lets one DataLoader (one worker pool) serve a whole run.
+    replacement of the same length; with ``groups``, one group per case, :func:`grouped_order`: a large pack's
+    shards, so that a batch reads few of them); rank r takes slice r of every global batch, so the union over
+    ranks at each step is exactly the single-process batch. Incomplete final batches are dropped.
+    ``skip_batches`` resumes mid-epoch. Spanning many epochs lets one DataLoader (one worker pool) serve a whole run.
     """
 
     def __init__(self, num_cases: int, global_batch: int, *, seed: int, epoch: int, rank: int = 0,
                  world_size: int = 1, skip_batches: int = 0, weights: Sequence[float] | None = None,
-                 epochs: int = 1):
+                 epochs: int = 1, groups: Sequence[int] | None = None):
         if global_batch % world_size:
             raise ValueError(f"global batch {global_batch} is not divisible by the {world_size} processes")
         if num_cases < global_batch:
@@ -310,6 +327,9 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
         self.skip_batches = skip_batches
         self.weights = weights
         self.epochs = epochs
+        if groups is not None and len(groups) != num_cases:
+            raise ValueError(f"{len(groups)} groups for {num_cases} cases")
+        self.groups = groups
 
     @staticmethod
     def steps_per_epoch(num_cases: int, global_batch: int) -> int:
@@ -321,6 +341,8 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
     def order(self, epoch: int) -> list[int]:
         """The global order of one epoch."""
         g = torch.Generator().manual_seed(case_seed(self.seed, epoch, 0, 2))
+        if self.weights is None and self.groups is not None:
+            return grouped_order(self.groups, GROUP_WINDOW, g)
         if self.weights is None:
             return torch.randperm(self.num_cases, generator=g).tolist()
         w = torch.as_tensor(self.weights, dtype=torch.float64)  # pools: weighted draw with replacement

@@ -20,7 +20,7 @@ from medmae.data.dataset import Prepared
 from medmae.data.pack_codec import decode
 from medmae.data.pack_merge import read_manifest
 from medmae.data.pack_names import INDEX_FILE
-from medmae.data.pack_store import PackIndex, ShardReader
+from medmae.data.pack_store import OPEN_SHARDS, PackIndex, ShardReader
 from medmae.data.preprocess import Preprocessing
 from medmae.errors import ContractError, SourceError
 
@@ -158,6 +158,19 @@ def packed_cases(spec: DatasetSpec, prep: Preprocessing, *, with_masks: bool = F
         out.append(Prepared(case, PackedArray(pack, i, shape=shapes[i]), mask, spacings[i],
                             digests=tuple(sha[i].split(","))[: len(case.image)]))
     return out
+
+
+def shard_groups(prepared: Sequence[Prepared]) -> list[int] | None:
+    """The shard of each case (numbered over the packs) when every case is packed and they span more shards than a
+    reader keeps open, so that the training order can read few shards per batch; None otherwise (a global
+    permutation then costs no shard re-opening, and keeps a small pack's order equal to the cache's)."""
+    keys = []
+    for p in prepared:
+        if not isinstance(p.image, PackedArray):
+            return None
+        keys.append((str(p.image.pack.root), int(p.image.pack.index["shard"][p.image.i])))
+    ids = {k: n for n, k in enumerate(sorted(set(keys)))}
+    return [ids[k] for k in keys] if len(ids) > OPEN_SHARDS else None
 
 
 def _rows(pack: Pack, cases: Sequence[Case]) -> list[int]:

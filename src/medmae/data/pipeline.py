@@ -21,7 +21,7 @@ from medmae.data.cases import DatasetSpec
 from medmae.data.dataset import Prepared, prepare_cases
 from medmae.data.modality_fit import intensity_misfit
 from medmae.data.pack_names import is_pack
-from medmae.data.packed import PACK_KIND, packed_cases
+from medmae.data.packed import PACK_KIND, packed_cases, shard_groups
 from medmae.data.preprocess import Preprocessing
 from medmae.data.series_filter import SeriesFilter, select_series
 from medmae.data.sources import load_source
@@ -122,6 +122,7 @@ class PreparedPool:
     weights: list[float] | None
     skipped: list[dict[str, str]]
     composition: dict[str, Any]
+    groups: list[int] | None = None  # shard of each case, for the grouped order of a large pack (packed.shard_groups)
 
 
 def prepare_pool(parts: list[PoolPart], data_cfg: DataConfig, *, with_masks: bool = False, show_progress: bool = True) -> PreparedPool:
@@ -145,7 +146,7 @@ def prepare_pool(parts: list[PoolPart], data_cfg: DataConfig, *, with_masks: boo
     modalities = Counter(p.case.modality or "unknown" for p in prepared)
     composition = {"sources": {part.name: n for part, n in per_part}, "modalities": dict(modalities),
                    "sampling": data_cfg.sampling, "skipped": len(bad)}
-    return PreparedPool(prepared, weights, bad, composition)
+    return PreparedPool(prepared, weights, bad, composition, shard_groups(prepared))
 
 
 def sampling_weights(prepared: list[Prepared], per_part: list[tuple[PoolPart, int]], data_cfg: DataConfig) -> list[float] | None:

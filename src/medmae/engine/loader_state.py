@@ -22,9 +22,10 @@ def digest(values: Sequence[Any] | None) -> str | None:
 
 
 def loader_state(step: int, steps_per_epoch: int, global_batch: int, seed: int, cases: str | None,
-                 weights: str | None) -> dict[str, Any]:
-    """The sampler's position (epoch, batch in the epoch) and what its order is a function of."""
-    return {"order": "epoch-permutation", "epoch": step // steps_per_epoch, "batch": step % steps_per_epoch,
+                 weights: str | None, order: str = "epoch-permutation") -> dict[str, Any]:
+    """The sampler's position (epoch, batch in the epoch) and what its order is a function of (``order``: the
+    global permutation, or shard windows with the sha256 of the cases' shards)."""
+    return {"order": order, "epoch": step // steps_per_epoch, "batch": step % steps_per_epoch,
             "steps_per_epoch": steps_per_epoch, "global_batch": global_batch, "seed": seed, "cases_sha256": cases,
             "weights_sha256": weights}
 

@@ -115,6 +115,7 @@ class Trainer:
     case_ids: Sequence[str] | None = None
     num_workers: int = 0
     sample_weights: Sequence[float] | None = None
+    sample_groups: Sequence[int] | None = None  # a large pack's shards: the sampler's grouped order
     run_files: dict[str, str] = field(default_factory=dict)  # written into run_dir once the resume point is restored
     logging_cfg: LoggingConfig = field(default_factory=LoggingConfig)  # the `logging` section: sinks, progress lines
     step: int = 0
@@ -247,7 +248,8 @@ class Trainer:
             first_epoch, skip = divmod(self.step, spe)
             sampler = EpochBatchSampler(len(self.dataset), schedule.global_batch, seed=cfg.seed, epoch=first_epoch,
                                         rank=self.dist.rank, world_size=self.dist.world_size, skip_batches=skip,
-                                        weights=self.sample_weights, epochs=-(-schedule.total_steps // spe) - first_epoch)
+                                        weights=self.sample_weights, groups=self.sample_groups,
+                                        epochs=-(-schedule.total_steps // spe) - first_epoch)
             loader = DataLoader(self.dataset, batch_sampler=sampler, num_workers=self.num_workers,
                                 generator=torch.Generator().manual_seed(cfg.seed), pin_memory=dev.type == "cuda",
                                 worker_init_fn=ignore_stop_signals)
@@ -336,7 +338,9 @@ class Trainer:
 
     def _loader_state(self, schedule: Schedule) -> dict[str, Any]:
         if not hasattr(self, "_data_digests"):  # hashed once per run
-            self._data_digests = (digest(self.case_ids), digest(self.sample_weights))
+            grouped = self.sample_groups is not None and self.sample_weights is None
+            self._data_digests = (digest(self.case_ids), digest(self.sample_weights),
+                                  f"shard-windows {digest(self.sample_groups)}" if grouped else "epoch-permutation")
         return loader_state(self.step, schedule.steps_per_epoch, schedule.global_batch, self.train_cfg.seed,
                             *self._data_digests)
 

@@ -144,6 +144,7 @@ def _pretrain_locked(cfg: PretrainConfig, model: nn.Module, run_dir: Path, dist:
         case_ids=[p.case.case_id for p in prepared],
         num_workers=cfg.data.num_workers,
         sample_weights=pool.weights,
+        sample_groups=pool.groups,
         run_files={CONFIG_FILE: dump_yaml(cfg), **({PLAN_FILE: plan.text} if plan else {})},
         logging_cfg=cfg.logging,
     )
