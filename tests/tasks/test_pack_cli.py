@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import TINY_2D, flat, invoke, loss_reprs, pretrain_args
+from helpers import TINY_2D, flat, invoke, latest_checkpoint, loss_reprs, pretrain_args
 from medmae.data.synthetic import write_dataset
 from medmae.errors import EXIT_CONFIG, EXIT_DATA
 
@@ -67,6 +67,28 @@ def test_pretrain_on_a_pack_without_its_raw_files_equals_the_cache_path_and_resu
         assert all(torch.equal(ref[k], v) for k, v in _weights(resumed).items())
     finally:
         moved.rename(src)
+
+
+def test_a_pack_of_many_shards_pretrains_in_shard_windows_and_resumes_bitwise(packed, tmp_path):
+    src, four_shards = packed
+    many = tmp_path / "many"
+    r = invoke(["data", "pack", src, "--preset", "demo-2d", *SIZE, "--out", many, "--shard-cases", "1"])
+    assert r.exit_code == 0 and "12 cases in 12 shard(s)" in r.output, r.output
+    run, global_order = tmp_path / "run", tmp_path / "global"
+    for out, data in ((run, many), (global_order, four_shards)):
+        r = invoke(pretrain_args(out, "demo-2d", TINY_2D) + ["--data", data])
+        assert r.exit_code == 0, r.output
+    state = torch.load(latest_checkpoint(run) / "train_state.pt", weights_only=True)
+    assert state["loader"]["order"].startswith("shard-windows "), state["loader"]
+    assert loss_reprs(run) != loss_reprs(global_order), "12 shards > the 8 a reader keeps open: not the global order"
+    resumed = tmp_path / "resumed"
+    shutil.copytree(run, resumed)
+    r = invoke(pretrain_args(resumed, "demo-2d", TINY_2D) + ["--data", many, "--resume",
+                                                               resumed / "checkpoints" / "step_00000008"])
+    assert r.exit_code == 0, r.output
+    assert loss_reprs(resumed) == loss_reprs(run) and len(loss_reprs(run)) == 12
+    ref = _weights(run)
+    assert all(torch.equal(ref[k], v) for k, v in _weights(resumed).items())
 
 
 def test_a_pack_made_with_another_contract_is_refused_exit_2(packed, tmp_path):
