@@ -127,6 +127,20 @@ def rss_mb(pids: list[int]) -> float:
     return total / 1024
 
 
+def pss_mb(pids: list[int]) -> float:
+    """Proportional set size of ``pids`` in MB: pages shared by forked workers counted once in all, not per process
+    as in the RSS sum."""
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total / 1024
+
+
 def loader(pack_dir: Path, workers: int, batch: int, batches: int, grouped: bool = True) -> dict:
     """Images/s of the training DataLoader over the pack, and its memory (main + workers) at the end."""
     from medmae.data.dataset import Augment, CaseDataset, EpochBatchSampler
@@ -154,10 +168,10 @@ def loader(pack_dir: Path, workers: int, batch: int, batches: int, grouped: bool
         seen += len(next(it)["image"])
     wall = time.perf_counter() - t
     children = [int(p) for p in Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read_text().split()]
-    mem = rss_mb([os.getpid(), *children])
+    mem, pss = rss_mb([os.getpid(), *children]), pss_mb([os.getpid(), *children])
     del it, dl
     return {"order": "shard windows" if groups else "global permutation", "images_per_s": round(seen / wall, 1),
-            "images": seen, "rss_mb_main_plus_workers": round(mem, 1),
+            "images": seen, "rss_mb_main_plus_workers": round(mem, 1), "pss_mb_main_plus_workers": round(pss, 1),
             "item_cpu_ms": round(item_cpu_ms, 3), "cpu_bound_images_per_s_on_workers": round(workers * 1e3 / item_cpu_ms)}
 
 
@@ -192,6 +206,7 @@ def main() -> None:
         "machine_loaded": args.loaded, "cpus": len(os.sched_getaffinity(0)), "generate_s": round(generate_s, 1),
         "pack": packed, "startup": start, "loader": load, "loader_global_order": load_global, "loader_small_pool": {**load_small, "n": max(args.n // 10, args.batch * 2)},
         "memory_ratio_n_vs_n_over_10": round(load["rss_mb_main_plus_workers"] / load_small["rss_mb_main_plus_workers"], 3),
+        "pss_ratio_n_vs_n_over_10": round(load["pss_mb_main_plus_workers"] / load_small["pss_mb_main_plus_workers"], 3),
         "targets": {"size_vs_uint8_max": 1.5, "warm_startup_s_max_at_200k": 10, "loader_images_per_s_min": 1500},
         "extrapolated_2_5M": {
             "pack_hours_at_these_workers": round(TARGET_N / packed["images_per_s"] / 3600, 2),
