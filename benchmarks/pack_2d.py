@@ -115,26 +115,14 @@ class Intensity(torch.utils.data.Dataset):
         return item
 
 
-def rss_mb(pids: list[int]) -> float:
+def memory_mb(pids: list[int], file: str = "status", field: str = "VmRSS") -> float:
+    """Sum over ``pids`` of a ``/proc/<pid>/<file>`` field in MB: ``VmRSS`` (status) counts pages the forked
+    workers share once per process, ``Pss`` (smaps_rollup) splits them among the processes."""
     total = 0
     for pid in pids:
         try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except OSError:
-            pass
-    return total / 1024
-
-
-def pss_mb(pids: list[int]) -> float:
-    """Proportional set size of ``pids`` in MB: pages shared by forked workers counted once in all, not per process
-    as in the RSS sum."""
-    total = 0
-    for pid in pids:
-        try:
-            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
+            for line in Path(f"/proc/{pid}/{file}").read_text().splitlines():
+                if line.startswith(f"{field}:"):
                     total += int(line.split()[1])
         except OSError:
             pass
@@ -168,7 +156,8 @@ def loader(pack_dir: Path, workers: int, batch: int, batches: int, grouped: bool
         seen += len(next(it)["image"])
     wall = time.perf_counter() - t
     children = [int(p) for p in Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read_text().split()]
-    mem, pss = rss_mb([os.getpid(), *children]), pss_mb([os.getpid(), *children])
+    pids = [os.getpid(), *children]
+    mem, pss = memory_mb(pids), memory_mb(pids, "smaps_rollup", "Pss")
     del it, dl
     return {"order": "shard windows" if groups else "global permutation", "images_per_s": round(seen / wall, 1),
             "images": seen, "rss_mb_main_plus_workers": round(mem, 1), "pss_mb_main_plus_workers": round(pss, 1),

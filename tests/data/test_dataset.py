@@ -196,6 +196,9 @@ def test_a_grouped_order_shuffles_a_few_groups_at_a_time_and_keeps_every_sampler
     for step, full in enumerate(grouped(epoch=2)):  # DDP: the ranks' slices make the single-process batch
         assert [k for r in range(2) for k in grouped(epoch=2, rank=r, world_size=2)[step]] == full
     assert grouped(epoch=2, skip_batches=4) == grouped(epoch=2)[4:]
+    weighted = dict(seed=1, epoch=0, weights=[1.0 + i % 3 for i in range(120)])
+    assert list(EpochBatchSampler(120, 8, groups=groups, **weighted)) == list(EpochBatchSampler(120, 8, **weighted)), \
+        "a weighted pool keeps its weighted draw"
     with pytest.raises(ValueError, match="3 groups for 120 cases"):
         EpochBatchSampler(120, 8, seed=1, epoch=0, groups=[0, 1, 2])
 

@@ -290,6 +290,12 @@ class CaseDataset(Dataset):
         return item
 
 
+def order_kind(weights: Sequence[float] | None, groups: Sequence[int] | None) -> str:
+    """How :class:`EpochBatchSampler` orders an epoch: ``shard-windows`` (groups and no weights: weights win) or
+    ``epoch-permutation`` (a permutation, or a weighted draw of the same length)."""
+    return "shard-windows" if groups is not None and weights is None else "epoch-permutation"
+
+
 def grouped_order(groups_n: Sequence[int], window: int, g: torch.Generator) -> list[int]:
     """A shuffle that keeps reads local: the groups (a pack's shards) in random order, then the cases of each run
     of ``window`` consecutive groups shuffled together (a shuffle buffer of ``window`` shards, as in webdataset /
@@ -341,7 +347,7 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
     def order(self, epoch: int) -> list[int]:
         """The global order of one epoch."""
         g = torch.Generator().manual_seed(case_seed(self.seed, epoch, 0, 2))
-        if self.weights is None and self.groups is not None:
+        if order_kind(self.weights, self.groups) == "shard-windows":
             return grouped_order(self.groups, GROUP_WINDOW, g)
         if self.weights is None:
             return torch.randperm(self.num_cases, generator=g).tolist()

@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from medmae.config import LoggingConfig, OptimConfig, TrainConfig
-from medmae.data.dataset import EpochBatchSampler
+from medmae.data.dataset import EpochBatchSampler, order_kind
 from medmae.engine import checkpoint as ckpt
 from medmae.engine.budget import (CALIBRATION_STEPS, Budget, calibration_steps, fix_budget, measure_step_time,
                                   usage)
@@ -338,9 +338,9 @@ class Trainer:
 
     def _loader_state(self, schedule: Schedule) -> dict[str, Any]:
         if not hasattr(self, "_data_digests"):  # hashed once per run
-            grouped = self.sample_groups is not None and self.sample_weights is None
+            order = order_kind(self.sample_weights, self.sample_groups)
             self._data_digests = (digest(self.case_ids), digest(self.sample_weights),
-                                  f"shard-windows {digest(self.sample_groups)}" if grouped else "epoch-permutation")
+                                  f"{order} {digest(self.sample_groups)}" if order == "shard-windows" else order)
         return loader_state(self.step, schedule.steps_per_epoch, schedule.global_batch, self.train_cfg.seed,
                             *self._data_digests)
 

@@ -338,6 +338,7 @@ def paired_auroc_difference(
     0/1 targets ``y_nk``, and its paired percentile-bootstrap 95 % CI: each resample weights both models' cases
     alike (draw counts, scores sorted once). Resamples without a positive or a negative are skipped and counted.
     ValueError when the shapes differ or a class lacks positives or negatives in the data."""
+    check_bootstrap_args(n_resamples, SUMMARY_CONFIDENCE)
     a, b, y = (np.asarray(v, dtype=np.float64) for v in (scores_a_nk, scores_b_nk, y_nk))
     if a.ndim != 2 or a.shape != b.shape or a.shape != y.shape:
         raise ValueError(f"paired_auroc_difference: scores {a.shape} and {b.shape}, targets {y.shape}: need one (N, K)")
@@ -351,6 +352,5 @@ def paired_auroc_difference(
         return float(auroc[:k].mean() - auroc[k:].mean())
 
     value = np.asarray(diff(np.ones(n)))
-    check_bootstrap_args(n_resamples, SUMMARY_CONFIDENCE)
     return bootstrap_resamples(lambda idx: diff(np.bincount(idx, minlength=n)), value, n, n_resamples,
                                SUMMARY_CONFIDENCE, seed)
