@@ -88,6 +88,24 @@ def test_paired_over_cases_averages_regions_per_case_and_pairs_cells_by_coordina
     assert paired_over_cases(finished_cells(tmp_path / "nothing"), meta, "dice") == []
 
 
+
+def test_paired_over_cases_pairs_only_regions_both_arms_define(tmp_path):
+    """Both-empty regions are NaN in per_case.csv (undefined under the empty-mask policy): a region counts where both
+    arms define it, and a case with none is left out and counted, never a NaN in the bootstrap."""
+    meta = {"task": "seg", "folds": None}
+    cells = tmp_path / "cells"
+    nan = float("nan")
+    # c0: both define lesion; c1: scratch false positive (0), MAE both-empty (NaN); c2: both NaN; c3: two regions,
+    # MAE undefined in one of them
+    _per_case(cells / "seg_frac0.1_seed0_scratch", [("c0", "lesion", 0.5), ("c1", "lesion", 0.0), ("c2", "lesion", nan),
+                                                    ("c3", "lesion", 0.4), ("c3", "organ", 0.8)])
+    _per_case(cells / "seg_frac0.1_seed0_mae", [("c0", "lesion", 0.7), ("c1", "lesion", nan), ("c2", "lesion", nan),
+                                                ("c3", "lesion", nan), ("c3", "organ", 0.9)])
+    (row,) = paired_over_cases(finished_cells(tmp_path), meta, "dice")
+    assert (row["n_cases"], row["n_undefined"], row["wins"]) == (2, 2, 2)  # c0, c3 (organ only); c1, c2 left out
+    assert row["mean_diff"] == pytest.approx((0.2 + 0.1) / 2)
+    assert np.isfinite([row["ci_low"], row["ci_high"]]).all()
+
 def _cls_per_case(cell: Path, targets, probs) -> None:
     d = cell / "eval" / "test"
     d.mkdir(parents=True)

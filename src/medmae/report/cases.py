@@ -11,6 +11,7 @@ number of cases the arm ranks better (a higher score for its true class than scr
 from __future__ import annotations
 
 import csv
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,18 +24,38 @@ from medmae.report.tables import md_table, percent
 from medmae.run_layout import PER_CASE_FILE, eval_split_dir
 
 
-def per_case_means(cell_dir: Path, metric: str) -> dict[str, float]:
-    """``{case: mean of metric over its regions}`` from the cell's test ``per_case.csv`` (regions other than
-    ``mean``; empty values, i.e. undefined metrics, skipped); empty when the file or the column is missing."""
+def per_case_values(cell_dir: Path, metric: str) -> dict[str, dict[str, float]]:
+    """``{case: {region: metric}}`` from the cell's test ``per_case.csv`` (regions other than ``mean``; empty or
+    NaN values, i.e. metrics undefined under the empty-mask policy, left out: a case may map to ``{}``); empty when
+    the file is missing."""
     path = eval_split_dir(cell_dir, "test") / PER_CASE_FILE
     if not path.is_file():
         return {}
-    values: dict[str, list[float]] = {}
+    values: dict[str, dict[str, float]] = {}
     with path.open(newline="") as fh:
         for row in csv.DictReader(fh):
             if row.get(metric) not in (None, "") and row.get("region", "") != "mean":
-                values.setdefault(row.get("case", ""), []).append(float(row[metric]))
-    return {case: sum(v) / len(v) for case, v in values.items()}
+                value, regions = float(row[metric]), values.setdefault(row.get("case", ""), {})
+                if math.isfinite(value):
+                    regions[row.get("region", "")] = value
+    return values
+
+
+def _seg_diff(arm: dict, ref: dict, n_resamples: int) -> tuple[float, float, float, int, int] | None:
+    """Mean over cases of (arm - scratch) averaged over the regions both define, its bootstrap CI, the cases the
+    arm is better on, and how many cases were left out for want of a region both define; None when none is."""
+    diffs, left_out = [], 0
+    for case in sorted(set(ref) & set(arm)):
+        both = sorted(set(ref[case]) & set(arm[case]))
+        if both:
+            diffs.append(sum(arm[case][r] - ref[case][r] for r in both) / len(both))
+        else:
+            left_out += 1
+    if not diffs:
+        return None
+    diff_n = np.array(diffs)
+    low, high = bootstrap_ci(diff_n, n_resamples=n_resamples)
+    return float(diff_n.mean()), float(low), float(high), int((diff_n > 0).sum()), left_out
 
 
 def per_case_scores(cell_dir: Path, where: str | None) -> dict[str, tuple[list[float], list[float]]]:
@@ -69,12 +90,13 @@ def paired_over_cases(cells: Sequence[tuple[Path, Any]], meta: dict[str, Any], m
                       n_resamples: int = 4000) -> list[dict[str, Any]]:
     """For the evaluated ``cells`` of a sweep (:func:`~medmae.report.sweep_files.finished_cells`), one row per
     (arm, cell) with a scratch cell beside it: ``mean_diff`` (arm - scratch on the cases both evaluated: the mean
-    of per-case differences, or for ``auroc`` / ``macro_auroc`` the difference of ROC-AUCs of class ``where``
-    / of the classes' mean), its paired bootstrap 95 % CI over those cases, ``wins`` and ``n_cases``."""
+    of per-case differences over the regions both arms define, or for ``auroc`` / ``macro_auroc`` the difference
+    of ROC-AUCs of class ``where`` / of the classes' mean), its paired bootstrap 95 % CI over those cases,
+    ``wins``, ``n_cases`` and ``n_undefined`` (cases without a region both define, e.g. both empty, left out)."""
     cls = metric in ("auroc", "macro_auroc")
 
     def read(cell: Path) -> dict:
-        return per_case_scores(cell, where if metric == "auroc" else None) if cls else per_case_means(cell, metric)
+        return per_case_scores(cell, where if metric == "auroc" else None) if cls else per_case_values(cell, metric)
 
     coords: dict[tuple[float, int, str], dict[str, Path]] = {}
     for cell, _ in cells:
@@ -90,18 +112,20 @@ def paired_over_cases(cells: Sequence[tuple[Path, Any]], meta: dict[str, Any], m
             cases = sorted(set(ref) & set(arm))
             if not cases:
                 continue
+            left_out = 0
             if cls:
                 try:
                     mean, low, high, wins = _cls_diff(arm, ref, cases, n_resamples)
                 except ValueError:  # a test set without positives or negatives has no ROC-AUC (its rows say so)
                     continue
             else:
-                diff_n = np.array([arm[c] - ref[c] for c in cases])
-                low, high = bootstrap_ci(diff_n, n_resamples=n_resamples)
-                mean, wins = float(diff_n.mean()), int((diff_n > 0).sum())
+                seg = _seg_diff(arm, ref, n_resamples)
+                if seg is None:
+                    continue
+                mean, low, high, wins, left_out = seg
             out.append({"init": init, "reference": "scratch", "fraction": fraction, "seed": seed, "fold": fold,
-                        "metric": metric, "n_cases": len(cases), "mean_diff": mean,
-                        "ci_low": float(low), "ci_high": float(high), "wins": wins})
+                        "metric": metric, "n_cases": len(cases) - left_out, "n_undefined": left_out,
+                        "mean_diff": mean, "ci_low": float(low), "ci_high": float(high), "wins": wins})
     return out
 
 
@@ -109,4 +133,9 @@ def cases_table(rows: list[dict[str, Any]]) -> str:
     """Markdown table of :func:`paired_over_cases` rows."""
     return md_table(["init", "labels", "seed", "fold", "difference (arm - scratch)", "95 % CI over cases", "better on"],
                     [[r["init"], percent(float(r["fraction"])), str(r["seed"]), r["fold"] or "-", f"{r['mean_diff']:+.4f}",
-                      f"{r['ci_low']:+.4f} to {r['ci_high']:+.4f}", f"{r['wins']}/{r['n_cases']}"] for r in rows])
+                      f"{r['ci_low']:+.4f} to {r['ci_high']:+.4f}", f"{r['wins']}/{r['n_cases']}" + _undefined(r)] for r in rows])
+
+
+def _undefined(row: dict[str, Any]) -> str:
+    n = int(row.get("n_undefined", 0))
+    return f" ({n} undefined in one arm, left out)" if n else ""
