@@ -80,6 +80,20 @@ def test_2d_pack_round_trip_values_dtype_and_metadata(cxr, cxr_pack):
     assert pack.manifest["contract"] == PREP_2D.contract() and pack.manifest["classes"] == spec.classes
 
 
+
+def test_a_packs_cases_share_repeated_values_instead_of_one_copy_per_case(cxr, cxr_pack):
+    """Memory per case of a pool of millions: the cases hold one object per distinct split, modality, source, shape
+    and spacing (and no per-instance dict), and the same values as the raw source's cases."""
+    spec = load_source(cxr_pack)
+    prepared = packed_cases(spec, PREP_2D)
+    a, b = prepared[0], prepared[1]
+    assert a.case.split is b.case.split and a.case.modality is b.case.modality and a.case.source is b.case.source
+    assert a.image.shape is b.image.shape and a.spacing is b.spacing
+    assert not hasattr(a.case, "__dict__") and not hasattr(a, "__dict__") and not hasattr(a.image, "__dict__")
+    raw = {c.case_id: c for c in load_source(cxr).cases}
+    assert all(c.case_id in raw and c.image == raw[c.case_id].image and c.subject_id == raw[c.case_id].subject_id
+               for c in spec.cases)
+
 def test_3d_pack_round_trip_with_masks_and_crops_decoded_alone(tmp_path):
     write_dataset(tmp_path / "ct", "abdomen_ct", 3, seed=1, shape=(40, 36, 32))
     out = tmp_path / "pack"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +16,10 @@ from medmae.errors import SourceError
 SPLIT_NAMES = ("train", "val", "validation", "test")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Case:
-    """One image (one file, or one file per channel) with its optional annotations."""
+    """One image (one file, or one file per channel) with its optional annotations (slots: a pool of millions holds
+    one per case)."""
 
     case_id: str
     image: tuple[str, ...]
@@ -37,6 +38,10 @@ class Case:
     def class_names(self) -> list[str]:
         """Class names of the label column (``a|b`` for multi-label; empty for no finding)."""
         return [c for c in (self.label or "").split("|") if c]
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        """Pickled by its fields (Python 3.10's pickling of frozen slotted dataclasses fails in ``__setstate__``)."""
+        return Case, tuple(getattr(self, f.name) for f in fields(self))
 
 
 @dataclass

@@ -47,7 +47,7 @@ class Augment:
     transforms: Callable[..., tuple[torch.Tensor, torch.Tensor | None]] | None = None  # data.augment: medmae.data.augment
 
 
-@dataclass
+@dataclass(slots=True)
 class Prepared:
     """A case after preprocessing: its cached arrays (held by path, mapped per access; ``np.asarray`` reads one)
     plus what evaluation needs. Tests may hold in-memory arrays instead."""

@@ -71,23 +71,29 @@ class Pack:
 
 
     def cases(self) -> list[Case]:
-        """Every case, built in one pass over the index columns."""
+        """Every case, built in one pass over the index columns; a value repeated over cases (split, modality,
+        source, label, attributes) is one shared object, not one string per case."""
         ix = self.index
-        cols = {k: ix[k].tolist() for k in ("case_id", "image", "subject_id", "label", "mask", "split", "modality",
-                                             "source", "attributes")}
-        return [Case(cid, tuple(img.split("\n")), sub, lab, msk, spl, mod, src,
-                     tuple(tuple(a) for a in json.loads(att)) if att and att != "[]" else ())
-                for cid, img, sub, lab, msk, spl, mod, src, att in zip(*cols.values())]
+        cols = {k: ix[k].tolist() for k in ("case_id", "image", "subject_id")}
+        shared = {k: _shared(ix[k].tolist()) for k in ("label", "mask", "split", "modality", "source")}
+        attrs = _shared(ix["attributes"].tolist(), lambda a: tuple(tuple(x) for x in json.loads(a)) if a and a != "[]" else ())
+        return [Case(cid, tuple(img.split("\n")), cid if sub == cid else sub, lab, msk, spl, mod, src, att)
+                for cid, img, sub, lab, msk, spl, mod, src, att in zip(*cols.values(), *shared.values(), attrs)]
 
 
 class PackedArray:
     """A packed case's image (or mask) held by position; every access decodes what it needs."""
 
+    __slots__ = ("pack", "i", "mask", "shape")
+
     def __init__(self, pack: Pack, i: int, *, mask: bool = False, shape: tuple[int, ...] | None = None):
         self.pack, self.i, self.mask = pack, i, mask
         full = shape or pack.index.shape(i)
         self.shape = full[1:] if mask else full
-        self.dtype = "int64" if mask else "float32"
+
+    @property
+    def dtype(self) -> str:
+        return "int64" if self.mask else "float32"
 
     @property
     def ndim(self) -> int:
@@ -150,14 +156,23 @@ def packed_cases(spec: DatasetSpec, prep: Preprocessing, *, with_masks: bool = F
     if with_masks and not pack.manifest["with_masks"]:
         raise ContractError(f"{pack.root} was packed without masks; pack it again with --masks for segmentation")
     rows = _rows(pack, spec.cases)
-    shapes, spacings = pack.index.shapes(), pack.index.spacings()
+    shapes, spacings = _shared(pack.index.shapes()), _shared(pack.index.spacings())
     sha, masks = pack.index["sha256"].tolist(), pack.index["mask_values"].tolist() if with_masks else None
     out = []
     for case, i in zip(spec.cases, rows):
         mask = PackedArray(pack, i, mask=True, shape=shapes[i]) if masks and masks[i] else None
-        out.append(Prepared(case, PackedArray(pack, i, shape=shapes[i]), mask, spacings[i],
-                            digests=tuple(sha[i].split(","))[: len(case.image)]))
+        digests = tuple(sha[i].split(","))[: len(case.image)] if len(case.image) > 1 else (sha[i].partition(",")[0],)
+        out.append(Prepared(case, PackedArray(pack, i, shape=shapes[i]), mask, spacings[i], digests=digests))
     return out
+
+
+def _shared(values: list[Any], convert: Any = None) -> list[Any]:
+    """``values`` (converted) with equal values as one object: a pool of millions of cases holds a few distinct
+    shapes, spacings, splits or modalities, not one copy per case."""
+    memo: dict[Any, Any] = {}
+    if convert is None:
+        return [memo.setdefault(v, v) for v in values]
+    return [memo[v] if v in memo else memo.setdefault(v, convert(v)) for v in values]
 
 
 def shard_groups(prepared: Sequence[Prepared]) -> list[int] | None:

@@ -1,0 +1,90 @@
+#!/usr/bin/env python
+"""Memory that pretraining holds per case of a packed pool, at n/10 and at n cases.
+
+Writes ``n`` tiny PNGs (16 px: the pixels do not matter here, only the per-case metadata), packs them, and in a
+fresh process per size builds the pretraining pool the way ``medmae pretrain --data PACK`` does
+(``resolve_parts`` + ``prepare_pool``), measuring with ``tracemalloc`` the bytes it allocates and keeps, per case,
+and the seconds it takes (under tracemalloc, which slows allocation several-fold). What forked DataLoader workers
+may copy of it is this figure times the workers at most.
+
+    python benchmarks/pool_memory.py --n 100000 --out benchmarks/results/pool_memory.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+MEASURE = """
+import gc, json, sys, time, tracemalloc
+from medmae.config import PretrainConfig, load_config
+from medmae.data.packed import open_pack
+from medmae.data.pipeline import prepare_pool, resolve_parts
+cfg = load_config(PretrainConfig, preset="demo-2d")
+cfg.data.path = sys.argv[1]
+open_pack(sys.argv[1])  # the index (columnar arrays, O(1) Python objects) is loaded outside the measurement
+gc.collect()
+tracemalloc.start()
+t = time.perf_counter()
+pool = prepare_pool(resolve_parts(cfg.data, cfg.model), cfg.data, show_progress=False)
+seconds = time.perf_counter() - t
+gc.collect()
+held, peak = tracemalloc.get_traced_memory()
+n = len(pool.prepared)
+print(json.dumps({"cases": n, "held_bytes_per_case": round(held / n), "peak_bytes_per_case": round(peak / n),
+                  "build_s_under_tracemalloc": round(seconds, 2)}))
+"""
+
+
+def write_pool(root: Path, n: int, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    for k in range(n):
+        folder = root / "train" / ("a" if k % 2 else "b")
+        if k < 2:
+            folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(folder / f"img_{k:07d}.png")
+
+
+def measure(pack_dir: Path) -> dict:
+    out = subprocess.run([sys.executable, "-c", MEASURE, str(pack_dir)], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=100_000)
+    ap.add_argument("--workers", type=int, default=2, help="packing processes")
+    ap.add_argument("--out", type=Path, default=None, help="JSON file (default: print only)")
+    args = ap.parse_args()
+    from medmae.tasks.pack import pack_sources
+
+    sizes = [max(args.n // 10, 10), args.n]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in sizes:
+            src, pack = Path(tmp) / f"pool{n}", Path(tmp) / f"pack{n}"
+            write_pool(src, n)
+            pack_sources([src], preset="demo-2d", out=pack, workers=args.workers)
+            rows.append(measure(pack))
+            print(json.dumps(rows[-1]), flush=True)
+    result = {"kind": "pool_memory", "when": time.strftime("%Y-%m-%d %H:%M"), "command": " ".join(sys.argv),
+              "sizes": rows, "growth_bytes_per_case": round(
+                  (rows[1]["held_bytes_per_case"] * rows[1]["cases"] - rows[0]["held_bytes_per_case"] * rows[0]["cases"])
+                  / (rows[1]["cases"] - rows[0]["cases"])),
+              "at_2_5M_gb": round(rows[1]["held_bytes_per_case"] * 2.5e6 / 1e9, 2)}
+    print(json.dumps({k: result[k] for k in ("growth_bytes_per_case", "at_2_5M_gb")}))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
