@@ -75,10 +75,9 @@ def main() -> None:
             pack_sources([src], preset="demo-2d", out=pack, workers=args.workers)
             rows.append(measure(pack))
             print(json.dumps(rows[-1]), flush=True)
+    held = [r["held_bytes_per_case"] * r["cases"] for r in rows]
     result = {"kind": "pool_memory", "when": time.strftime("%Y-%m-%d %H:%M"), "command": " ".join(sys.argv),
-              "sizes": rows, "growth_bytes_per_case": round(
-                  (rows[1]["held_bytes_per_case"] * rows[1]["cases"] - rows[0]["held_bytes_per_case"] * rows[0]["cases"])
-                  / (rows[1]["cases"] - rows[0]["cases"])),
+              "sizes": rows, "growth_bytes_per_case": round((held[1] - held[0]) / (rows[1]["cases"] - rows[0]["cases"])),
               "at_2_5M_gb": round(rows[1]["held_bytes_per_case"] * 2.5e6 / 1e9, 2)}
     print(json.dumps({k: result[k] for k in ("growth_bytes_per_case", "at_2_5M_gb")}))
     if args.out:

@@ -76,7 +76,8 @@ class Pack:
         ix = self.index
         cols = {k: ix[k].tolist() for k in ("case_id", "image", "subject_id")}
         shared = {k: _shared(ix[k].tolist()) for k in ("label", "mask", "split", "modality", "source")}
-        attrs = _shared(ix["attributes"].tolist(), lambda a: tuple(tuple(x) for x in json.loads(a)) if a and a != "[]" else ())
+        attrs = _shared(ix["attributes"].tolist(),
+                        lambda a: tuple(tuple(x) for x in json.loads(a)) if a and a != "[]" else ())
         return [Case(cid, tuple(img.split("\n")), cid if sub == cid else sub, lab, msk, spl, mod, src, att)
                 for cid, img, sub, lab, msk, spl, mod, src, att in zip(*cols.values(), *shared.values(), attrs)]
 

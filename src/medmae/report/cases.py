@@ -133,9 +133,10 @@ def cases_table(rows: list[dict[str, Any]]) -> str:
     """Markdown table of :func:`paired_over_cases` rows."""
     return md_table(["init", "labels", "seed", "fold", "difference (arm - scratch)", "95 % CI over cases", "better on"],
                     [[r["init"], percent(float(r["fraction"])), str(r["seed"]), r["fold"] or "-", f"{r['mean_diff']:+.4f}",
-                      f"{r['ci_low']:+.4f} to {r['ci_high']:+.4f}", f"{r['wins']}/{r['n_cases']}" + _undefined(r)] for r in rows])
+                      f"{r['ci_low']:+.4f} to {r['ci_high']:+.4f}", _better_on(r)] for r in rows])
 
 
-def _undefined(row: dict[str, Any]) -> str:
+def _better_on(row: dict[str, Any]) -> str:
+    """``wins/n_cases``, and the cases left out when the metric was undefined (both masks empty) in an arm."""
     n = int(row.get("n_undefined", 0))
-    return f" ({n} undefined in one arm, left out)" if n else ""
+    return f"{row['wins']}/{row['n_cases']}" + (f" ({n} left out: undefined in an arm)" if n else "")
