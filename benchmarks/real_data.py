@@ -120,7 +120,7 @@ EXPERIMENTS = {
 
 
 def run(name: str, profile: str, root: Path, work: Path, *, budget: float | None, folds: list[int] | None,
-        fractions: list[float] | None, max_steps: int | None) -> dict[str, Any]:
+        fractions: list[float] | None, max_steps: int | None, tag: str = "") -> dict[str, Any]:
     import medmae
     from medmae.report import read_results
 
@@ -153,7 +153,8 @@ def run(name: str, profile: str, root: Path, work: Path, *, budget: float | None
         "experiment": name, "profile": profile, "when": time.strftime("%Y-%m-%d %H:%M"),
         "command": f"python benchmarks/real_data.py {name} --profile {profile} --budget {minutes:g}"
                    + "".join(f" --fold {k}" for k in folds or []) + (f" --max-steps {max_steps}" if max_steps else "")
-                   + (f" --fractions {','.join(f'{f:g}' for f in fractions)}" if fractions else ""),
+                   + (f" --fractions {','.join(f'{f:g}' for f in fractions)}" if fractions else "")
+                   + (f" --tag {tag}" if tag else ""),
         "target": exp.target, "reference": exp.reference, "budget_minutes_per_run": minutes,
         "folds_run": sorted({r["fold"] for r in rows if r.get("fold") not in (None, "")}) if exp.folds else None,
         "plan_seconds": round(t_plan, 1), "plan": plan["plan"]["decisions"] if "plan" in plan else plan,
@@ -166,9 +167,10 @@ def run(name: str, profile: str, root: Path, work: Path, *, budget: float | None
     }
     out = REPO / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}_{profile}_plan.json").write_text(portable(json.dumps(result, indent=1), root, work))
-    (out / f"{name}_{profile}_plan.yaml").write_text(portable(plan_path.read_text(), root, work))
-    publish_sweep(f"{name}_{profile}_plan", sweep_dir, out, root, work)
+    stem = f"{name}_{profile}_plan{tag}"
+    (out / f"{stem}.json").write_text(portable(json.dumps(result, indent=1), root, work))
+    (out / f"{stem}.yaml").write_text(portable(plan_path.read_text(), root, work))
+    publish_sweep(stem, sweep_dir, out, root, work)
     return result
 
 
@@ -220,10 +222,11 @@ def main() -> None:
     ap.add_argument("--fold", type=int, action="append", default=None, help="run only this fold now (repeatable)")
     ap.add_argument("--fractions", default=None, help="comma-separated label fractions (default: the experiment's)")
     ap.add_argument("--max-steps", type=int, default=None, help="cap every run (smoke test)")
+    ap.add_argument("--tag", default="", help="suffix of the result files' names (keeps an earlier result beside)")
     args = ap.parse_args()
     fractions = [float(f) for f in args.fractions.split(",")] if args.fractions else None
     result = run(args.experiment, args.profile, data_root(args.data_root), args.work, budget=args.budget,
-                 folds=args.fold, fractions=fractions, max_steps=args.max_steps)
+                 folds=args.fold, fractions=fractions, max_steps=args.max_steps, tag=args.tag)
     print(json.dumps({k: result[k] for k in ("experiment", "headline", "table", "paired_vs_scratch",
                                              "paired_vs_baseline", "total_seconds")}, indent=1))
 
