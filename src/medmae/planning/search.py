@@ -153,7 +153,7 @@ def choose(networks: Callable[[list[int]], list[Network]], costs: Callable[[Netw
         log.debug("nothing fits the %s at crop %s; trying %s", shrunk_for, crop, nxt)
         crop = nxt
     if fallback is None:
-        net, shrunk_for = networks(crop)[0], None if shrunk_for is None else "memory"
+        net = networks(crop)[0]
         fallback = evaluate(net, costs(net, crop), crop, min(batch_options(problem, crop)), problem, device)
         fallback.warnings.append(f"even the smallest candidate ({net.label}, batch {fallback.batch}) needs "
                                  f"{fallback.memory_bytes / 2**30:.1f} GiB, more than the {device.memory_source}")
