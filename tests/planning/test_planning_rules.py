@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 import pytest
 
@@ -102,21 +100,6 @@ def test_a_bigger_budget_buys_a_bigger_network_and_the_search_shrinks_the_crop_o
     stays = choose(lambda c: nets_of(4), costs, [32, 32, 32], lambda c: 8, problem, slow, timer=lambda choice: choice.step_s)
     assert not stays.fits and any("budget buys only" in w for w in stays.warnings)
 
-
-
-def test_a_classifier_short_of_time_is_scaled_down_at_most_to_half_and_a_segmentation_crop_is_not():
-    assert rules.resize_once([224, 224], 32, [112, 112]) == [192, 192]
-    assert rules.resize_once([224, 256], 32, [112, 128]) == [192, 224], "both axes by one factor, on the stride"
-    assert rules.resize_once([128, 128], 32, [112, 112]) is None, "96 would be below the floor"
-    slow = Device("cpu", 2**34, 6e7, "test", "test")  # net0 at batch 8: 194 steps at 64 px, 345 at 48 px (250 wanted)
-    cls = Problem("cls", 2, train_cases=100, image_voxels=64**2, budget_s=3600, min_crop=(32, 32))
-    got = choose(lambda c: nets_of(2), costs, [64, 64], lambda c: 16, cls, slow)
-    assert got.crop == [48, 48] and got.fits and got.shrunk_for == "budget", \
-        "64 px buys too few epochs, 48 px enough: the input is scaled down, no further than needed"
-    floor = choose(lambda c: nets_of(2), costs, [64, 64], lambda c: 16, replace(cls, budget_s=60), slow)
-    assert floor.crop == [32, 32] and not floor.fits and any("budget buys only" in w for w in floor.warnings)
-    seg = choose(lambda c: nets_of(2), costs, [64, 64], lambda c: 16, replace(cls, task="seg", min_crop=None), slow)
-    assert seg.crop == [64, 64] and seg.shrunk_for is None
 
 def test_segmentation_batches_cover_at_most_5_percent_of_the_data():
     # MSD Hippocampus: 5 % of 260 cases x 63k voxels = 9.1 crops of 40 x 56 x 40 (nnU-Net's batch: 9)

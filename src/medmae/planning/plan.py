@@ -141,9 +141,8 @@ def make_plan(fp: Fingerprint, *, task: str, budget_minutes: float, device: str 
     networks, unit, crop = family_space(family, fp.spatial_dims, geo["capped"])
     if geo["capped"] == geo["median_shape"]:  # the whole median image fits: pad up rather than crop it
         crop = rules.round_to(geo["median_shape"], unit(crop))
-    min_crop = tuple(max(unit(crop), c // 2) for c in crop) if task == "cls" else None  # at most half the resolution
     problem = Problem(task, fp.spatial_dims, n_train, float(nets.voxels(geo["median_shape"])), budget_minutes * 60.0,
-                      bf16=device == "cuda", dataset_cases=labelled, min_crop=min_crop)
+                      bf16=device == "cuda", dataset_cases=labelled)
     dev = measured_device(device, (networks(crop)[0], crop), task, fp.spatial_dims, channels, outputs,
                           memory_bytes, flops_per_s)
     counted = cost_cache(lambda net, c: nets.cost(nets.task_config(net.model, task, fp.spatial_dims, c, channels),
@@ -158,23 +157,13 @@ def make_plan(fp: Fingerprint, *, task: str, budget_minutes: float, device: str 
                 "intensity": intensity, "spacing": geo["spacing"], "label_map": mapping,
                 "resize": choice.crop if task == "cls" and (len({tuple(s) for s in fp.shapes}) > 1
                                                             or choice.crop != geo["median_shape"]) else None,
-                "flip_axes": rules.flip_axes(task, fp.spatial_dims), "full_crop": crop,
+                "flip_axes": rules.flip_axes(task, fp.spatial_dims),
                 "pretrain_splits": rules.pretraining_splits(fp.splits)}
     return {
         **pretrain_sections(fp, choice, settings),
         "plan": plan_record(fp, choice, dev, geo, settings, intensity_why),
         "finetune": finetune_sections(choice, settings),
     }
-
-
-def crop_why(choice: Choice, full: list[int]) -> dict[str, str]:
-    """Why the crop is smaller than the one planned from the data, if it is."""
-    if choice.shrunk_for == "budget":
-        return {"why": f"scaled down from {list(full)}: the budget buys too few epochs there (a classifier keeps the "
-                       "whole image at a lower resolution, at most half)"}
-    if choice.shrunk_for == "memory":
-        return {"why": f"shrunk from {list(full)} along its largest axis: nothing fitted in memory there"}
-    return {}
 
 
 def plan_record(fp: Fingerprint, choice: Choice, dev: Device, geo: dict[str, Any], settings: dict[str, Any],
@@ -186,7 +175,7 @@ def plan_record(fp: Fingerprint, choice: Choice, dev: Device, geo: dict[str, Any
         "decisions": {
             "spacing": {"value": geo["spacing"], "why": geo["spacing_why"]},
             "crop": {"value": choice.crop, "median_shape": geo["median_shape"], "max_voxels": geo["max_voxels"],
-                     "capped": geo["capped"], **crop_why(choice, settings["full_crop"])},
+                     "capped": geo["capped"]},
             "intensity": {"value": settings["intensity"], "why": intensity_why},
             "in_channels": {"value": settings["channels"],
                             "why": "grey images stored as RGB" if fp.grey_as_rgb else "channels of the images"},

@@ -84,16 +84,6 @@ def shrink_once(crop: Sequence[int], multiple: int) -> list[int] | None:
     return out
 
 
-def resize_once(size: Sequence[int], multiple: int, floor: Sequence[int]) -> list[int] | None:
-    """A classifier's input scaled down as a whole, its largest axis one stride step smaller (every axis by the same
-    factor, rounded to the stride), or None when an axis would fall below ``floor``."""
-    factor = (max(size) - multiple) / max(size)
-    out = [max(multiple, int(round(s * factor / multiple)) * multiple) for s in size]
-    if out == list(size) or any(o < f for o, f in zip(out, floor)):
-        return None
-    return out
-
-
 def intensity_preset(modality: str | None, foreground: tuple[float, float] | None,
                      channels: int) -> tuple[dict[str, Any], str]:
     """The intensity preset for a modality: CT -> ct_window over the foreground's (0.5, 99.5) percentiles

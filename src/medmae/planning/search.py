@@ -6,9 +6,6 @@ its training step fits in memory and the budget gives it at least ``MIN_STEPS`` 
 over the training cases. When nothing fits, segmentation crops shrink one stride
 step at a time along their largest axis (nnU-Net) while nothing fits in memory; when the time budget is what is
 short, the crop stays and the smallest candidate is taken with a warning that says how few epochs it buys.
-A classifier sees its whole image, so its input size is a resolution, not a field of view: when time is short it
-is scaled down a stride step at a time (down to ``Problem.min_crop``, half the planned size) until a candidate
-gets its epochs, since a few epochs at full resolution learn less than enough epochs at a lower one.
 """
 
 from __future__ import annotations
@@ -19,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from medmae.planning.network import Cost, Network, scaled, voxels
-from medmae.planning.rules import resize_once, shrink_once
+from medmae.planning.rules import shrink_once
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +59,6 @@ class Problem:
     margin: float = 0.1
     bf16: bool = False
     dataset_cases: int = 0  # labelled cases of the dataset (the 5 % batch rule); 0: train_cases
-    min_crop: tuple[int, ...] | None = None  # classification: the input may shrink this far when time is short
 
 
 @dataclass
@@ -77,7 +73,6 @@ class Choice:
     fits: bool
     warnings: list[str] = field(default_factory=list)
     measured_step_s: float | None = None
-    shrunk_for: str | None = None  # "memory" or "budget" when the crop is smaller than the one the search began at
 
     def as_dict(self) -> dict[str, Any]:
         measured = {} if self.measured_step_s is None else {"measured_step_s": round(self.measured_step_s, 4)}
@@ -124,13 +119,11 @@ def timed(choice: Choice, problem: Problem, timer: Callable[[Choice], float] | N
 def choose(networks: Callable[[list[int]], list[Network]], costs: Callable[[Network, list[int]], Cost],
            crop: list[int], unit: Callable[[list[int]], int], problem: Problem, device: Device,
            timer: Callable[[Choice], float] | None = None) -> Choice:
-    """The largest fitting (network, batch); the crop shrinks when nothing fits in memory, and a classifier's input
-    (with ``problem.min_crop``) when the budget is short (see the module).
+    """The largest fitting (network, batch); the crop shrinks only when nothing fits in memory (see the module).
     With ``timer``, a candidate predicted to fit is timed before it is taken (at most ``MAX_TIMED`` of them)."""
     fallback: Choice | None = None
-    timings, shrunk_for = 0, None
+    timings = 0
     for _ in range(MAX_SHRINKS + 1):
-        in_memory = None
         for net in reversed(networks(crop)):
             c = costs(net, crop)
             for batch in batch_options(problem, crop):
@@ -139,18 +132,13 @@ def choose(networks: Callable[[list[int]], list[Network]], costs: Callable[[Netw
                     timings += 1
                     choice = timed(choice, problem, timer)
                 if choice.fits:
-                    return replace(choice, shrunk_for=shrunk_for)
+                    return choice
                 if choice.memory_bytes <= device.memory_bytes:
-                    in_memory = choice  # ends as the smallest rung's smallest batch that fits in memory
-        if in_memory is None:  # memory is short: a smaller crop
-            nxt = shrink_once(crop, unit(crop)) if fallback is None else None
-        else:  # time is short: a segmentation crop stays, a classifier's input may be scaled down
-            fallback = in_memory
-            nxt = resize_once(crop, unit(crop), problem.min_crop) if problem.min_crop else None
+                    fallback = choice  # ends as the smallest rung's smallest batch that fits in memory
+        nxt = shrink_once(crop, unit(crop)) if fallback is None else None  # time, not memory, is short: keep it
         if nxt is None:
             break
-        shrunk_for = "memory" if in_memory is None else "budget"
-        log.debug("nothing fits the %s at crop %s; trying %s", shrunk_for, crop, nxt)
+        log.debug("nothing fits in memory at crop %s; trying %s", crop, nxt)
         crop = nxt
     if fallback is None:
         net = networks(crop)[0]
@@ -160,8 +148,7 @@ def choose(networks: Callable[[list[int]], list[Network]], costs: Callable[[Netw
     elif fallback.measured_step_s is None and timer is not None:
         fallback = timed(replace(fallback, fits=True), problem, timer)  # fits now only if the measured step does
         if fallback.fits:  # predicted too slow, measured fast enough: no warning
-            return replace(fallback, shrunk_for=shrunk_for)
-    fallback.shrunk_for = shrunk_for
+            return fallback
     fallback.warnings.append(
         f"the budget buys only ~{fallback.steps} steps ({fallback.epochs:.1f} epochs) of the smallest candidate "
         f"(wanted at least {MIN_STEPS} steps and {MIN_EPOCHS[problem.task]} epochs): give a larger --budget or a GPU")
