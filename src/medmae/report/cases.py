@@ -41,11 +41,11 @@ def per_case_values(cell_dir: Path, metric: str) -> dict[str, dict[str, float]]:
     return values
 
 
-def _seg_diff(arm: dict, ref: dict, n_resamples: int) -> tuple[float, float, float, int, int] | None:
-    """Mean over cases of (arm - scratch) averaged over the regions both define, its bootstrap CI, the cases the
+def _seg_diff(arm: dict, ref: dict, cases: list[str], n_resamples: int) -> tuple[float, float, float, int, int] | None:
+    """Mean over ``cases`` of (arm - scratch) averaged over the regions both define, its bootstrap CI, the cases the
     arm is better on, and how many cases were left out for want of a region both define; None when none is."""
     diffs, left_out = [], 0
-    for case in sorted(set(ref) & set(arm)):
+    for case in cases:
         both = sorted(set(ref[case]) & set(arm[case]))
         if both:
             diffs.append(sum(arm[case][r] - ref[case][r] for r in both) / len(both))
@@ -119,7 +119,7 @@ def paired_over_cases(cells: Sequence[tuple[Path, Any]], meta: dict[str, Any], m
                 except ValueError:  # a test set without positives or negatives has no ROC-AUC (its rows say so)
                     continue
             else:
-                seg = _seg_diff(arm, ref, n_resamples)
+                seg = _seg_diff(arm, ref, cases, n_resamples)
                 if seg is None:
                     continue
                 mean, low, high, wins, left_out = seg

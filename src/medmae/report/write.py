@@ -119,8 +119,8 @@ def write_report(run_dir: str | Path) -> Path:
                "interval and no test (n/a).", "", paired_table(paired)]
     if by_case:
         md += ["", "## Paired over test cases", "",
-               (f"Per case, the mean {metric} over its regions, arm minus scratch" if task != "cls" else
-                f"{label} of the arm minus that of scratch") + " in the same cell (both predicted the same "
+               (f"Per case, the mean {metric} over the regions both arms define, arm minus scratch" if task != "cls"
+                else f"{label} of the arm minus that of scratch") + " in the same cell (both predicted the same "
                "images); 95 % CI by paired bootstrap over the cases. It says whether a difference is larger than the "
                "choice of test cases explains, which one seed and one split still allow (not the spread over seeds).",
                "", cases_table(by_case)]
