@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tracemalloc
+from dataclasses import replace
 from pathlib import Path
 
 import blosc2
@@ -13,15 +15,18 @@ import numpy as np
 import pytest
 import torch
 
+from medmae.data.cases import LazyCases, distinct, tag_cases
 from medmae.data.dataset import GROUP_WINDOW, Augment, CaseDataset, EpochBatchSampler
 from medmae.data.pack_codec import KIND_F16, KIND_U8, KIND_U16, decode, encode
 from medmae.data.pack_merge import verify_pack
 from medmae.data.pack_names import PART_FILE, part_dir_name
 from medmae.data.pack_store import OPEN_SHARDS
-from medmae.data.packed import Pack, PackedArray, load_pack_source, packed_cases, shard_groups
+from medmae.data.packed import (Pack, PackedArray, case_list, field_values, load_pack_source, packed_cases,
+                                shard_groups)
 from medmae.data.preprocess import Preprocessing, load_image, load_mask
 from medmae.data.sources import load_source
 from medmae.data.synthetic import write_dataset
+from medmae.engine.loader_state import digest
 from medmae.errors import CaseError, ConfigError, ContractError, SourceError
 from medmae.tasks.pack import merge_packs, pack_sources
 
@@ -81,18 +86,33 @@ def test_2d_pack_round_trip_values_dtype_and_metadata(cxr, cxr_pack):
 
 
 
-def test_a_packs_cases_share_repeated_values_instead_of_one_copy_per_case(cxr, cxr_pack):
-    """Memory per case of a pool of millions: the cases hold one object per distinct split, modality, source, shape
-    and spacing (and no per-instance dict), and the same values as the raw source's cases."""
+def test_a_packs_cases_are_lazy_lists_over_the_index_with_the_raw_sources_values(cxr, cxr_pack):
+    """Memory of a pool of millions: a pack's cases and prepared cases are built on access from the index (the
+    pool holds row numbers, not a Python object per case), a split selection stays lazy, and each case has the
+    raw source's values."""
     spec = load_source(cxr_pack)
+    tracemalloc.start()
     prepared = packed_cases(spec, PREP_2D)
-    a, b = prepared[0], prepared[1]
-    assert a.case.split is b.case.split and a.case.modality is b.case.modality and a.case.source is b.case.source
-    assert a.image.shape is b.image.shape and a.spacing is b.spacing
+    held = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    assert isinstance(spec.cases, LazyCases) and len(prepared) == len(spec.cases) == 12
+    assert held < 4096, f"{held} bytes held for 12 packed cases: objects built per case?"
+    assert prepared[0] is not prepared[0] and prepared[0].case == prepared[0].case, "built on access"
+    a = prepared[0]
     assert not hasattr(a.case, "__dict__") and not hasattr(a, "__dict__") and not hasattr(a.image, "__dict__")
     raw = {c.case_id: c for c in load_source(cxr).cases}
     assert all(c.case_id in raw and c.image == raw[c.case_id].image and c.subject_id == raw[c.case_id].subject_id
-               for c in spec.cases)
+               and c.label == raw[c.case_id].label for c in spec.cases)
+    train = replace(spec, cases=tag_cases(spec.cases, source="pool-a")).select(["train"])
+    assert isinstance(train.cases, LazyCases) and [c.case_id for c in train.cases] == \
+        [c.case_id for c in spec.cases if (c.split or "train") == "train"]
+    assert {c.source for c in train.cases} == {"pool-a"} and distinct(train.cases, "source")[0] == ["pool-a"]
+    ids = [c.case_id for c in spec.cases]
+    assert spec.cases.pack.index["case_id"].take(np.array([2, 0])) == [ids[2], ids[0]]
+    lazy_ids = field_values(case_list(prepared), "case_id")
+    assert list(lazy_ids) == ids and lazy_ids[3] == ids[3] and lazy_ids[2:4] == ids[2:4]
+    assert digest(lazy_ids, chunk=5) == digest(ids), "a checkpoint's data digest is the same, lazy or not"
+
 
 def test_3d_pack_round_trip_with_masks_and_crops_decoded_alone(tmp_path):
     write_dataset(tmp_path / "ct", "abdomen_ct", 3, seed=1, shape=(40, 36, 32))
@@ -230,7 +250,7 @@ def test_cases_over_more_shards_than_a_reader_keeps_open_get_their_shards_as_gro
     prepared = packed_cases(load_pack_source(out), PREP_2D)
     groups = shard_groups(prepared)
     assert groups is not None and len(set(groups)) == len(prepared) == 12 > OPEN_SHARDS >= GROUP_WINDOW
-    assert [p.image.pack.index["shard"][p.image.i] for p in prepared] == groups
+    assert [p.image.pack.index["shard"][p.image.i] for p in prepared] == groups.tolist()
     assert shard_groups([*prepared[:-1], type(prepared[0])(prepared[-1].case, np.zeros((1, 4, 4)), None, (1.0, 1.0))]) \
         is None, "a case from the cache: global order"
 

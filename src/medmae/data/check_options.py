@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from medmae.config import DataConfig
-from medmae.data.cases import DatasetSpec
+from medmae.data.cases import DatasetSpec, tag_cases
 from medmae.data.modality_fit import intensity_misfit
 from medmae.data.series_filter import SeriesFilter, describe_dropped, split_cases
 
@@ -42,7 +42,7 @@ class CheckOptions:
         labels = {0: "background", **self.labels} if self.labels else spec.label_names  # as fine-tuning reads them
         spec = replace(spec, cases=kept, label_names=labels)
         if self.intensity:
-            tagged = [replace(c, modality=c.modality or spec.modality) for c in kept]
+            tagged = tag_cases(kept, default_modality=spec.modality)
             misfit = intensity_misfit(tagged, self.intensity, name, "data.intensity.name")
             notes += [("intensity_modality", misfit)] if misfit else []
         return spec, notes

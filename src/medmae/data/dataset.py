@@ -252,7 +252,7 @@ class CaseDataset(Dataset):
         foreground: Sequence[np.ndarray | None] | None = None,
         slice_axis: int | None = None,
     ):
-        self.prepared = list(prepared)
+        self.prepared = prepared if isinstance(prepared, Sequence) else list(prepared)  # a pack's stays lazy
         self.crop_size = tuple(int(s) for s in crop_size)
         self.augment = augment
         self.seed = int(seed)
@@ -296,7 +296,7 @@ def order_kind(weights: Sequence[float] | None, groups: Sequence[int] | None) ->
     return "shard-windows" if groups is not None and weights is None else "epoch-permutation"
 
 
-def grouped_order(groups_n: Sequence[int], window: int, g: torch.Generator) -> list[int]:
+def grouped_order(groups_n: Sequence[int], window: int, g: torch.Generator) -> torch.Tensor:
     """A shuffle that keeps reads local: the groups (a pack's shards) in random order, then the cases of each run
     of ``window`` consecutive groups shuffled together (a shuffle buffer of ``window`` shards, as in webdataset /
     nnssl). Every case once; a pure function of ``g``'s state."""
@@ -308,7 +308,7 @@ def grouped_order(groups_n: Sequence[int], window: int, g: torch.Generator) -> l
     for w in range(0, len(chosen), window):
         members = torch.cat([by_group[starts[c]: starts[c] + int(counts[c])] for c in chosen[w: w + window]])
         out.append(members[torch.randperm(len(members), generator=g)])
-    return torch.cat(out).tolist() if out else []
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.int64)
 
 
 class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
@@ -344,15 +344,15 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
     def __len__(self) -> int:
         return self.epochs * self.steps_per_epoch(self.num_cases, self.global_batch) - self.skip_batches
 
-    def order(self, epoch: int) -> list[int]:
-        """The global order of one epoch."""
+    def order(self, epoch: int) -> torch.Tensor:
+        """The global order of one epoch (int64; a tensor, not a list: 8 bytes a case for a pool of millions)."""
         g = torch.Generator().manual_seed(case_seed(self.seed, epoch, 0, 2))
         if order_kind(self.weights, self.groups) == "shard-windows":
             return grouped_order(self.groups, GROUP_WINDOW, g)
         if self.weights is None:
-            return torch.randperm(self.num_cases, generator=g).tolist()
+            return torch.randperm(self.num_cases, generator=g)
         w = torch.as_tensor(self.weights, dtype=torch.float64)  # pools: weighted draw with replacement
-        return torch.multinomial(w, self.num_cases, replacement=True, generator=g).tolist()
+        return torch.multinomial(w, self.num_cases, replacement=True, generator=g)
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         local = self.global_batch // self.world_size
@@ -360,5 +360,5 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
             perm = self.order(epoch)
             first = self.skip_batches if epoch == self.epoch else 0
             for b in range(first, self.steps_per_epoch(self.num_cases, self.global_batch)):
-                chunk = perm[b * self.global_batch : (b + 1) * self.global_batch]
-                yield [(epoch, i) for i in chunk[self.rank * local : (self.rank + 1) * local]]
+                start = b * self.global_batch + self.rank * local
+                yield [(epoch, i) for i in perm[start: start + local].tolist()]

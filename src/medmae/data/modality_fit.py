@@ -13,6 +13,10 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
+from medmae.data.cases import distinct
+
 CT, MR, RASTER, OTHER = "CT", "MR", "raster", "other"
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
 _MR_NAMES = re.compile(r"^(MR|MRI|T1|T2|FLAIR|ADC|DWI|PD|SWI|DCE|DIXON|BOLD|FMRI|STIR|TOF|MRA|DTI)", re.IGNORECASE)
@@ -36,11 +40,21 @@ def intensity_misfit(cases: Sequence[Any], preset: str, source: str, key: str = 
     wanted = FITS.get(preset)
     if wanted is None:
         return None
-    families = Counter(modality_family(c.modality, c.path) for c in cases)
-    misfits = Counter({f: n for f, n in families.items() if f is not None and f != wanted})
+    values, codes = distinct(cases, "modality")  # one pass, O(distinct) objects: a pack's millions of cases too
+    counts = np.bincount(codes, minlength=len(values))
+    misfits: Counter[str] = Counter()
+    tags: Counter[str] = Counter()
+    for k, modality in enumerate(values):
+        if modality:
+            family, tag, n = modality_family(modality, ""), str(modality), int(counts[k])
+        else:  # untagged: a picture by its suffix (the only cases looked at one by one)
+            family, tag = RASTER, RASTER
+            n = sum(1 for i in np.flatnonzero(codes == k) if modality_family(None, cases[i].path) == RASTER)
+        if n and family != wanted:
+            misfits[family] += n
+            tags[tag] += n
     if not misfits:
         return None
-    tags = Counter(str(c.modality or RASTER) for c in cases if modality_family(c.modality, c.path) in misfits)
     listed = ", ".join(f"{t}: {n}" for t, n in tags.most_common())
     fix = SUGGEST[misfits.most_common(1)[0][0]]
     return (f"{source}: intensity preset {preset} is made for {wanted} images, but {sum(misfits.values())} of "

@@ -175,11 +175,24 @@ class StringColumn:
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
+    def _views(self) -> tuple[memoryview, memoryview]:
+        if not hasattr(self, "_offs"):  # memoryviews give Python ints and slices fast per element, and copy nothing
+            self._text, self._offs = memoryview(self.blob), memoryview(np.ascontiguousarray(self.offsets))
+        return self._text, self._offs
+
     def __getitem__(self, i: int) -> str | None:
-        if not hasattr(self, "_bytes"):  # Python bytes and ints slice ~20x faster than NumPy per element
-            self._bytes, self._offs = self.blob.tobytes(), self.offsets.tolist()
-        text = self._bytes[self._offs[i]: self._offs[i + 1]].decode()
-        return None if text == NULL else text
+        text, offs = self._views()
+        value = str(text[offs[i]: offs[i + 1]], "utf-8")
+        return None if value == NULL else value
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"blob": self.blob, "offsets": self.offsets}  # memoryviews do not pickle (spawned workers)
+
+    def take(self, rows: np.ndarray) -> list[str | None]:
+        """The values at ``rows`` (int array), decoded in one pass."""
+        text = self._views()[0]
+        values = [str(text[a:b], "utf-8") for a, b in zip(self.offsets[rows].tolist(), self.offsets[rows + 1].tolist())]
+        return [None if v == NULL else v for v in values]
 
     def tolist(self) -> list[str | None]:
         """Every value, decoded in one pass (ASCII text, the usual case, is decoded once and sliced)."""

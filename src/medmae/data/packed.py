@@ -1,21 +1,23 @@
 """Reading a pack: a source layout like any other, whose cases come preprocessed (no raw file is opened).
 
 Opening a pack reads ``medmae-pack.json`` and ``index.npz`` and checks each shard's size: O(shards), whatever
-the number of cases. A case's arrays are :class:`PackedArray` objects (like the cache's ``CachedArray``): held
-by position, decoded per access, a crop decompressing only the blocks it touches. A config whose preprocessing
+the number of cases. Its cases (:class:`PackCases`) and prepared cases (:class:`PackedPrepared`) are lazy lists
+over the index's columns, so a pool holds its row numbers, not Python objects per case. A case's arrays are
+:class:`PackedArray` objects (like the cache's ``CachedArray``): held by position, decoded per access, a crop
+decompressing only the blocks it touches. A config whose preprocessing
 differs from the pack's is refused with the config key that differs.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from medmae.data.cases import Case, DatasetSpec
+from medmae.data.cases import Case, Chain, DatasetSpec, LazyCases
 from medmae.data.dataset import Prepared
 from medmae.data.pack_codec import decode
 from medmae.data.pack_merge import read_manifest
@@ -25,6 +27,7 @@ from medmae.data.preprocess import Preprocessing
 from medmae.errors import ContractError, SourceError
 
 PACK_KIND = "pack"
+CHUNK = 65536  # cases decoded at a time by a pass over a lazy case list
 CONTRACT_KEYS = {"spatial_dims": "model.spatial_dims", "in_channels": "model.in_channels",
                  "intensity": "data.intensity", "spacing": "data.spacing", "orientation": "data.orientation",
                  "resize": "data.resize", "slice_axis": "data.slice_axis", "label_map": "data.label_map"}
@@ -64,22 +67,97 @@ class Pack:
 
     def case(self, i: int) -> Case:
         """Case ``i`` as its source listed it (raw paths kept for messages and records, never opened)."""
-        ix = self.index
-        return Case(ix["case_id"][i], tuple(ix["image"][i].split("\n")), ix["subject_id"][i], ix["label"][i],
-                    ix["mask"][i], ix["split"][i], ix["modality"][i], ix["source"][i],
-                    tuple(tuple(a) for a in json.loads(ix["attributes"][i] or "[]")))
+        return PackCases(self, np.array([i], np.int64)).case(0)
+
+    def cases(self) -> PackCases:
+        """Every case, as a lazy list (a :class:`Case` is built from its index row on access)."""
+        return PackCases(self, np.arange(len(self), dtype=np.int64))
 
 
-    def cases(self) -> list[Case]:
-        """Every case, built in one pass over the index columns; a value repeated over cases (split, modality,
-        source, label, attributes) is one shared object, not one string per case."""
-        ix = self.index
-        cols = {k: ix[k].tolist() for k in ("case_id", "image", "subject_id")}
-        shared = {k: _shared(ix[k].tolist()) for k in ("label", "mask", "split", "modality", "source")}
-        attrs = _shared(ix["attributes"].tolist(),
-                        lambda a: tuple(tuple(x) for x in json.loads(a)) if a and a != "[]" else ())
-        return [Case(cid, tuple(img.split("\n")), cid if sub == cid else sub, lab, msk, spl, mod, src, att)
-                for cid, img, sub, lab, msk, spl, mod, src, att in zip(*cols.values(), *shared.values(), attrs)]
+class PackCases(LazyCases):
+    """A pack's cases (or a selection, in its order) built on access from the index columns: a pool of millions
+    holds its row numbers (8 bytes a case) and a few tags, not a Python object per case. Raw paths are kept for
+    messages and records, never opened."""
+
+    def __init__(self, pack: Pack, rows: np.ndarray, tags: tuple[str | None, str | None, str | None] = (None,) * 3):
+        self.pack, self.rows = pack, np.asarray(rows, dtype=np.int64)
+        self.tags = tags  # (modality that overrides the case's, modality when the case has none, source)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def case(self, i: int) -> Case:
+        r = int(self.rows[i])
+        ix = self.pack.index
+        over, default, source = self.tags
+        return Case(ix["case_id"][r], tuple(ix["image"][r].split("\n")), ix["subject_id"][r], ix["label"][r],
+                    ix["mask"][r], ix["split"][r], over or ix["modality"][r] or default, source or ix["source"][r],
+                    _attributes(ix["attributes"][r]))
+
+    def take(self, positions: np.ndarray) -> PackCases:
+        return PackCases(self.pack, self.rows[np.asarray(positions, dtype=np.int64)], self.tags)
+
+    def tagged(self, *, modality: str | None = None, default_modality: str | None = None,
+               source: str | None = None) -> PackCases:
+        over, default, src = self.tags
+        return PackCases(self.pack, self.rows, (modality or over, default or default_modality, source or src))
+
+    def column(self, name: str, rows: np.ndarray) -> list[Any]:
+        """Field ``name`` of the cases at index ``rows``, as :class:`Case` would give it."""
+        if name == "path":
+            return [v.partition("\n")[0] for v in self.pack.index["image"].take(rows)]
+        values = self.pack.index[name].take(rows)
+        over, default, source = self.tags
+        if name == "modality" and (over or default):
+            return [over or v or default for v in values]
+        if name == "source" and source:
+            return [source] * len(values)
+        if name == "image":
+            return [tuple(v.split("\n")) for v in values]
+        if name == "attributes":
+            memo: dict[str, Any] = {}
+            return [memo[v] if v in memo else memo.setdefault(v, _attributes(v)) for v in values]
+        return values
+
+    def distinct(self, names: tuple[str, ...]) -> tuple[list[Any], np.ndarray]:
+        memo: dict[Any, int] = {}
+        codes = np.empty(len(self.rows), np.int64)
+        for lo in range(0, len(self.rows), CHUNK):
+            rows = self.rows[lo: lo + CHUNK]
+            cols = [self.column(n, rows) for n in names]
+            keys = cols[0] if len(cols) == 1 else zip(*cols)
+            codes[lo: lo + len(rows)] = [memo.setdefault(k, len(memo)) for k in keys]
+        return list(memo), codes
+
+    def values(self, name: str) -> Iterator[Any]:
+        """Field ``name`` of every case in order, decoded a chunk at a time."""
+        for lo in range(0, len(self.rows), CHUNK):
+            yield from self.column(name, self.rows[lo: lo + CHUNK])
+
+
+def _attributes(text: str | None) -> tuple[tuple[str, str], ...]:
+    return tuple(tuple(a) for a in json.loads(text)) if text and text != "[]" else ()
+
+
+class PackedPrepared(Sequence[Prepared]):
+    """The prepared cases of a pack (a selection, in its order), each built on access: nothing is decoded and
+    nothing per case is held but the row number."""
+
+    def __init__(self, pack: Pack, cases: Sequence[Case], rows: np.ndarray, with_masks: bool):
+        self.pack, self.cases, self.rows, self.with_masks = pack, cases, np.asarray(rows, dtype=np.int64), with_masks
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self[k] for k in range(len(self))[i]]
+        case, r, ix = self.cases[i], int(self.rows[i]), self.pack.index
+        shape = ix.shape(r)
+        mask = PackedArray(self.pack, r, mask=True, shape=shape) if self.with_masks and ix["mask_values"][r] else None
+        sha = ix["sha256"][r]
+        digests = tuple(sha.split(","))[: len(case.image)] if len(case.image) > 1 else (sha.partition(",")[0],)
+        return Prepared(case, PackedArray(self.pack, r, shape=shape), mask, ix.spacing(r), digests=digests)
 
 
 class PackedArray:
@@ -150,43 +228,85 @@ def check_contract(pack: Pack, prep: Preprocessing) -> None:
                                 f"{key}={want.get(field_name)!r}; pack again with this config or set {key} to match")
 
 
-def packed_cases(spec: DatasetSpec, prep: Preprocessing, *, with_masks: bool = False) -> list[Prepared]:
+def packed_cases(spec: DatasetSpec, prep: Preprocessing, *, with_masks: bool = False) -> PackedPrepared:
     """The prepared cases of a pack's ``spec`` (a selection of its cases, in its order): nothing is decoded."""
     pack = open_pack(spec.root)
     check_contract(pack, prep)
     if with_masks and not pack.manifest["with_masks"]:
         raise ContractError(f"{pack.root} was packed without masks; pack it again with --masks for segmentation")
-    rows = _rows(pack, spec.cases)
-    shapes, spacings = _shared(pack.index.shapes()), _shared(pack.index.spacings())
-    sha, masks = pack.index["sha256"].tolist(), pack.index["mask_values"].tolist() if with_masks else None
-    out = []
-    for case, i in zip(spec.cases, rows):
-        mask = PackedArray(pack, i, mask=True, shape=shapes[i]) if masks and masks[i] else None
-        digests = tuple(sha[i].split(","))[: len(case.image)] if len(case.image) > 1 else (sha[i].partition(",")[0],)
-        out.append(Prepared(case, PackedArray(pack, i, shape=shapes[i]), mask, spacings[i], digests=digests))
-    return out
+    cases = spec.cases
+    rows = cases.rows if isinstance(cases, PackCases) and cases.pack is pack else _rows(pack, cases)
+    return PackedPrepared(pack, cases, rows, with_masks)
 
 
-def _shared(values: list[Any], convert: Any = None) -> list[Any]:
-    """``values`` (converted) with equal values as one object: a pool of millions of cases holds a few distinct
-    shapes, spacings, splits or modalities, not one copy per case."""
-    memo: dict[Any, Any] = {}
-    if convert is None:
-        return [memo.setdefault(v, v) for v in values]
-    return [memo[v] if v in memo else memo.setdefault(v, convert(v)) for v in values]
+def case_list(prepared: Sequence[Prepared]) -> Sequence[Case]:
+    """The cases of prepared cases, lazy where they are (a pack's, a chain of packs')."""
+    if isinstance(prepared, PackedPrepared):
+        return prepared.cases
+    if isinstance(prepared, Chain):
+        return Chain([case_list(p) for p in prepared.parts])
+    return [p.case for p in prepared]
 
 
-def shard_groups(prepared: Sequence[Prepared]) -> list[int] | None:
+def field_values(cases: Sequence[Case], name: str) -> Sequence[Any]:
+    """Field ``name`` of every case: a lazy view for a pack's cases (indexable, iterated a chunk at a time)."""
+    if isinstance(cases, PackCases):
+        return FieldView(cases, name)
+    if isinstance(cases, Chain):
+        return Chain([field_values(p, name) for p in cases.parts])
+    return [getattr(c, name) for c in cases]
+
+
+class FieldView(Sequence[Any]):
+    """One field of a pack's cases (e.g. the case ids a checkpoint's data digest hashes), read on access."""
+
+    def __init__(self, cases: PackCases, name: str):
+        self.cases, self.name = cases, name
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return self.cases.column(self.name, self.cases.rows[i])
+        return getattr(self.cases[i], self.name)
+
+    def __iter__(self) -> Iterator[Any]:
+        return self.cases.values(self.name)
+
+
+def shard_groups(prepared: Sequence[Prepared]) -> np.ndarray | None:
     """The shard of each case (numbered over the packs) when every case is packed and they span more shards than a
     reader keeps open, so that the training order can read few shards per batch; None otherwise (a global
     permutation then costs no shard re-opening, and keeps a small pack's order equal to the cache's)."""
-    keys = []
+    parts = _shards(prepared)
+    if parts is None:
+        return None
+    unique = [(root, *np.unique(shards, return_inverse=True)) for root, shards in parts]
+    pairs = sorted({(root, int(s)) for root, values, _ in unique for s in values})
+    if len(pairs) <= OPEN_SHARDS:
+        return None
+    ids = {pair: n for n, pair in enumerate(pairs)}
+    return np.concatenate([np.array([ids[root, int(s)] for s in values], np.int64)[inverse]
+                           for root, values, inverse in unique])
+
+
+def _shards(prepared: Sequence[Prepared]) -> list[tuple[str, np.ndarray]] | None:
+    """(pack root, shard of each case) per run of cases, or None when a case is not packed."""
+    if isinstance(prepared, PackedPrepared):
+        return [(str(prepared.pack.root), prepared.pack.index["shard"][prepared.rows])]
+    if isinstance(prepared, Chain):
+        parts = [_shards(p) for p in prepared.parts]
+        return None if any(p is None for p in parts) else [x for p in parts for x in p]  # type: ignore[union-attr]
+    runs: list[tuple[str, list[int]]] = []  # a list of prepared cases: runs of cases of one pack
     for p in prepared:
         if not isinstance(p.image, PackedArray):
             return None
-        keys.append((str(p.image.pack.root), int(p.image.pack.index["shard"][p.image.i])))
-    ids = {k: n for n, k in enumerate(sorted(set(keys)))}
-    return [ids[k] for k in keys] if len(ids) > OPEN_SHARDS else None
+        root = str(p.image.pack.root)
+        if not runs or runs[-1][0] != root:
+            runs.append((root, []))
+        runs[-1][1].append(int(p.image.pack.index["shard"][p.image.i]))
+    return [(root, np.asarray(shards, np.int64)) for root, shards in runs]
 
 
 def _rows(pack: Pack, cases: Sequence[Case]) -> list[int]:

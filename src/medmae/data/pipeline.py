@@ -8,7 +8,7 @@ import json
 import logging
 import os
 import shutil
-from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -17,11 +17,11 @@ import numpy as np
 
 from medmae.config import DataConfig, ModelConfig, SyntheticConfig
 from medmae.data.cache import ArrayCache, default_cache_dir
-from medmae.data.cases import DatasetSpec
+from medmae.data.cases import Case, Chain, DatasetSpec, distinct, tag_cases
 from medmae.data.dataset import Prepared, prepare_cases
 from medmae.data.modality_fit import intensity_misfit
 from medmae.data.pack_names import is_pack
-from medmae.data.packed import PACK_KIND, packed_cases, shard_groups
+from medmae.data.packed import PACK_KIND, case_list, packed_cases, shard_groups
 from medmae.data.preprocess import Preprocessing
 from medmae.data.series_filter import SeriesFilter, select_series
 from medmae.data.sources import load_source
@@ -80,8 +80,7 @@ def resolve_parts(data_cfg: DataConfig, model_cfg: ModelConfig) -> list[PoolPart
     A source whose cases' modality does not fit its intensity preset gets one warning line."""
     if not data_cfg.sources:
         spec = resolve_spec(data_cfg).select(data_cfg.splits)
-        spec = replace(spec, cases=[c if c.modality or not spec.modality else replace(c, modality=spec.modality)
-                                    for c in spec.cases])
+        spec = replace(spec, cases=tag_cases(spec.cases, default_modality=spec.modality))
         parts = [PoolPart(data_cfg.path or f"synthetic:{data_cfg.synthetic.kind}", spec,
                           Preprocessing.from_config(data_cfg, model_cfg))]
         keys = ["data.intensity.name"]
@@ -90,7 +89,7 @@ def resolve_parts(data_cfg: DataConfig, model_cfg: ModelConfig) -> list[PoolPart
         for i, entry in enumerate(data_cfg.sources):
             spec = select_series(load_source(entry.path), SeriesFilter.from_config(data_cfg), entry.path)
             spec = spec.select(entry.splits or data_cfg.splits)
-            cases = [replace(c, modality=entry.modality or c.modality or spec.modality, source=entry.path) for c in spec.cases]
+            cases = tag_cases(spec.cases, modality=entry.modality, default_modality=spec.modality, source=entry.path)
             parts.append(PoolPart(entry.path, replace(spec, cases=cases),
                                   Preprocessing.from_config(data_cfg, model_cfg, entry.intensity), entry.weight))
             keys.append(f"data.sources[{i}].intensity.name" if entry.intensity else "data.intensity.name")
@@ -102,7 +101,7 @@ def resolve_parts(data_cfg: DataConfig, model_cfg: ModelConfig) -> list[PoolPart
 
 
 def prepare(spec: DatasetSpec, prep: Preprocessing, data_cfg: DataConfig, *, with_masks: bool = False,
-            show_progress: bool = True, skipped: list[dict[str, str]] | None = None) -> list[Prepared]:
+            show_progress: bool = True, skipped: list[dict[str, str]] | None = None) -> Sequence[Prepared]:
     """Preprocess (or load from the cache) every case of ``spec``; a pack's cases come as they were packed."""
     if spec.kind == PACK_KIND or is_pack(spec.root):  # fine-tuning re-wraps a selection of the cases
         return packed_cases(spec, prep, with_masks=with_masks)
@@ -118,51 +117,67 @@ def prepare(spec: DatasetSpec, prep: Preprocessing, data_cfg: DataConfig, *, wit
 
 @dataclass
 class PreparedPool:
-    prepared: list[Prepared]
-    weights: list[float] | None
+    prepared: Sequence[Prepared]  # a list, or lazy (a pack's PackedPrepared, a Chain of parts)
+    weights: np.ndarray | None
     skipped: list[dict[str, str]]
     composition: dict[str, Any]
-    groups: list[int] | None = None  # shard of each case, for the grouped order of a large pack (packed.shard_groups)
+    groups: np.ndarray | None = None  # shard of each case, for the grouped order of a large pack (packed.shard_groups)
 
 
 def prepare_pool(parts: list[PoolPart], data_cfg: DataConfig, *, with_masks: bool = False, show_progress: bool = True) -> PreparedPool:
-    """Prepare every part, apply ``data.on_bad_case`` and compute per-case sampling weights (``data.sampling``)."""
+    """Prepare every part, apply ``data.on_bad_case`` and compute per-case sampling weights (``data.sampling``).
+
+    Packed parts stay lazy (chained, not copied into one list): the pool holds O(1) objects per pack."""
     skipped: list[dict[str, str]] | None = [] if data_cfg.on_bad_case == "skip" else None
-    prepared: list[Prepared] = []
+    got_parts: list[Sequence[Prepared]] = []
     per_part: list[tuple[PoolPart, int]] = []
     total = 0
     for part in parts:
         got = prepare(part.spec, part.prep, data_cfg, with_masks=with_masks, show_progress=show_progress, skipped=skipped)
-        prepared += got
+        got_parts.append(got)
         per_part.append((part, len(got)))
         total += len(part.spec.cases)
+    prepared: Sequence[Prepared] = (got_parts[0] if len(got_parts) == 1 else
+                                    [p for got in got_parts for p in got] if all(isinstance(g, list) for g in got_parts)
+                                    else Chain(got_parts))
     bad = skipped or []
     if bad and len(bad) > data_cfg.max_bad_fraction * total:
         raise CaseError(f"{len(bad)} of {total} cases could not be read (more than data.max_bad_fraction="
                         f"{data_cfg.max_bad_fraction}); first: {bad[0]['error']}")
-    if not prepared:
+    if not len(prepared):
         raise ConfigError("no usable cases in the training data")
-    weights = sampling_weights(prepared, per_part, data_cfg)
-    modalities = Counter(p.case.modality or "unknown" for p in prepared)
-    composition = {"sources": {part.name: n for part, n in per_part}, "modalities": dict(modalities),
+    names, codes = modality_codes(case_list(prepared))
+    weights = sampling_weights(names, codes, per_part, data_cfg)
+    counts = np.bincount(codes, minlength=len(names))
+    composition = {"sources": {part.name: n for part, n in per_part},
+                   "modalities": {m: int(counts[k]) for k, m in enumerate(names)},
                    "sampling": data_cfg.sampling, "skipped": len(bad)}
     return PreparedPool(prepared, weights, bad, composition, shard_groups(prepared))
 
 
-def sampling_weights(prepared: list[Prepared], per_part: list[tuple[PoolPart, int]], data_cfg: DataConfig) -> list[float] | None:
-    """Per-case weights so that each source (``source``) or modality (``modality``) gets its weight's share
-    of the draws whatever its size; ``uniform`` samples every case equally (None)."""
+def modality_codes(cases: Sequence[Case]) -> tuple[list[str], np.ndarray]:
+    """The modalities of ``cases`` (untagged: ``unknown``) in first-seen order, and each case's code into them."""
+    values, codes = distinct(cases, "modality")
+    names = list(dict.fromkeys(v or "unknown" for v in values))
+    remap = np.array([names.index(v or "unknown") for v in values], np.int64)
+    return names, remap[codes] if len(codes) else codes
+
+
+def sampling_weights(modalities: list[str], codes: np.ndarray, per_part: list[tuple[PoolPart, int]],
+                     data_cfg: DataConfig) -> np.ndarray | None:
+    """Per-case weights so that each source (``source``) or modality (``modality``; ``codes`` into
+    ``modalities``) gets its weight's share of the draws whatever its size; ``uniform`` samples every case
+    equally (None)."""
     if data_cfg.sampling == "uniform":
         return None
     if data_cfg.sampling == "source":
-        out: list[float] = []
-        for part, n in per_part:
-            out += [part.weight / max(n, 1)] * n
-        return out
-    counts = Counter(p.case.modality or "unknown" for p in prepared)
+        return np.concatenate([np.full(n, part.weight / max(n, 1)) for part, n in per_part])
+    counts = np.bincount(codes, minlength=len(modalities))
     mw = data_cfg.modality_weights or {}
-    unknown = sorted(set(mw) - set(counts))
+    unknown = sorted(set(mw) - set(modalities))
     if unknown:
-        raise ConfigError(f"data.modality_weights names modalities not in the pool: {unknown} (pool has {sorted(counts)})")
-    w = [mw.get(p.case.modality or "unknown", 1.0) / counts[p.case.modality or "unknown"] for p in prepared]
-    return list(np.asarray(w) / np.sum(w) * len(w))
+        raise ConfigError(f"data.modality_weights names modalities not in the pool: {unknown} "
+                          f"(pool has {sorted(modalities)})")
+    per_modality = np.array([mw.get(m, 1.0) / counts[k] for k, m in enumerate(modalities)])
+    w = per_modality[codes]
+    return w / np.sum(w) * len(w)

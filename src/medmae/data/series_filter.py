@@ -18,8 +18,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
+
 from medmae.config import DataConfig
 from medmae.config.filters import DEFAULT_EXCLUDE, FILTER_KEYWORDS, with_default_exclude
+from medmae.data.cases import LazyCases, distinct
 from medmae.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -65,22 +68,25 @@ def series_attributes(ds: Any) -> tuple[tuple[str, str], ...]:
 
 def case_attributes(case: Any) -> dict[str, str]:
     """A case's DICOM attributes, with its modality tag as ``Modality`` when the header gave none."""
-    attributes = dict(case.attributes)
-    if "Modality" not in attributes and case.modality:
-        attributes["Modality"] = str(case.modality)
-    return attributes
+    return attributes_with_modality(case.attributes, case.modality)
 
 
-def split_cases(cases: Sequence[Any], series_filter: SeriesFilter) -> tuple[list[Any], list[tuple[Any, str]]]:
-    """(kept cases, [(dropped case, reason)])."""
-    kept, dropped = [], []
-    for case in cases:
-        reason = series_filter.reason_to_drop(case_attributes(case))
-        if reason is None:
-            kept.append(case)
-        else:
-            dropped.append((case, reason))
-    return kept, dropped
+def attributes_with_modality(attributes: Sequence[tuple[str, str]], modality: str | None) -> dict[str, str]:
+    out = dict(attributes)
+    if "Modality" not in out and modality:
+        out["Modality"] = str(modality)
+    return out
+
+
+def split_cases(cases: Sequence[Any], series_filter: SeriesFilter) -> tuple[Sequence[Any], list[tuple[Any, str]]]:
+    """(kept cases, [(dropped case, reason)]); each distinct (attributes, modality) is judged once, and a lazy
+    case list stays lazy."""
+    values, codes = distinct(cases, "attributes", "modality")
+    reasons = [series_filter.reason_to_drop(attributes_with_modality(a, m)) for a, m in values]
+    drop = np.isin(codes, [k for k, r in enumerate(reasons) if r is not None])
+    keep = np.flatnonzero(~drop)
+    kept = cases.take(keep) if isinstance(cases, LazyCases) else [cases[i] for i in keep]
+    return kept, [(cases[i], reasons[codes[i]]) for i in np.flatnonzero(drop)]
 
 
 def describe_dropped(source: str, dropped: Sequence[tuple[Any, str]], total: int) -> str:

@@ -10,15 +10,24 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable
+from itertools import islice
 from typing import Any
 
 log = logging.getLogger(__name__)
 
 
-def digest(values: Sequence[Any] | None) -> str | None:
-    """sha256 of a list (case ids, sampling weights) as JSON; None for None."""
-    return None if values is None else hashlib.sha256(json.dumps([str(v) for v in values]).encode()).hexdigest()
+def digest(values: Iterable[Any] | None, chunk: int = 65536) -> str | None:
+    """sha256 of a list (case ids, sampling weights) as a JSON list of strings; None for None. Hashed a chunk at
+    a time (the same bytes as one ``json.dumps``), so a pool of millions is never one string in memory."""
+    if values is None:
+        return None
+    h, items, sep = hashlib.sha256(b"["), iter(values), b""
+    while part := [str(v) for v in islice(items, chunk)]:
+        h.update(sep + json.dumps(part)[1:-1].encode())
+        sep = b", "
+    h.update(b"]")
+    return h.hexdigest()
 
 
 def loader_state(step: int, steps_per_epoch: int, global_batch: int, seed: int, cases: str | None,

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from medmae.config import ConfigError, PretrainConfig, dump_yaml, load_config, set_data_path
 from medmae.data.cache import ArrayCache
 from medmae.data.augment import make_augment
+from medmae.data.cases import distinct
 from medmae.data.dataset import CaseDataset, Prepared
 from medmae.data.labels import class_targets
+from medmae.data.packed import case_list, field_values
 from medmae.data.pipeline import PoolPart, PreparedPool, prepare_pool, resolve_parts
 from medmae.engine.distributed import check_batch, DistInfo, barrier, init_distributed
 from medmae.engine.loop import FitResult, Trainer
@@ -141,7 +145,7 @@ def _pretrain_locked(cfg: PretrainConfig, model: nn.Module, run_dir: Path, dist:
         hooks=[figures, *knn_probe(pool, parts, cfg, run_dir, view_set)],
         checkpoint_metadata={"stage": "pretrain", "arch": cfg.model.arch,
                              **({"plan_sha256": plan.sha256} if plan else {})},
-        case_ids=[p.case.case_id for p in prepared],
+        case_ids=field_values(case_list(prepared), "case_id"),  # lazy for a pack
         num_workers=cfg.data.num_workers,
         sample_weights=pool.weights,
         sample_groups=pool.groups,
@@ -167,7 +171,8 @@ def knn_probe(pool: PreparedPool, parts: list[PoolPart], cfg: PretrainConfig, ru
     if not cfg.monitor.every:
         return []
     spec = parts[0].spec
-    labelled = [i for i, p in enumerate(pool.prepared) if p.case.label is not None]
+    values, codes = distinct(case_list(pool.prepared), "label")
+    labelled = np.flatnonzero(np.isin(codes, [k for k, v in enumerate(values) if v is not None])).tolist()
     if not spec.classes or len(labelled) < 4:
         log.warning("monitor.every is set but the pretraining data has no class labels: no k-NN probe")
         return []
@@ -185,9 +190,16 @@ def record_data(run_dir: Path, pool: PreparedPool, cfg: PretrainConfig) -> None:
     """What the MAE saw: case ids with content hashes (the leakage guard of later evaluations), the pool's
     composition, and the cases skipped by ``data.on_bad_case=skip`` (``bad_cases.jsonl``)."""
     cache = ArrayCache(cfg.data.cache_dir)
-    cases = [{"case_id": p.case.case_id, "sha256": list(p.digests or [cache.file_digest(f) for f in p.case.image]),
-              "source": p.case.source, "modality": p.case.modality} for p in pool.prepared]
-    (run_dir / PRETRAIN_CASES).write_text(json.dumps({"composition": pool.composition, "cases": cases}))
+    path = run_dir / PRETRAIN_CASES
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    with tmp.open("w") as f:  # written case by case: a pool of millions is never one string in memory
+        f.write(f'{{"composition": {json.dumps(pool.composition)}, "cases": [')
+        for k, p in enumerate(pool.prepared):
+            digests = list(p.digests or [cache.file_digest(file) for file in p.case.image])
+            f.write((", " if k else "") + json.dumps({"case_id": p.case.case_id, "sha256": digests,
+                                                      "source": p.case.source, "modality": p.case.modality}))
+        f.write("]}")
+    os.replace(tmp, path)
     if pool.skipped:
         write_bad_cases(run_dir, pool.skipped)
 
