@@ -112,6 +112,10 @@ def test_a_packs_cases_are_lazy_lists_over_the_index_with_the_raw_sources_values
     lazy_ids = field_values(case_list(prepared), "case_id")
     assert list(lazy_ids) == ids and lazy_ids[3] == ids[3] and lazy_ids[2:4] == ids[2:4]
     assert digest(lazy_ids, chunk=5) == digest(ids), "a checkpoint's data digest is the same, lazy or not"
+    for some in (prepared, packed_cases(replace(spec, cases=list(spec.cases)[3:8]), PREP_2D)):  # lazy, a list
+        assert [r for chunk in some.records() for r in chunk] == [
+            {"case_id": p.case.case_id, "sha256": list(p.digests), "source": p.case.source,
+             "modality": p.case.modality} for p in some], "pretrain_cases.json's records from the index columns"
 
 
 def test_3d_pack_round_trip_with_masks_and_crops_decoded_alone(tmp_path):

@@ -155,9 +155,25 @@ class PackedPrepared(Sequence[Prepared]):
         case, r, ix = self.cases[i], int(self.rows[i]), self.pack.index
         shape = ix.shape(r)
         mask = PackedArray(self.pack, r, mask=True, shape=shape) if self.with_masks and ix["mask_values"][r] else None
-        sha = ix["sha256"][r]
-        digests = tuple(sha.split(","))[: len(case.image)] if len(case.image) > 1 else (sha.partition(",")[0],)
+        digests = tuple(ix["sha256"][r].split(",")[: len(case.image)])  # the raw image files' (a mask's follows)
         return Prepared(case, PackedArray(self.pack, r, shape=shape), mask, ix.spacing(r), digests=digests)
+
+    def records(self) -> Iterator[list[dict[str, Any]]]:
+        """What ``pretrain_cases.json`` lists of each case (id, raw files' sha256, source, modality), a chunk of
+        cases at a time, read from the index columns (no :class:`Prepared` built)."""
+        cases = self.cases if isinstance(self.cases, PackCases) else None
+        for lo in range(0, len(self.rows), CHUNK):
+            rows = self.rows[lo: lo + CHUNK]
+            if cases is None:
+                chunk = [self.cases[i] for i in range(lo, lo + len(rows))]
+                ids, sources, modalities, images = ([getattr(c, n) for c in chunk] for n in
+                                                    ("case_id", "source", "modality", "image"))
+            else:
+                ids, sources, modalities, images = (cases.column(n, cases.rows[lo: lo + CHUNK]) for n in
+                                                    ("case_id", "source", "modality", "image"))
+            yield [{"case_id": i, "sha256": sha.split(",")[: len(img)], "source": src, "modality": mod}
+                   for i, sha, src, mod, img in zip(ids, self.pack.index["sha256"].take(rows), sources, modalities,
+                                                    images)]
 
 
 class PackedArray:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +16,10 @@ from torch import nn
 from medmae.config import ConfigError, PretrainConfig, dump_yaml, load_config, set_data_path
 from medmae.data.cache import ArrayCache
 from medmae.data.augment import make_augment
-from medmae.data.cases import distinct
+from medmae.data.cases import Chain, distinct
 from medmae.data.dataset import CaseDataset, Prepared
 from medmae.data.labels import class_targets
-from medmae.data.packed import case_list, field_values
+from medmae.data.packed import PackedPrepared, case_list, field_values
 from medmae.data.pipeline import PoolPart, PreparedPool, prepare_pool, resolve_parts
 from medmae.engine.distributed import check_batch, DistInfo, barrier, init_distributed
 from medmae.engine.loop import FitResult, Trainer
@@ -189,19 +189,28 @@ def knn_probe(pool: PreparedPool, parts: list[PoolPart], cfg: PretrainConfig, ru
 def record_data(run_dir: Path, pool: PreparedPool, cfg: PretrainConfig) -> None:
     """What the MAE saw: case ids with content hashes (the leakage guard of later evaluations), the pool's
     composition, and the cases skipped by ``data.on_bad_case=skip`` (``bad_cases.jsonl``)."""
-    cache = ArrayCache(cfg.data.cache_dir)
     path = run_dir / PRETRAIN_CASES
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with tmp.open("w") as f:  # written case by case: a pool of millions is never one string in memory
+    with tmp.open("w") as f:  # written a chunk at a time: a pool of millions is never one string in memory
         f.write(f'{{"composition": {json.dumps(pool.composition)}, "cases": [')
-        for k, p in enumerate(pool.prepared):
-            digests = list(p.digests or [cache.file_digest(file) for file in p.case.image])
-            f.write((", " if k else "") + json.dumps({"case_id": p.case.case_id, "sha256": digests,
-                                                      "source": p.case.source, "modality": p.case.modality}))
+        for k, chunk in enumerate(c for c in case_records(pool.prepared, ArrayCache(cfg.data.cache_dir)) if c):
+            f.write((", " if k else "") + json.dumps(chunk)[1:-1])
         f.write("]}")
     os.replace(tmp, path)
     if pool.skipped:
         write_bad_cases(run_dir, pool.skipped)
+
+
+def case_records(prepared: Sequence[Prepared], cache: ArrayCache) -> Iterator[list[dict[str, Any]]]:
+    """``pretrain_cases.json``'s record of each case, in chunks (a pack's read from its index columns)."""
+    if isinstance(prepared, PackedPrepared):
+        yield from prepared.records()
+    elif isinstance(prepared, Chain):
+        for part in prepared.parts:
+            yield from case_records(part, cache)
+    else:
+        yield [{"case_id": p.case.case_id, "sha256": list(p.digests or [cache.file_digest(f) for f in p.case.image]),
+                "source": p.case.source, "modality": p.case.modality} for p in prepared]
 
 
 def write_summary(run_dir: Path, result: FitResult, view_set: CaseDataset, model: nn.Module, shown: Sequence[int],
