@@ -159,7 +159,8 @@ def loader(pack_dir: Path, workers: int, batch: int, batches: int, grouped: bool
     pids = [os.getpid(), *children]
     mem, pss = memory_mb(pids), memory_mb(pids, "smaps_rollup", "Pss")
     del it, dl
-    return {"order": "shard windows" if groups else "global permutation", "images_per_s": round(seen / wall, 1),
+    return {"order": "shard windows" if groups is not None else "global permutation",
+            "images_per_s": round(seen / wall, 1),
             "images": seen, "rss_mb_main_plus_workers": round(mem, 1), "pss_mb_main_plus_workers": round(pss, 1),
             "item_cpu_ms": round(item_cpu_ms, 3), "cpu_bound_images_per_s_on_workers": round(workers * 1e3 / item_cpu_ms)}
 

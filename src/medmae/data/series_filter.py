@@ -66,12 +66,8 @@ def series_attributes(ds: Any) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
-def case_attributes(case: Any) -> dict[str, str]:
-    """A case's DICOM attributes, with its modality tag as ``Modality`` when the header gave none."""
-    return attributes_with_modality(case.attributes, case.modality)
-
-
 def attributes_with_modality(attributes: Sequence[tuple[str, str]], modality: str | None) -> dict[str, str]:
+    """A case's DICOM attributes, with its modality tag as ``Modality`` when the header gave none."""
     out = dict(attributes)
     if "Modality" not in out and modality:
         out["Modality"] = str(modality)
