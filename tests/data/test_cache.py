@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medmae.data.cache import ArrayCache, CachedArray, mapped
+from medmae.data.cache import ArrayCache, CachedArray, atomic_write_chunks, mapped
 
 from helpers import TINY_MODEL, pretrain_args, subprocess_env
 
@@ -88,3 +89,15 @@ def test_pretraining_on_300_images_works_under_an_open_file_limit_of_256(tmp_pat
     assert "Too many open files" not in out
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert any(r.get("step") == 2 for r in rows)
+
+
+def test_a_file_written_in_chunks_is_whole_or_absent_also_on_a_full_disk(tmp_path):
+    def chunks():
+        yield b'{"cases": ['
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        atomic_write_chunks(tmp_path / "pretrain_cases.json", chunks())
+    assert list(tmp_path.iterdir()) == [], "no partial file and no temporary left behind"
+    atomic_write_chunks(tmp_path / "pretrain_cases.json", iter([b"[1, ", b"2]"]))
+    assert json.loads((tmp_path / "pretrain_cases.json").read_text()) == [1, 2]

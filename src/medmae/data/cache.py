@@ -40,11 +40,18 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    atomic_write_chunks(path, [data])
+
+
+def atomic_write_chunks(path: Path, chunks: Iterable[bytes]) -> None:
+    """``chunks`` written to a temporary name in the same folder, flushed and renamed into place: the file is whole
+    or absent (a full disk leaves nothing behind), and the chunks are never joined in memory."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".tmp-")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            for chunk in chunks:
+                f.write(chunk)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

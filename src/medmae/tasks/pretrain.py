@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ import torch
 from torch import nn
 
 from medmae.config import ConfigError, PretrainConfig, dump_yaml, load_config, set_data_path
-from medmae.data.cache import ArrayCache
+from medmae.data.cache import ArrayCache, atomic_write_chunks
 from medmae.data.augment import make_augment
 from medmae.data.cases import Chain, distinct
 from medmae.data.dataset import CaseDataset, Prepared
@@ -189,14 +188,13 @@ def knn_probe(pool: PreparedPool, parts: list[PoolPart], cfg: PretrainConfig, ru
 def record_data(run_dir: Path, pool: PreparedPool, cfg: PretrainConfig) -> None:
     """What the MAE saw: case ids with content hashes (the leakage guard of later evaluations), the pool's
     composition, and the cases skipped by ``data.on_bad_case=skip`` (``bad_cases.jsonl``)."""
-    path = run_dir / PRETRAIN_CASES
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with tmp.open("w") as f:  # written a chunk at a time: a pool of millions is never one string in memory
-        f.write(f'{{"composition": {json.dumps(pool.composition)}, "cases": [')
+    def text() -> Iterator[bytes]:  # a chunk of cases at a time: a pool of millions is never one string in memory
+        yield f'{{"composition": {json.dumps(pool.composition)}, "cases": ['.encode()
         for k, chunk in enumerate(c for c in case_records(pool.prepared, ArrayCache(cfg.data.cache_dir)) if c):
-            f.write((", " if k else "") + json.dumps(chunk)[1:-1])
-        f.write("]}")
-    os.replace(tmp, path)
+            yield ((", " if k else "") + json.dumps(chunk)[1:-1]).encode()
+        yield b"]}"
+
+    atomic_write_chunks(run_dir / PRETRAIN_CASES, text())
     if pool.skipped:
         write_bad_cases(run_dir, pool.skipped)
 
