@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import bisect
 import json
+from abc import abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -50,26 +51,28 @@ class Case:
 
 class LazyCases(Sequence[Case]):
     """A case list whose :class:`Case` objects are built on access (a pack's millions of rows): what it holds is
-    O(1) Python objects whatever the number of cases. Passes over all cases go through :func:`distinct`."""
+    O(1) Python objects whatever the number of cases. Passes over all cases go through :func:`distinct`.
+    The one kind today is ``medmae.data.packed.PackCases``."""
 
-    def __len__(self) -> int:
-        raise NotImplementedError
+    @abstractmethod
+    def __len__(self) -> int: ...
 
+    @abstractmethod
     def case(self, i: int) -> Case:
-        raise NotImplementedError
+        """Case ``i`` (0 <= i < len)."""
 
+    @abstractmethod
     def take(self, positions: np.ndarray) -> LazyCases:
         """The cases at ``positions`` (int array), still lazy."""
-        raise NotImplementedError
 
+    @abstractmethod
     def tagged(self, *, modality: str | None = None, default_modality: str | None = None,
                source: str | None = None) -> LazyCases:
         """The same cases with ``modality`` (else their own, else ``default_modality``) and ``source`` set."""
-        raise NotImplementedError
 
+    @abstractmethod
     def distinct(self, names: tuple[str, ...]) -> tuple[list[Any], np.ndarray]:
         """(distinct values of the fields ``names``, int64 code of each case): see :func:`distinct`."""
-        raise NotImplementedError
 
     def __getitem__(self, i: Any) -> Any:
         if isinstance(i, slice):
