@@ -158,10 +158,12 @@ def loader(pack_dir: Path, workers: int, batch: int, batches: int, grouped: bool
     children = [int(p) for p in Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read_text().split()]
     pids = [os.getpid(), *children]
     mem, pss = memory_mb(pids), memory_mb(pids, "smaps_rollup", "Pss")
+    pss_anon = memory_mb(pids, "smaps_rollup", "Pss_Anon")  # what page cache cannot give back (not the mapped index)
     del it, dl
     return {"order": "shard windows" if groups is not None else "global permutation",
             "images_per_s": round(seen / wall, 1),
             "images": seen, "rss_mb_main_plus_workers": round(mem, 1), "pss_mb_main_plus_workers": round(pss, 1),
+            "pss_anon_mb_main_plus_workers": round(pss_anon, 1),
             "item_cpu_ms": round(item_cpu_ms, 3), "cpu_bound_images_per_s_on_workers": round(workers * 1e3 / item_cpu_ms)}
 
 
@@ -197,6 +199,8 @@ def main() -> None:
         "pack": packed, "startup": start, "loader": load, "loader_global_order": load_global, "loader_small_pool": {**load_small, "n": max(args.n // 10, args.batch * 2)},
         "memory_ratio_n_vs_n_over_10": round(load["rss_mb_main_plus_workers"] / load_small["rss_mb_main_plus_workers"], 3),
         "pss_ratio_n_vs_n_over_10": round(load["pss_mb_main_plus_workers"] / load_small["pss_mb_main_plus_workers"], 3),
+        "pss_anon_ratio_n_vs_n_over_10": round(load["pss_anon_mb_main_plus_workers"]
+                                               / load_small["pss_anon_mb_main_plus_workers"], 3),
         "targets": {"size_vs_uint8_max": 1.5, "warm_startup_s_max_at_200k": 10, "loader_images_per_s_min": 1500},
         "extrapolated_2_5M": {
             "pack_hours_at_these_workers": round(TARGET_N / packed["images_per_s"] / 3600, 2),

@@ -4,7 +4,9 @@
 Writes ``n`` tiny PNGs (16 px: the pixels do not matter here, only the per-case metadata), packs them, and in a
 fresh process per size builds the pretraining pool the way ``medmae pretrain --data PACK`` does
 (``resolve_parts`` + ``prepare_pool``), measuring with ``tracemalloc`` the bytes it allocates and keeps, per case
-(Python objects and arrays), apart from the pack's index (its columns' bytes per case, also written), and the
+(Python objects and arrays), apart from the pack's index (its columns' bytes per case, also written, and how
+much of the process's resident memory they add once every page is read: anonymous, or file-backed page cache
+the kernel can drop since the index is a memory map), and the
 start-up seconds: opening the pack, building the pool, hashing the case ids (the checkpoint's data digest) and
 writing ``pretrain_cases.json``. What forked DataLoader workers may copy is at most the held figure times the
 workers (the index's NumPy buffers are shared: no reference counts touch them).
@@ -27,6 +29,7 @@ from PIL import Image
 
 MEASURE = """
 import gc, json, sys, tempfile, time, tracemalloc
+import numpy as np
 from pathlib import Path
 from medmae.config import PretrainConfig, load_config
 from medmae.data.packed import case_list, field_values, open_pack
@@ -35,11 +38,17 @@ from medmae.engine.loader_state import digest
 from medmae.tasks.pretrain import record_data
 cfg = load_config(PretrainConfig, preset="demo-2d")
 cfg.data.path = sys.argv[1]
+def rss_kb():
+    fields = dict(line.split(":") for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    return int(fields["RssAnon"].split()[0]), int(fields["RssFile"].split()[0])
+before = rss_kb()
 t = time.perf_counter()
 pack = open_pack(sys.argv[1])  # the index: columnar arrays, measured apart
 open_s = time.perf_counter() - t
-index_bytes = sum(c.nbytes if hasattr(c, "nbytes") else c.blob.nbytes + c.offsets.nbytes
-                  for c in pack.index.columns.values())
+arrays = [a for c in pack.index.columns.values() for a in ((c,) if hasattr(c, "nbytes") else (c.blob, c.offsets))]
+index_bytes = sum(a.nbytes for a in arrays)
+touched = sum(int(a.reshape(-1).view(np.uint8)[::4096].sum()) for a in arrays)  # every page of the index read
+anon_kb, file_kb = (b - a for a, b in zip(before, rss_kb()))
 gc.collect()
 tracemalloc.start()
 t = time.perf_counter()
@@ -61,6 +70,8 @@ with tempfile.TemporaryDirectory() as tmp:
     record_s = time.perf_counter() - t
 print(json.dumps({"cases": n, "held_bytes_per_case": round(held / n, 1), "peak_bytes_per_case": round(peak / n),
                   "index_bytes_per_case": round(index_bytes / n), "open_pack_s": round(open_s, 2),
+                  "index_anon_bytes_per_case": round(anon_kb * 1024 / n),
+                  "index_file_backed_bytes_per_case": round(file_kb * 1024 / n),
                   "pool_s": round(pool_s, 2), "case_id_digest_s": round(digest_s, 2),
                   "pretrain_cases_json_s": round(record_s, 2), "build_s_under_tracemalloc": round(seconds, 2)}))
 """
@@ -98,11 +109,11 @@ def main() -> None:
             rows.append(measure(pack))
             print(json.dumps(rows[-1]), flush=True)
     held = [r["held_bytes_per_case"] * r["cases"] for r in rows]
-    per_case = rows[1]["held_bytes_per_case"] + rows[1]["index_bytes_per_case"]
     result = {"kind": "pool_memory", "when": time.strftime("%Y-%m-%d %H:%M"), "command": " ".join(sys.argv),
               "sizes": rows, "growth_bytes_per_case": round((held[1] - held[0]) / (rows[1]["cases"] - rows[0]["cases"]), 1),
               "at_2_5M_gb": {"held": round(rows[1]["held_bytes_per_case"] * 2.5e6 / 1e9, 3),
-                             "with_index": round(per_case * 2.5e6 / 1e9, 2)}}
+                             "index_anonymous": round(rows[1]["index_anon_bytes_per_case"] * 2.5e6 / 1e9, 2),
+                             "index_page_cache": round(rows[1]["index_bytes_per_case"] * 2.5e6 / 1e9, 2)}}
     print(json.dumps({k: result[k] for k in ("growth_bytes_per_case", "at_2_5M_gb")}))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,7 @@ start-up without the raw files, sampling order over a pack, and damaged shards n
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import shutil
 import tracemalloc
@@ -257,6 +258,32 @@ def test_cases_over_more_shards_than_a_reader_keeps_open_get_their_shards_as_gro
     assert [p.image.pack.index["shard"][p.image.i] for p in prepared] == groups.tolist()
     assert shard_groups([*prepared[:-1], type(prepared[0])(prepared[-1].case, np.zeros((1, 4, 4)), None, (1.0, 1.0))]) \
         is None, "a case from the cache: global order"
+
+
+def test_the_index_is_a_read_only_memory_map_and_a_damaged_index_is_named(cxr_pack, tmp_path):
+    """The index of a pool of millions is page cache, not process memory: every column is a view of one memory map
+    of ``index.npz`` with np.load's values; a compressed index still opens; a cut one is named."""
+    pack, ref = Pack(cxr_pack), np.load(cxr_pack / "index.npz")
+    columns = [pack.index[n] for n in ("shard", "group", "row", "kind", "shape", "spacing")]
+    columns += [c for n in ("case_id", "label") for c in (pack.index[n].blob, pack.index[n].offsets)]
+    owners = set()
+    for a in columns:
+        while isinstance(a, np.ndarray) and a.base is not None:
+            a = a.base
+        a = a.obj if isinstance(a, memoryview) else a
+        owners.add(id(a))
+        assert isinstance(a, mmap.mmap), f"a column owned by {type(a).__name__}, not the index's memory map"
+    assert len(owners) == 1, "one map (one descriptor) per pack"
+    assert not pack.index["row"].flags.writeable
+    assert np.array_equal(pack.index["spacing"], ref["spacing"], equal_nan=True)
+    assert pack.index["case_id"].tolist() == [pack.case(i).case_id for i in range(len(pack))]
+    copy = tmp_path / "pack"
+    shutil.copytree(cxr_pack, copy)
+    np.savez_compressed(copy / "index.npz", **{k: ref[k] for k in ref.files})
+    assert [Pack(copy).case(i) for i in range(len(pack))] == [pack.case(i) for i in range(len(pack))]
+    (copy / "index.npz").write_bytes((cxr_pack / "index.npz").read_bytes()[:300])
+    with pytest.raises(SourceError, match=f"{copy / 'index.npz'}: cannot read the pack index"):
+        Pack(copy)
 
 
 def test_a_damaged_shard_is_named(cxr, tmp_path):

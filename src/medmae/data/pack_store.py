@@ -14,7 +14,10 @@ shard file is complete or absent. Reading keeps a few shards open per process (`
 from __future__ import annotations
 
 import json
+import mmap
 import os
+import struct
+import zipfile
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -177,7 +180,8 @@ class StringColumn:
 
     def _views(self) -> tuple[memoryview, memoryview]:
         if not hasattr(self, "_offs"):  # memoryviews give Python ints and slices fast per element, and copy nothing
-            self._text, self._offs = memoryview(self.blob), memoryview(np.ascontiguousarray(self.offsets))
+            offsets = np.ascontiguousarray(self.offsets, np.int64)  # '<i8' from a file: cast to the native 'q'
+            self._text, self._offs = memoryview(self.blob), memoryview(offsets).cast("B").cast("q")
         return self._text, self._offs
 
     def __getitem__(self, i: int) -> str | None:
@@ -229,16 +233,58 @@ def save_index(path: Path, records: Sequence[dict[str, Any]]) -> None:
     os.replace(tmp, path)
 
 
+def map_npz(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` written by ``np.savez`` (members stored, not deflated) as read-only views of one
+    memory map of the file: the index is page cache, not process memory, and one descriptor per pack.
+
+    NumPy memory-maps a ``.npy`` but not the members of an ``.npz``; a compressed ``.npz`` is read into memory.
+    Raises ValueError naming what is wrong when the file is not such an archive.
+    """
+    with open(path, "rb") as f:
+        try:
+            with zipfile.ZipFile(f) as z:
+                members = z.infolist()
+        except zipfile.BadZipFile as e:
+            raise ValueError(f"not a zip archive ({e})") from None
+        if not members:
+            return {}
+        if any(m.compress_type != zipfile.ZIP_STORED for m in members):
+            with np.load(path, allow_pickle=False) as z:
+                return {k: z[k] for k in z.files}
+        data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        arrays = {}
+        for m in members:
+            f.seek(m.header_offset)
+            local = f.read(30)  # zip local file header: name and extra-field lengths at bytes 26-29
+            if len(local) < 30 or local[:4] != b"PK\x03\x04":
+                raise ValueError(f"member {m.filename}: bad local header")
+            name_len, extra_len = struct.unpack("<HH", local[26:30])
+            f.seek(m.header_offset + 30 + name_len + extra_len)
+            version = np.lib.format.read_magic(f)
+            if version not in ((1, 0), (2, 0)):
+                raise ValueError(f"member {m.filename}: .npy format {version} (np.savez writes 1.0 or 2.0)")
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read(f)
+            if dtype.hasobject:
+                raise ValueError(f"member {m.filename}: object arrays are not allowed")
+            count = int(np.prod(shape))
+            if f.tell() + count * dtype.itemsize > len(data):
+                raise ValueError(f"member {m.filename}: truncated")
+            array = np.frombuffer(data, dtype, count, f.tell()).reshape(shape, order="F" if fortran else "C")
+            arrays[m.filename.removesuffix(".npy")] = array
+    return arrays
+
+
 @dataclass
 class PackIndex:
-    """The loaded index: numeric columns as arrays, text columns as :class:`StringColumn`."""
+    """The loaded index: numeric columns as arrays, text columns as :class:`StringColumn`; all of them views of one
+    memory map of ``index.npz`` (:func:`map_npz`)."""
 
     columns: dict[str, Any]
 
     @classmethod
     def load(cls, path: Path) -> PackIndex:
-        with np.load(path, allow_pickle=False) as z:
-            data = {k: z[k] for k in z.files}
+        data = map_npz(path)
         cols: dict[str, Any] = {n: data[n] for n in NUMBERS}
         for name in STRINGS:
             cols[name] = StringColumn(data[f"{name}.blob"], data[f"{name}.offsets"])
