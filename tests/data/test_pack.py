@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import mmap
 import os
+import pickle
 import shutil
 import tracemalloc
 from dataclasses import replace
@@ -279,7 +280,14 @@ def test_the_index_is_a_read_only_memory_map_and_a_damaged_index_is_named(cxr_pa
     assert pack.index["case_id"].tolist() == [pack.case(i).case_id for i in range(len(pack))]
     copy = tmp_path / "pack"
     shutil.copytree(cxr_pack, copy)
+    index = Pack(copy).index
+    blob = pickle.dumps(index)  # what a spawned loader worker receives: the path, not the columns
+    assert len(blob) < 1000 and b"case_id" not in blob
+    again = pickle.loads(blob)
+    assert again["case_id"].tolist() == index["case_id"].tolist() and not again["row"].flags.writeable
     np.savez_compressed(copy / "index.npz", **{k: ref[k] for k in ref.files})
+    with pytest.raises(SourceError, match="the pack index changed since this run opened it"):
+        pickle.loads(blob)
     assert [Pack(copy).case(i) for i in range(len(pack))] == [pack.case(i) for i in range(len(pack))]
     (copy / "index.npz").write_bytes((cxr_pack / "index.npz").read_bytes()[:300])
     with pytest.raises(SourceError, match=f"{copy / 'index.npz'}: cannot read the pack index"):

@@ -30,7 +30,7 @@ import numpy as np
 from medmae.data.cache import atomic_write_bytes, sha256_file  # noqa: F401 - sha256_file re-exported
 from medmae.data.pack_codec import Encoded, blocks_for, cparams, mask_dtype
 from medmae.data.pack_names import INDEX_FILE, PACK_FILE, PART_FILE, part_dir_name, shard_name  # noqa: F401 - re-exported
-from medmae.errors import CaseError
+from medmae.errors import CaseError, SourceError
 
 FORMAT = "medmae-pack"
 FORMAT_VERSION = 1
@@ -275,20 +275,37 @@ def map_npz(path: Path) -> dict[str, np.ndarray]:
     return arrays
 
 
+def _remap_index(path: Path, stamp: tuple[int, int] | None) -> PackIndex:
+    index = PackIndex.load(path)
+    if index.stamp != stamp:
+        raise SourceError(f"{path}: the pack index changed since this run opened it (size, mtime_ns {stamp} -> "
+                          f"{index.stamp}); a pack being rewritten cannot be read by a run")
+    return index
+
+
 @dataclass
 class PackIndex:
     """The loaded index: numeric columns as arrays, text columns as :class:`StringColumn`; all of them views of one
     memory map of ``index.npz`` (:func:`map_npz`)."""
 
     columns: dict[str, Any]
+    path: Path | None = None
+    stamp: tuple[int, int] | None = None  # (size, mtime_ns) of the file when it was mapped
 
     @classmethod
     def load(cls, path: Path) -> PackIndex:
+        st = os.stat(path)
         data = map_npz(path)
         cols: dict[str, Any] = {n: data[n] for n in NUMBERS}
         for name in STRINGS:
             cols[name] = StringColumn(data[f"{name}.blob"], data[f"{name}.offsets"])
-        return cls(cols)
+        return cls(cols, Path(path), (st.st_size, st.st_mtime_ns))
+
+    def __reduce__(self) -> tuple:
+        """Pickled as its path (spawned loader workers map the file, not receive a copy of the columns)."""
+        if self.path is None:
+            return PackIndex, (self.columns,)
+        return _remap_index, (self.path, self.stamp)
 
     def __len__(self) -> int:
         return len(self.columns["shard"])
