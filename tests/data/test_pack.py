@@ -289,6 +289,15 @@ def test_the_index_is_a_read_only_memory_map_and_a_damaged_index_is_named(cxr_pa
     with pytest.raises(SourceError, match="the pack index changed since this run opened it"):
         pickle.loads(blob)
     assert [Pack(copy).case(i) for i in range(len(pack))] == [pack.case(i) for i in range(len(pack))]
+    shutil.copy(cxr_pack / "index.npz", copy / "index.npz")
+
+    def cannot_map(*args, **kwargs):
+        raise OSError(19, "No such device")
+
+    with pytest.MonkeyPatch.context() as mp:  # a file system that cannot map files: the index is read instead
+        mp.setattr(mmap, "mmap", cannot_map)
+        unmapped = Pack(copy)
+    assert [unmapped.case(i) for i in range(len(pack))] == [pack.case(i) for i in range(len(pack))]
     (copy / "index.npz").write_bytes((cxr_pack / "index.npz").read_bytes()[:300])
     with pytest.raises(SourceError, match=f"{copy / 'index.npz'}: cannot read the pack index"):
         Pack(copy)

@@ -237,7 +237,8 @@ def map_npz(path: Path) -> dict[str, np.ndarray]:
     """The arrays of an ``.npz`` written by ``np.savez`` (members stored, not deflated) as read-only views of one
     memory map of the file: the index is page cache, not process memory, and one descriptor per pack.
 
-    NumPy memory-maps a ``.npy`` but not the members of an ``.npz``; a compressed ``.npz`` is read into memory.
+    NumPy memory-maps a ``.npy`` but not the members of an ``.npz``; a compressed ``.npz``, or one on a file system
+    that cannot map it, is read into memory.
     Raises ValueError naming what is wrong when the file is not such an archive.
     """
     with open(path, "rb") as f:
@@ -248,10 +249,13 @@ def map_npz(path: Path) -> dict[str, np.ndarray]:
             raise ValueError(f"not a zip archive ({e})") from None
         if not members:
             return {}
-        if any(m.compress_type != zipfile.ZIP_STORED for m in members):
+        try:
+            if any(m.compress_type != zipfile.ZIP_STORED for m in members):
+                raise ValueError("compressed members")
+            data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError):  # compressed, or a file system that cannot map (some FUSE mounts): read it
             with np.load(path, allow_pickle=False) as z:
                 return {k: z[k] for k in z.files}
-        data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         arrays = {}
         for m in members:
             f.seek(m.header_offset)
