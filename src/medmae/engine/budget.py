@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -37,6 +38,7 @@ CALIBRATION_MIN_S = 2.0  # ... but at least this many seconds (0.5 s of a 25 s b
 CALIBRATION_MAX_S = 30.0  # ... and at most this many seconds
 CALIBRATION_MAX_STEPS = 48
 CLOCK: Callable[[], float] = time.perf_counter  # the calibration's clock (tests replace it with a fake one)
+BUSY_LOAD = 1.5  # load average per usable CPU above which the measured step time is a busy machine's
 
 StepFn = Callable[[nn.Module, dict[str, Any]], dict[str, torch.Tensor]]
 
@@ -51,6 +53,7 @@ class Budget:
     budget_steps: int  # what the budget alone allows
     margin: float = MARGIN
     timed_steps: int = CALIBRATION_STEPS - 1
+    load_per_cpu: float | None = None  # 1-minute load average per usable CPU when the step time was measured
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -137,6 +140,15 @@ def measure_step_time(model: nn.Module, dataset: Dataset, param_groups: Sequence
         set_rng_state(rngs)  # the throwaway optimizer goes with this frame
 
 
+def load_per_cpu() -> float | None:
+    """The 1-minute load average per CPU this process may use; None where the system does not report one."""
+    try:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return round(os.getloadavg()[0] / max(cpus, 1), 3)
+    except OSError:
+        return None
+
+
 def fix_budget(max_minutes: float, schedule_steps: int, saved: Mapping[str, Any] | None,
                measure: Callable[[], tuple[float, int]]) -> tuple[Budget, bool]:
     """The run's budget: the one a resumed checkpoint holds (``saved``), else one measured now (``measure`` gives
@@ -149,11 +161,16 @@ def fix_budget(max_minutes: float, schedule_steps: int, saved: Mapping[str, Any]
         return budget, False
     step_s, timed = measure()
     allowed = steps_in_budget(max_minutes, step_s)
+    load = load_per_cpu()
     budget = Budget(max_minutes=max_minutes, step_s=step_s, total_steps=min(allowed, schedule_steps),
-                    budget_steps=allowed, timed_steps=timed)
+                    budget_steps=allowed, timed_steps=timed, load_per_cpu=load)
     log.info("budget %g min: %.3g s per step measured over %d steps -> %d steps%s", max_minutes, step_s,
              budget.timed_steps, budget.total_steps,
              f" (epochs / max_steps allow only {schedule_steps})" if schedule_steps < allowed else "")
+    if load is not None and load > BUSY_LOAD:  # other work shared the CPUs: fewer steps than an idle machine gives
+        log.warning("the machine was busy while the step time was measured (load average %.1f per CPU): the budget "
+                    "buys fewer steps than on an idle machine; compare budgeted runs only when they ran under the "
+                    "same load (or give max_steps)", load)
     return budget, True
 
 
