@@ -279,7 +279,7 @@ def map_npz(path: Path) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _remap_index(path: Path, stamp: tuple[int, int] | None) -> PackIndex:
+def _remap_index(path: Path, stamp: tuple[int, int]) -> PackIndex:
     index = PackIndex.load(path)
     if index.stamp != stamp:
         raise SourceError(f"{path}: the pack index changed since this run opened it (size, mtime_ns {stamp} -> "
@@ -293,8 +293,8 @@ class PackIndex:
     memory map of ``index.npz`` (:func:`map_npz`)."""
 
     columns: dict[str, Any]
-    path: Path | None = None
-    stamp: tuple[int, int] | None = None  # (size, mtime_ns) of the file when it was mapped
+    path: Path
+    stamp: tuple[int, int]  # (size, mtime_ns) of the file when it was mapped
 
     @classmethod
     def load(cls, path: Path) -> PackIndex:
@@ -307,8 +307,6 @@ class PackIndex:
 
     def __reduce__(self) -> tuple:
         """Pickled as its path (spawned loader workers map the file, not receive a copy of the columns)."""
-        if self.path is None:
-            return PackIndex, (self.columns,)
         return _remap_index, (self.path, self.stamp)
 
     def __len__(self) -> int:

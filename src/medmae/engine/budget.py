@@ -144,7 +144,7 @@ def load_per_cpu() -> float | None:
     """The 1-minute load average per CPU this process may use; None where the system does not report one."""
     try:
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        return round(os.getloadavg()[0] / max(cpus, 1), 3)
+        return round(os.getloadavg()[0] / cpus, 3)
     except OSError:
         return None
 
