@@ -90,6 +90,34 @@ def test_a_leaking_pretraining_is_flagged_at_the_top(tmp_path):
     assert "every evaluated case was in the pretraining data" in md
 
 
+def test_the_steps_each_cell_got_are_shown_and_a_budget_measured_on_a_busy_machine_is_flagged(tmp_path):
+    out, _ = make_sweep(tmp_path, seen=0)
+    steps = {("scratch", 0.1): 500, ("mae", 0.1): 120, ("scratch", 1.0): 480, ("mae", 1.0): 510}
+    for (init, frac), n in steps.items():
+        path = out / "cells" / f"cls_frac{frac:g}_seed0_{init}" / "task.json"
+        busy = n == 120
+        task = {**json.loads(path.read_text()), "training": {
+            "steps": n, "train_minutes": 9.0, "max_minutes": 10.0, "measured_step_s": 1.0, "budget_steps": n,
+            "load_per_cpu": 3.0 if busy else 0.4, "busy": busy}}
+        path.write_text(json.dumps(task))
+    write_report(out)
+    md = (out / "report.md").read_text()
+    assert md.index("**Busy machine:** the budget of 1 cell(s) (`cls_frac0.1_seed0_mae`)") < md.index("## Results")
+    assert "| mae | 10 % | 1 | 120 | 120-120 | 9.0 | 10 | 3.00 |" in md
+    assert "| scratch | 100 % | 1 | 480 | 480-480 | 9.0 | 10 | 0.40 |" in md
+    training = strict_json((out / "summary.json").read_text())["training"]
+    assert [(r["init"], r["fraction"], r["steps_mean"], r["busy_cells"]) for r in training] == [
+        ("mae", 0.1, 120.0, ["cls_frac0.1_seed0_mae"]), ("mae", 1.0, 510.0, []),
+        ("scratch", 0.1, 500.0, []), ("scratch", 1.0, 480.0, [])]
+    # idle everywhere: the section stays, the warning goes
+    path = out / "cells" / "cls_frac0.1_seed0_mae" / "task.json"
+    task = json.loads(path.read_text())
+    path.write_text(json.dumps({**task, "training": {**task["training"], "busy": False, "load_per_cpu": 0.5}}))
+    write_report(out)
+    md = (out / "report.md").read_text()
+    assert "**Busy machine:**" not in md and "## Training each cell got" in md
+
+
 def test_the_plot_names_fractions_inits_and_metric_and_draws_chance(tmp_path):
     out, _ = make_sweep(tmp_path, seen=0)
     write_report(out)

@@ -129,12 +129,13 @@ def test_a_step_time_measured_on_a_busy_machine_is_flagged(tmp_path, monkeypatch
         busy = make_trainer(tmp_path / "busy", step_fn(), max_minutes=1.0).fit()
     assert "the machine was busy" in caplog.text and "3.0 per CPU" in caplog.text
     assert busy.usage["load_per_cpu"] == pytest.approx(3.0), "summary.json / task.json record it too"
+    assert busy.usage["busy"] is True, "the sweep report flags the cell from this"
     assert budget_rows(tmp_path / "busy")[0]["load_per_cpu"] == pytest.approx(3.0)
     caplog.clear()
     monkeypatch.setattr(budget.os, "getloadavg", lambda: (0.5 * cpus, 0.0, 0.0))
     with caplog.at_level("WARNING", logger="medmae.engine.budget"):
-        make_trainer(tmp_path / "idle", step_fn(), max_minutes=1.0).fit()
-    assert "busy" not in caplog.text and budget_rows(tmp_path / "idle")[0]["load_per_cpu"] == pytest.approx(0.5)
+        idle = make_trainer(tmp_path / "idle", step_fn(), max_minutes=1.0).fit()
+    assert "busy" not in caplog.text and idle.usage["busy"] is False and budget_rows(tmp_path / "idle")[0]["load_per_cpu"] == pytest.approx(0.5)
 
 
 def test_a_budget_never_exceeds_epochs_or_max_steps(tmp_path, monkeypatch):

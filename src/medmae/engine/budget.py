@@ -179,5 +179,6 @@ def usage(budget: Budget | None, step: int, seconds: float) -> dict[str, Any]:
     out: dict[str, Any] = {"steps": step, "train_minutes": round(seconds / 60.0, 4)}
     if budget is not None:
         out.update({"max_minutes": budget.max_minutes, "measured_step_s": budget.step_s,
-                    "budget_steps": budget.total_steps, "load_per_cpu": budget.load_per_cpu})
+                    "budget_steps": budget.total_steps, "load_per_cpu": budget.load_per_cpu,
+                    "busy": budget.load_per_cpu is not None and budget.load_per_cpu > BUSY_LOAD})
     return out

@@ -1,7 +1,8 @@
 """The sweep directory's results and report: ``results.csv`` gathered from the cells' evaluations, mean ± std over
 seeds/folds, bootstrap CIs, paired comparison with scratch and with each baseline arm, pretrainings that did not
-learn flagged, the label-efficiency plot, the mask-ratio ablation, the pretraining-leakage check, the setup (data,
-configuration, plan) and reconstruction figures -> ``summary.json``, ``report.md`` and ``report.html``.
+learn flagged, the steps each cell got (budgets measured on a busy machine flagged), the label-efficiency plot,
+the mask-ratio ablation, the pretraining-leakage check, the setup (data, configuration, plan) and reconstruction
+figures -> ``summary.json``, ``report.md`` and ``report.html``.
 
 This package owns the sweep directory's files (``docs/reference/run-dir.md``, "Sweeps"): ``medmae sweep``
 (:mod:`medmae.tasks.sweep`) runs the cells and calls :func:`collect` and :func:`write_report`.
@@ -11,6 +12,7 @@ This package owns the sweep directory's files (``docs/reference/run-dir.md``, "S
 ``tables``          aggregation, paired comparison, readable metric names, the Markdown tables
 ``context``         data, configuration, plan, initialisations and the leakage check of the cells
 ``arms``            scratch, baseline and pretrained arms; pairs with each baseline; pretrainings that did not learn
+``budgets``         the steps and minutes each cell got; budgets measured on a busy machine
 ``plots``           the label-efficiency plot (PNG, SVG, PDF)
 ``html``            the Markdown subset as standalone HTML
 ``write``           :func:`write_report`

@@ -12,6 +12,8 @@ from typing import Any
 from medmae.errors import RunDirError
 from medmae.report.arms import baseline_comparisons, learned_label, not_learned
 from medmae.report.arms import markdown as arms_markdown
+from medmae.report.budgets import markdown as training_markdown
+from medmae.report.budgets import training_rows
 from medmae.report.cases import cases_table, paired_over_cases
 from medmae.report.context import init_details, labelled_counts, leakage, leakage_table, setup_section, sweep_data
 from medmae.report.html import markdown_to_html
@@ -99,15 +101,18 @@ def write_report(run_dir: str | Path) -> Path:
     head = [a for a in agg if a["metric"] == metric and a["where"] == where]
     leaks = leakage(cells, meta)
     leak_section, leak_warning = leakage_lines(leaks)
+    training = training_rows(cells, meta)
+    training_section, busy_warning = training_markdown(training)
     (run_dir / SUMMARY_FILE).write_text(json.dumps(strict({
         "task": task, "headline": {"metric": metric, "where": where}, "aggregate": agg, "paired": paired,
-        "paired_baseline": vs_baseline, "paired_over_cases": by_case, "not_learned": flagged, "inits": details, "leakage": leaks}), indent=1))
+        "paired_baseline": vs_baseline, "paired_over_cases": by_case, "not_learned": flagged, "inits": details, "leakage": leaks,
+        "training": training}), indent=1))
     md = [f"# Label-efficiency sweep: {TASK_NAMES.get(task, task)}", "",
           f"Data `{sweep_data(run_dir, meta)}`, seeds {', '.join(map(str, meta['seeds']))}, "
           f"{'%d-fold CV' % meta['folds'] if meta.get('folds') else 'one held-out split'}, fractions "
           f"{', '.join(percent(f) for f in meta['fractions'])}. Headline: **{label}**. "
           "Mean ± std over seeds/folds; 95 % CI by bootstrap over seeds/folds (over test cases when there is one run). "
-          "Setup (data, configuration, plan) at the end.", "", *leak_warning,
+          "Setup (data, configuration, plan) at the end.", "", *leak_warning, *busy_warning,
           f"![label efficiency]({REPORT_FILES}/{LABEL_EFFICIENCY}.png)", "",
           f"Vector versions for papers: `{REPORT_FILES}/{LABEL_EFFICIENCY}.svg`, `{REPORT_FILES}/{LABEL_EFFICIENCY}.pdf`.",
           "", "## Results", "",
@@ -130,6 +135,7 @@ def write_report(run_dir: str | Path) -> Path:
     if {(a["metric"], a["where"]) for a in agg} - {(metric, where)}:
         md += ["", "## All metrics", "", "Mean over seeds/folds and its 95 % CI (as in the results table).", "",
                all_metrics_table(agg, (metric, where))]
+    md += ["", *training_section] if training_section else []
     md += ["", *leak_section]
     if recon:
         md += ["", "## Reconstructions of the pretrained models", ""]
