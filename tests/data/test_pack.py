@@ -261,6 +261,16 @@ def test_cases_over_more_shards_than_a_reader_keeps_open_get_their_shards_as_gro
         is None, "a case from the cache: global order"
 
 
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+def test_every_file_of_a_pack_is_readable_as_any_file_the_user_writes(cxr_pack):
+    """A pack written for a group (a shared pool on a cluster) is readable by it: no file is left private."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    files = [p for p in cxr_pack.rglob("*") if p.is_file()]
+    assert {"medmae-pack.json", "index.npz"} <= {p.name for p in files} and any(p.suffix == ".b2z" for p in files)
+    assert {p.name: os.stat(p).st_mode & 0o777 for p in files} == {p.name: 0o666 & ~mask for p in files}
+
+
 def test_the_index_is_a_read_only_memory_map_and_a_damaged_index_is_named(cxr_pack, tmp_path):
     """The index of a pool of millions is page cache, not process memory: every column is a view of one memory map
     of ``index.npz`` with np.load's values; a compressed index still opens; a cut one is named."""

@@ -9,20 +9,30 @@ file and are renamed into place, so two processes preparing the same case at onc
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
 import tempfile
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
 CACHE_VERSION = "1"
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # read once, at import: setting it back and forth races with threads creating files
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()  # the mode ``open`` gives a new file
 
 
 def default_cache_dir() -> Path:
@@ -44,16 +54,27 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def atomic_write_chunks(path: Path, chunks: Iterable[bytes]) -> None:
-    """``chunks`` written to a temporary name in the same folder, flushed and renamed into place: the file is whole
-    or absent (a full disk leaves nothing behind), and the chunks are never joined in memory."""
+    """``chunks`` written atomically (:func:`atomic_file`), never joined in memory."""
+    with atomic_file(path) as f:
+        for chunk in chunks:
+            f.write(chunk)
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path, sync: bool = True) -> Iterator[BinaryIO]:
+    """A binary file at a temporary name in ``path``'s folder, flushed, synced (``sync``) and renamed to ``path``
+    when the block ends: the file is whole or absent (a full disk or an error in the block leaves nothing behind).
+    Its mode is that of a file ``open`` creates (``0o666`` less the umask), not ``mkstemp``'s private ``0o600``,
+    so a shared cache, pack or run directory stays readable to the group it is shared with."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".tmp-")
     try:
+        os.chmod(tmp, FILE_MODE)
         with os.fdopen(fd, "wb") as f:
-            for chunk in chunks:
-                f.write(chunk)
+            yield f
             f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -169,15 +190,8 @@ class ArrayCache:
 
     def store(self, key: str, array: np.ndarray) -> CachedArray:
         p = self.path(key)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=p.name + ".tmp-", suffix=".npy")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, np.ascontiguousarray(array))
-            os.replace(tmp, p)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_file(p, sync=False) as f:  # a case lost to a power cut is found damaged and prepared again
+            np.save(f, np.ascontiguousarray(array))
         return CachedArray(p, tuple(int(s) for s in array.shape), np.asarray(array).dtype.name)
 
     def get_or_create(self, key: str, make: Callable[[], np.ndarray]) -> CachedArray:

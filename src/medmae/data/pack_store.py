@@ -27,7 +27,7 @@ from typing import Any
 import blosc2
 import numpy as np
 
-from medmae.data.cache import atomic_write_bytes, sha256_file  # noqa: F401 - sha256_file re-exported
+from medmae.data.cache import FILE_MODE, atomic_file, atomic_write_bytes, sha256_file  # noqa: F401 - sha256_file re-exported
 from medmae.data.pack_codec import Encoded, blocks_for, cparams, mask_dtype
 from medmae.data.pack_names import INDEX_FILE, PACK_FILE, PART_FILE, part_dir_name, shard_name  # noqa: F401 - re-exported
 from medmae.errors import CaseError, SourceError
@@ -85,9 +85,7 @@ def write_shard(path: Path, cases: Sequence[StoredCase], codec: str) -> list[tup
                 where[i] = (g, r)
     with open(tmp, "rb+") as f:
         os.fsync(f.fileno())
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # readable as any file the user writes (blosc2 creates it private)
+    os.chmod(tmp, FILE_MODE)  # readable as any file the user writes (blosc2 creates it private)
     os.replace(tmp, path)
     return where
 
@@ -228,9 +226,8 @@ def save_index(path: Path, records: Sequence[dict[str, Any]]) -> None:
             pad = 0 if name == "shape" else np.nan
             values = [list(v) + [pad] * (width - len(v)) for v in values] or np.zeros((0, width))
         cols[name] = np.asarray(values, dtype=dtype)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.npz")
-    np.savez(tmp, **cols)
-    os.replace(tmp, path)
+    with atomic_file(path) as f:
+        np.savez(f, **cols)
 
 
 def map_npz(path: Path) -> dict[str, np.ndarray]:
