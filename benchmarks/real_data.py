@@ -5,6 +5,7 @@
     python benchmarks/real_data.py chestxray --profile cpu
     python benchmarks/real_data.py drive --profile cpu
     python benchmarks/real_data.py hippocampus --fold 0           # one fold of the 5 now (a later call continues)
+    python benchmarks/real_data.py chestxray --fractions 0.05 --seed 0 --seed 1   # a second seed beside the first
 
 Each experiment (1) writes a manifest where the dataset's layout needs one (subject ids, 0/255 masks), (2) runs
 ``medmae plan`` on it (``--budget`` minutes per training run, for the profile's device), (3) MAE-pretrains with
@@ -120,7 +121,7 @@ EXPERIMENTS = {
 
 
 def run(name: str, profile: str, root: Path, work: Path, *, budget: float | None, folds: list[int] | None,
-        fractions: list[float] | None, max_steps: int | None, tag: str = "") -> dict[str, Any]:
+        fractions: list[float] | None, max_steps: int | None, tag: str = "", seeds: list[int] | None = None) -> dict[str, Any]:
     import medmae
     from medmae.report import read_results
 
@@ -145,7 +146,7 @@ def run(name: str, profile: str, root: Path, work: Path, *, budget: float | None
     t_pre = time.time() - t0 - t_plan
     sweep_dir = medmae.sweep(task=exp.task, inits=["scratch", str(pre_dir), f"baseline:{exp.baseline}"],
                              run_dir=base / "sweep", plan=plan_path, fractions=fractions or list(exp.fractions),
-                             seeds=1, folds=exp.folds, only_folds=folds, max_steps=max_steps)
+                             seeds=seeds or [0], folds=exp.folds, only_folds=folds, max_steps=max_steps)
     summary = json.loads((sweep_dir / "summary.json").read_text())
     head = summary["headline"]
     rows = read_results(sweep_dir / "results.csv")
@@ -154,7 +155,7 @@ def run(name: str, profile: str, root: Path, work: Path, *, budget: float | None
         "command": f"python benchmarks/real_data.py {name} --profile {profile} --budget {minutes:g}"
                    + "".join(f" --fold {k}" for k in folds or []) + (f" --max-steps {max_steps}" if max_steps else "")
                    + (f" --fractions {','.join(f'{f:g}' for f in fractions)}" if fractions else "")
-                   + (f" --tag {tag}" if tag else ""),
+                   + "".join(f" --seed {s}" for s in seeds or []) + (f" --tag {tag}" if tag else ""),
         "target": exp.target, "reference": exp.reference, "budget_minutes_per_run": minutes,
         "folds_run": sorted({r["fold"] for r in rows if r.get("fold") not in (None, "")}) if exp.folds else None,
         "plan_seconds": round(t_plan, 1), "plan": plan["plan"]["decisions"] if "plan" in plan else plan,
@@ -222,11 +223,14 @@ def main() -> None:
     ap.add_argument("--fold", type=int, action="append", default=None, help="run only this fold now (repeatable)")
     ap.add_argument("--fractions", default=None, help="comma-separated label fractions (default: the experiment's)")
     ap.add_argument("--max-steps", type=int, default=None, help="cap every run (smoke test)")
+    ap.add_argument("--seed", type=int, action="append", default=None,
+                    help="training seeds of the sweep's cells (repeatable; default 0; a seed's cells also draw their own "
+                         "label subset)")
     ap.add_argument("--tag", default="", help="suffix of the result files' names (keeps an earlier result beside)")
     args = ap.parse_args()
     fractions = [float(f) for f in args.fractions.split(",")] if args.fractions else None
     result = run(args.experiment, args.profile, data_root(args.data_root), args.work, budget=args.budget,
-                 folds=args.fold, fractions=fractions, max_steps=args.max_steps, tag=args.tag)
+                 folds=args.fold, fractions=fractions, max_steps=args.max_steps, tag=args.tag, seeds=args.seed)
     print(json.dumps({k: result[k] for k in ("experiment", "headline", "table", "paired_vs_scratch",
                                              "paired_vs_baseline", "total_seconds")}, indent=1))
 
