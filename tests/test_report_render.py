@@ -98,13 +98,13 @@ def test_the_steps_each_cell_got_are_shown_and_a_budget_measured_on_a_busy_machi
         busy = n == 120
         task = {**json.loads(path.read_text()), "training": {
             "steps": n, "train_minutes": 9.0, "max_minutes": 10.0, "measured_step_s": 1.0, "budget_steps": n,
-            "load_per_cpu": 3.0 if busy else 0.4, "busy": busy}}
+            "load_per_cpu": 3.0 if busy else 0.4, "cpu_pressure": 0.7 if busy else 0.02, "busy": busy}}
         path.write_text(json.dumps(task))
     write_report(out)
     md = (out / "report.md").read_text()
     assert md.index("**Busy machine:** the budget of 1 cell(s) (`cls_frac0.1_seed0_mae`)") < md.index("## Results")
-    assert "| mae | 10 % | 1 | 120 | 120-120 | 9.0 | 10 | 3.00 |" in md
-    assert "| scratch | 100 % | 1 | 480 | 480-480 | 9.0 | 10 | 0.40 |" in md
+    assert "| mae | 10 % | 1 | 120 | 120-120 | 9.0 | 10 | 70% | 3.00 |" in md
+    assert "| scratch | 100 % | 1 | 480 | 480-480 | 9.0 | 10 | 2% | 0.40 |" in md
     training = strict_json((out / "summary.json").read_text())["training"]
     assert [(r["init"], r["fraction"], r["steps_mean"], r["busy_cells"]) for r in training] == [
         ("mae", 0.1, 120.0, ["cls_frac0.1_seed0_mae"]), ("mae", 1.0, 510.0, []),

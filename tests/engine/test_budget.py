@@ -124,18 +124,37 @@ def test_a_step_time_measured_on_a_busy_machine_is_flagged(tmp_path, monkeypatch
     steps instead of 505-573 and scored Dice 0.42-0.46 instead of 0.95. The run says so and records the load."""
     fake_clock(monkeypatch, tick=6.0)
     cpus = len(budget.os.sched_getaffinity(0))
-    monkeypatch.setattr(budget.os, "getloadavg", lambda: (3.0 * cpus, 0.0, 0.0))
-    with caplog.at_level("WARNING", logger="medmae.engine.budget"):
-        busy = make_trainer(tmp_path / "busy", step_fn(), max_minutes=1.0).fit()
-    assert "the machine was busy" in caplog.text and "3.0 per CPU" in caplog.text
-    assert busy.usage["load_per_cpu"] == pytest.approx(3.0), "summary.json / task.json record it too"
-    assert busy.usage["busy"] is True, "the sweep report flags the cell from this"
+
+    def run(name: str, pressure: float | None, load: float):
+        monkeypatch.setattr(budget, "cpu_pressure", lambda: pressure)
+        monkeypatch.setattr(budget.os, "getloadavg", lambda: (load * cpus, 0.0, 0.0))
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="medmae.engine.budget"):
+            return make_trainer(tmp_path / name, step_fn(), max_minutes=1.0).fit()
+
+    busy = run("busy", 0.7, 3.0)
+    assert "the machine was busy" in caplog.text and "waited for a CPU 70% of the last 10 s" in caplog.text
+    assert busy.usage["busy"] is True and busy.usage["cpu_pressure"] == pytest.approx(0.7), "summary.json / task.json"
     assert budget_rows(tmp_path / "busy")[0]["load_per_cpu"] == pytest.approx(3.0)
-    caplog.clear()
-    monkeypatch.setattr(budget.os, "getloadavg", lambda: (0.5 * cpus, 0.0, 0.0))
-    with caplog.at_level("WARNING", logger="medmae.engine.budget"):
-        idle = make_trainer(tmp_path / "idle", step_fn(), max_minutes=1.0).fit()
-    assert "busy" not in caplog.text and idle.usage["busy"] is False and budget_rows(tmp_path / "idle")[0]["load_per_cpu"] == pytest.approx(0.5)
+    # the load average lags (a sweep's previous cell, work that just ended): the CPU pressure of the last 10 s decides
+    lagging = run("lagging", 0.05, 1.6)
+    assert "busy" not in caplog.text and lagging.usage["busy"] is False
+    # without pressure stall information (macOS, older kernels) the load average decides
+    old_kernel = run("old", None, 3.0)
+    assert "load average 3.0 per CPU" in caplog.text and old_kernel.usage["busy"] is True
+    idle = run("idle", None, 0.5)
+    assert "busy" not in caplog.text and idle.usage["busy"] is False
+    assert budget_rows(tmp_path / "idle")[0]["load_per_cpu"] == pytest.approx(0.5)
+
+
+def test_cpu_pressure_reads_the_kernels_ten_second_average(tmp_path):
+    psi = tmp_path / "cpu"
+    psi.write_text("some avg10=71.37 avg60=48.00 avg300=50.45 total=24800764169\n"
+                   "full avg10=0.00 avg60=0.00 avg300=0.00 total=0\n")
+    assert budget.cpu_pressure(str(psi)) == pytest.approx(0.714)
+    psi.write_text("garbage\n")
+    assert budget.cpu_pressure(str(psi)) is None
+    assert budget.cpu_pressure(str(tmp_path / "absent")) is None
 
 
 def test_a_budget_never_exceeds_epochs_or_max_steps(tmp_path, monkeypatch):

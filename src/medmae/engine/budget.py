@@ -38,7 +38,8 @@ CALIBRATION_MIN_S = 2.0  # ... but at least this many seconds (0.5 s of a 25 s b
 CALIBRATION_MAX_S = 30.0  # ... and at most this many seconds
 CALIBRATION_MAX_STEPS = 48
 CLOCK: Callable[[], float] = time.perf_counter  # the calibration's clock (tests replace it with a fake one)
-BUSY_LOAD = 1.5  # load average per usable CPU above which the measured step time is a busy machine's
+BUSY_PRESSURE = 0.3  # share of the last 10 s in which some task waited for a CPU: above it the machine was busy
+BUSY_LOAD = 1.5  # load average per usable CPU above which the machine was busy, where the kernel has no PSI
 
 StepFn = Callable[[nn.Module, dict[str, Any]], dict[str, torch.Tensor]]
 
@@ -54,6 +55,11 @@ class Budget:
     margin: float = MARGIN
     timed_steps: int = CALIBRATION_STEPS - 1
     load_per_cpu: float | None = None  # 1-minute load average per usable CPU when the step time was measured
+    cpu_pressure: float | None = None  # share of the 10 s before then in which some task waited for a CPU (PSI)
+
+    @property
+    def busy(self) -> bool:
+        return is_busy(self.cpu_pressure, self.load_per_cpu)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -149,6 +155,29 @@ def load_per_cpu() -> float | None:
         return None
 
 
+def cpu_pressure(path: str = "/proc/pressure/cpu") -> float | None:
+    """The share of the last 10 s in which some runnable task waited for a CPU (Linux pressure stall information,
+    ``some avg10``); None where the kernel does not report it."""
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith("some "):
+                    return round(float(dict(kv.split("=", 1) for kv in line.split()[1:])["avg10"]) / 100.0, 3)
+    except (OSError, ValueError, KeyError):
+        return None
+    return None
+
+
+def is_busy(pressure: float | None, load: float | None) -> bool:
+    """Whether other work shared the CPUs while the step time was measured: from the CPU pressure where the kernel
+    reports it (a 10 s window, about as long as the calibration), else from the 1-minute load average, which lags: it still
+    counts work that ended up to a minute before, a sweep's previous cell included (a cell measured at the same
+    speed as its quiet neighbours read 1.5 per CPU there)."""
+    if pressure is not None:
+        return pressure > BUSY_PRESSURE
+    return load is not None and load > BUSY_LOAD
+
+
 def fix_budget(max_minutes: float, schedule_steps: int, saved: Mapping[str, Any] | None,
                measure: Callable[[], tuple[float, int]]) -> tuple[Budget, bool]:
     """The run's budget: the one a resumed checkpoint holds (``saved``), else one measured now (``measure`` gives
@@ -161,16 +190,18 @@ def fix_budget(max_minutes: float, schedule_steps: int, saved: Mapping[str, Any]
         return budget, False
     step_s, timed = measure()
     allowed = steps_in_budget(max_minutes, step_s)
-    load = load_per_cpu()
     budget = Budget(max_minutes=max_minutes, step_s=step_s, total_steps=min(allowed, schedule_steps),
-                    budget_steps=allowed, timed_steps=timed, load_per_cpu=load)
+                    budget_steps=allowed, timed_steps=timed, load_per_cpu=load_per_cpu(), cpu_pressure=cpu_pressure())
     log.info("budget %g min: %.3g s per step measured over %d steps -> %d steps%s", max_minutes, step_s,
              budget.timed_steps, budget.total_steps,
              f" (epochs / max_steps allow only {schedule_steps})" if schedule_steps < allowed else "")
-    if load is not None and load > BUSY_LOAD:  # other work shared the CPUs: fewer steps than an idle machine gives
-        log.warning("the machine was busy while the step time was measured (load average %.1f per CPU): the budget "
-                    "buys fewer steps than on an idle machine; compare budgeted runs only when they ran under the "
-                    "same load (or give max_steps)", load)
+    if budget.busy:  # other work shared the CPUs: fewer steps than an idle machine gives
+        pressure = budget.cpu_pressure
+        how = (f"some task waited for a CPU {pressure:.0%} of the last 10 s" if pressure is not None
+               else f"load average {budget.load_per_cpu:.1f} per CPU")
+        log.warning("the machine was busy while the step time was measured (%s): the budget buys fewer steps than "
+                    "on an idle machine; compare budgeted runs only when they ran under the same load (or give "
+                    "max_steps)", how)
     return budget, True
 
 
@@ -180,5 +211,5 @@ def usage(budget: Budget | None, step: int, seconds: float) -> dict[str, Any]:
     if budget is not None:
         out.update({"max_minutes": budget.max_minutes, "measured_step_s": budget.step_s,
                     "budget_steps": budget.total_steps, "load_per_cpu": budget.load_per_cpu,
-                    "busy": budget.load_per_cpu is not None and budget.load_per_cpu > BUSY_LOAD})
+                    "cpu_pressure": budget.cpu_pressure, "busy": budget.busy})
     return out

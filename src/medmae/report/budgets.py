@@ -23,7 +23,7 @@ from medmae.run_layout import TASK_FILE
 
 def cell_training(cell_dir: Path) -> dict[str, Any]:
     """The ``training`` record of a cell's ``task.json`` (steps, train_minutes, max_minutes, load_per_cpu,
-    busy), or ``{}`` when the cell has none (runs of older versions)."""
+    cpu_pressure, busy), or ``{}`` when the cell has none (runs of older versions)."""
     task = read_cell_json(cell_dir, TASK_FILE) or {}
     return task.get("training") or {}
 
@@ -42,9 +42,11 @@ def training_rows(cells: Sequence[tuple[Path, dict[str, Any]]], meta: dict[str, 
         minutes = [float(r.get("train_minutes", np.nan)) for _, r in items]
         budgets = sorted({r["max_minutes"] for _, r in items if r.get("max_minutes") is not None})
         loads = [r["load_per_cpu"] for _, r in items if r.get("load_per_cpu") is not None]
+        pressures = [r["cpu_pressure"] for _, r in items if r.get("cpu_pressure") is not None]
         out.append({"init": init, "fraction": fraction, "n_cells": len(items), "steps_mean": float(np.mean(steps)),
                     "steps_min": min(steps), "steps_max": max(steps), "minutes_mean": float(np.nanmean(minutes)),
                     "max_minutes": budgets, "load_per_cpu_max": max(loads) if loads else None,
+                    "cpu_pressure_max": max(pressures) if pressures else None,
                     "busy_cells": [name for name, r in items if r.get("busy")]})
     return out
 
@@ -55,16 +57,18 @@ def markdown(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[str]]:
         return [], []
     busy = [name for r in rows for name in r["busy_cells"]]
     table = md_table(["init", "labels", "cells", "steps (mean)", "steps (min-max)", "minutes (mean)", "budget (min)",
-                      "load per CPU (max)"],
+                      "CPU pressure (max)", "load per CPU (max)"],
                      [[r["init"], percent(r["fraction"]), str(r["n_cells"]), f"{r['steps_mean']:.0f}",
                        f"{r['steps_min']}-{r['steps_max']}", f"{r['minutes_mean']:.1f}",
                        ", ".join(f"{m:g}" for m in r["max_minutes"]) or "-",
+                       "-" if r["cpu_pressure_max"] is None else f"{r['cpu_pressure_max']:.0%}",
                        "-" if r["load_per_cpu_max"] is None else f"{r['load_per_cpu_max']:.2f}"] for r in rows])
     section = ["## Training each cell got", "",
                "Steps reached and minutes of training per arm and labelled fraction. Under a time budget "
                "(`train.max_minutes`) the steps come from the step time each cell measured when it started, so arms "
-               "of different speed get different step counts; the load is the 1-minute load average per CPU at "
-               "that moment.", "", table]
+               "of different speed get different step counts. At that moment: the CPU pressure (the share of the last "
+               "10 s in which some task waited for a CPU; Linux) and the 1-minute load average per CPU (which lags).",
+               "", table]
     if not busy:
         return section, []
     names = ", ".join(f"`{n}`" for n in busy[:6]) + (f" and {len(busy) - 6} more" if len(busy) > 6 else "")
