@@ -170,9 +170,9 @@ def cpu_pressure(path: str = "/proc/pressure/cpu") -> float | None:
 
 def is_busy(pressure: float | None, load: float | None) -> bool:
     """Whether other work shared the CPUs while the step time was measured: from the CPU pressure where the kernel
-    reports it (a 10 s window, about as long as the calibration), else from the 1-minute load average, which lags: it still
-    counts work that ended up to a minute before, a sweep's previous cell included (a cell measured at the same
-    speed as its quiet neighbours read 1.5 per CPU there)."""
+    reports it (a 10 s window, about as long as the calibration), else from the 1-minute load average, which lags:
+    it still counts work that ended up to a minute before, a sweep's previous cell included (a cell measured at
+    the same speed as its quiet neighbours read 1.5 per CPU there)."""
     if pressure is not None:
         return pressure > BUSY_PRESSURE
     return load is not None and load > BUSY_LOAD
