@@ -35,6 +35,13 @@ def _umask() -> int:
 FILE_MODE = 0o666 & ~_umask()  # the mode ``open`` gives a new file
 
 
+def make_shareable(path: str | Path) -> None:
+    """Give a file made private (``mkstemp``, blosc2) the mode ``open`` would have given it; a file system that
+    refuses modes (some network mounts) leaves it as it is."""
+    with contextlib.suppress(OSError):
+        os.chmod(path, FILE_MODE)
+
+
 def default_cache_dir() -> Path:
     """``$MEDMAE_CACHE`` if set, else ``~/.cache/medmae``."""
     env = os.environ.get("MEDMAE_CACHE")
@@ -69,7 +76,7 @@ def atomic_file(path: Path, sync: bool = True) -> Iterator[BinaryIO]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".tmp-")
     try:
-        os.chmod(tmp, FILE_MODE)
+        make_shareable(tmp)
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()

@@ -27,7 +27,7 @@ from typing import Any
 import blosc2
 import numpy as np
 
-from medmae.data.cache import FILE_MODE, atomic_file, atomic_write_bytes, sha256_file  # noqa: F401 - sha256_file re-exported
+from medmae.data.cache import atomic_file, atomic_write_bytes, make_shareable, sha256_file  # noqa: F401 - sha256_file re-exported
 from medmae.data.pack_codec import Encoded, blocks_for, cparams, mask_dtype
 from medmae.data.pack_names import INDEX_FILE, PACK_FILE, PART_FILE, part_dir_name, shard_name  # noqa: F401 - re-exported
 from medmae.errors import CaseError, SourceError
@@ -85,7 +85,7 @@ def write_shard(path: Path, cases: Sequence[StoredCase], codec: str) -> list[tup
                 where[i] = (g, r)
     with open(tmp, "rb+") as f:
         os.fsync(f.fileno())
-    os.chmod(tmp, FILE_MODE)  # readable as any file the user writes (blosc2 creates it private)
+    make_shareable(tmp)  # readable as any file the user writes (blosc2 creates it private)
     os.replace(tmp, path)
     return where
 
