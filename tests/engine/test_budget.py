@@ -157,6 +157,20 @@ def test_cpu_pressure_reads_the_kernels_ten_second_average(tmp_path):
     assert budget.cpu_pressure(str(tmp_path / "absent")) is None
 
 
+def test_the_cpu_pressure_is_the_processs_own_cgroups_where_it_has_one(tmp_path):
+    """On a node shared by jobs the system-wide pressure counts other jobs' waits: the cgroup's own is read first."""
+    proc, cgroups = tmp_path / "proc", tmp_path / "cg"
+    (proc / "self").mkdir(parents=True)
+    (proc / "self" / "cgroup").write_text("0::/slurm/job_7/step_0\n")
+    assert budget.pressure_file(str(proc), str(cgroups)) == f"{proc}/pressure/cpu", "no cpu.pressure there: system-wide"
+    own = cgroups / "slurm" / "job_7" / "step_0" / "cpu.pressure"
+    own.parent.mkdir(parents=True)
+    own.write_text("some avg10=2.00 avg60=1.00 avg300=0.50 total=1\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n")
+    assert budget.pressure_file(str(proc), str(cgroups)) == str(own)
+    (proc / "self" / "cgroup").write_text("4:memory:/x\n1:cpu:/\n")  # cgroup v1 only
+    assert budget.pressure_file(str(proc), str(cgroups)) == f"{proc}/pressure/cpu"
+
+
 def test_a_budget_never_exceeds_epochs_or_max_steps(tmp_path, monkeypatch):
     fake_clock(monkeypatch, tick=0.01)  # 10 ms per step: thousands of steps would fit
     result = make_trainer(tmp_path / "a", step_fn(), max_minutes=1.0).fit()

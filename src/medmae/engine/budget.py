@@ -155,11 +155,26 @@ def load_per_cpu() -> float | None:
         return None
 
 
-def cpu_pressure(path: str = "/proc/pressure/cpu") -> float | None:
-    """The share of the last 10 s in which some runnable task waited for a CPU (Linux pressure stall information,
-    ``some avg10``); None where the kernel does not report it."""
+def pressure_file(proc: str = "/proc", cgroups: str = "/sys/fs/cgroup") -> str:
+    """Where the CPU pressure of this process's tasks is: its cgroup's ``cpu.pressure`` (cgroup v2) counts the time
+    they waited for a CPU, whoever held it, and nothing else; on a cluster node shared by jobs the system-wide
+    ``/proc/pressure/cpu`` also counts other jobs' tasks waiting on their own CPUs. The system-wide file where the
+    cgroup has none (cgroup v1, PSI off for cgroups)."""
     try:
-        with open(path) as f:
+        with open(f"{proc}/self/cgroup") as f:
+            unified = [line.strip()[3:] for line in f if line.startswith("0::")]
+    except OSError:
+        unified = []
+    if unified and os.path.isfile(own := f"{cgroups}{unified[0].rstrip('/')}/cpu.pressure"):
+        return own
+    return f"{proc}/pressure/cpu"
+
+
+def cpu_pressure(path: str | None = None) -> float | None:
+    """The share of the last 10 s in which some runnable task waited for a CPU (Linux pressure stall information,
+    ``some avg10`` of :func:`pressure_file`); None where the kernel does not report it."""
+    try:
+        with open(path or pressure_file()) as f:
             for line in f:
                 if line.startswith("some "):
                     return round(float(dict(kv.split("=", 1) for kv in line.split()[1:])["avg10"]) / 100.0, 3)
