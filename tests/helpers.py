@@ -104,6 +104,13 @@ def checkpoint_steps(run_dir: Path) -> list[int]:
     return sorted(int(p.name[5:]) for p in root.glob("step_*") if p.is_dir() and p.name[5:].isdigit())
 
 
+def new_file_mode() -> int:
+    """The mode ``open`` gives a new file under the current umask."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def flat(text: str) -> str:
     """Text without whitespace: rich wraps long lines (and paths) at the console width."""
     return "".join(text.split())

@@ -15,7 +15,7 @@ from PIL import Image
 
 from medmae.data.cache import ArrayCache, CachedArray, atomic_write_chunks, mapped
 
-from helpers import TINY_MODEL, pretrain_args, subprocess_env
+from helpers import TINY_MODEL, new_file_mode, pretrain_args, subprocess_env
 
 
 def open_fds() -> int:
@@ -34,19 +34,13 @@ def test_a_stored_array_is_held_by_path_with_shape_and_dtype(tmp_path):
     assert again == held, "a second load must describe the same file"
 
 
-def current_umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 @pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
 def test_written_files_get_the_mode_open_gives_not_a_private_one(tmp_path):
     """A cache, pack or run folder shared with a group stays readable to it: ``mkstemp`` makes files 0600, which
     left a shared ``MEDMAE_CACHE`` (and a pack's ``pack.json``, an export's contract) unreadable to colleagues."""
     with open(tmp_path / "plain", "wb"):
         pass
-    expected = 0o666 & ~current_umask()
+    expected = new_file_mode()
     assert (os.stat(tmp_path / "plain").st_mode & 0o777) == expected
     held = ArrayCache(tmp_path / "cache").store("k-img", np.zeros((1, 2, 2), np.float32))
     atomic_write_chunks(tmp_path / "a.json", [b"{}"])

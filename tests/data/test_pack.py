@@ -32,6 +32,8 @@ from medmae.engine.loader_state import digest
 from medmae.errors import CaseError, ConfigError, ContractError, SourceError
 from medmae.tasks.pack import merge_packs, pack_sources
 
+from helpers import new_file_mode
+
 TINY_2D_DATA = ("model.img_size=[32,32]",)
 TINY_3D_DATA = ("model.img_size=[32,32,32]",)
 
@@ -264,11 +266,9 @@ def test_cases_over_more_shards_than_a_reader_keeps_open_get_their_shards_as_gro
 @pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
 def test_every_file_of_a_pack_is_readable_as_any_file_the_user_writes(cxr_pack):
     """A pack written for a group (a shared pool on a cluster) is readable by it: no file is left private."""
-    mask = os.umask(0o022)
-    os.umask(mask)
     files = [p for p in cxr_pack.rglob("*") if p.is_file()]
     assert {"medmae-pack.json", "index.npz"} <= {p.name for p in files} and any(p.suffix == ".b2z" for p in files)
-    assert {p.name: os.stat(p).st_mode & 0o777 for p in files} == {p.name: 0o666 & ~mask for p in files}
+    assert {p.name: os.stat(p).st_mode & 0o777 for p in files} == {p.name: new_file_mode() for p in files}
 
 
 def test_the_index_is_a_read_only_memory_map_and_a_damaged_index_is_named(cxr_pack, tmp_path):
