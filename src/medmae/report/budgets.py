@@ -60,7 +60,7 @@ def markdown(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[str]]:
                       "CPU pressure (max)", "load per CPU (max)"],
                      [[r["init"], percent(r["fraction"]), str(r["n_cells"]), f"{r['steps_mean']:.0f}",
                        f"{r['steps_min']}-{r['steps_max']}", f"{r['minutes_mean']:.1f}",
-                       ", ".join(f"{m:g}" for m in r["max_minutes"]) or "-",
+                       ", ".join(f"{m:.3g}" for m in r["max_minutes"]) or "-",
                        "-" if r["cpu_pressure_max"] is None else f"{r['cpu_pressure_max']:.0%}",
                        "-" if r["load_per_cpu_max"] is None else f"{r['load_per_cpu_max']:.2f}"] for r in rows])
     section = ["## Training each cell got", "",
