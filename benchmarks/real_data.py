@@ -183,12 +183,11 @@ def pretrain_summary(run_dir: Path) -> dict[str, Any]:
 
 def training_minutes(sweep_dir: Path) -> dict[str, float]:
     """Training-loop minutes of every finished cell (``task.json`` ``training``), to check the budget was kept."""
-    out = {}
-    for task_json in sorted(sweep_dir.glob("cells/*/task.json")):
-        training = json.loads(task_json.read_text()).get("training") or {}
-        if training.get("train_minutes") is not None:
-            out[task_json.parent.name] = round(float(training["train_minutes"]), 2)
-    return out
+    from medmae.report.budgets import cell_training  # medmae is imported when a run starts, as in run()
+
+    records = {cell.name: cell_training(cell) for cell in sorted(sweep_dir.glob("cells/*"))}
+    return {name: round(float(t["train_minutes"]), 2) for name, t in records.items()
+            if t.get("train_minutes") is not None}
 
 
 def publish_sweep(stem: str, sweep_dir: Path, out: Path, root: Path, work: Path) -> None:

@@ -66,7 +66,7 @@ def test_attention_uses_sdpa(monkeypatch):
 
 
 def test_cpu_attention_of_bf16_inputs_is_computed_in_fp32_under_autocast():
-    """torch's CPU attention is 1.5-3x slower in bf16 than in fp32 (backward most): bf16 inputs are computed in
+    """torch's CPU attention is 1.5-3.3x slower in bf16 than in fp32 (backward most): bf16 inputs are computed in
     fp32 and the output cast back, bitwise what fp32 attention of the same inputs gives; gradients flow in bf16."""
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 3, 17, 8, generator=g).bfloat16().requires_grad_() for _ in range(3))

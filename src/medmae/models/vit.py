@@ -81,7 +81,7 @@ def split_qkv_projection(qkv: nn.Linear, x_bnd: torch.Tensor, rows_bm: torch.Ten
 def attention(q_bhnd: torch.Tensor, k_bhnd: torch.Tensor, v_bhnd: torch.Tensor) -> torch.Tensor:
     """``F.scaled_dot_product_attention``, computed in fp32 when bf16 inputs are on the CPU (under autocast too).
 
-    torch's CPU flash-attention kernels are 1.5-3x slower in bf16 than in fp32, their backward most: in a bf16
+    torch's CPU flash-attention kernels are 1.5-3.3x slower in bf16 than in fp32, their backward most: in a bf16
     ViT-S/16 MAE step the attention took 27 % of the time, against 9 % in fp32 (``torch.profiler``, one thread).
     fp32 is also the more exact; the output is cast back to bf16. Elsewhere (CUDA) bf16 attention is the fast one
     and runs as is. (With an ``attn_mask``, as in Swin, torch's CPU kernel already computes bf16 in fp32.)
