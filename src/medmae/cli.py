@@ -160,6 +160,7 @@ def finetune(
     max_steps: MaxSteps = None,
     resume: Resume = None,
     plan: PlanOpt = None,
+    step_time_from: Annotated[Optional[Path], typer.Option("--step-time-from", help="With train.max_minutes: a fine-tuning run whose measured step time to use where a step costs the same (same network, batch and data), so both runs get the same step count.")] = None,
 ) -> None:
     """Fine-tune a pretrained encoder (or train from scratch with the identical setup, or a MONAI baseline) for
     classification or segmentation. With --plan: the plan's finetune.<task> settings (task: --task, else the
@@ -169,7 +170,7 @@ def finetune(
     if task not in (None, "cls", "seg"):
         raise fail(f"--task must be cls or seg, got {task!r}", EXIT_CONFIG)
     out = run_task(run, config, task=task, init=init, preset=preset, data=data, run_dir=run_dir, overrides=set_ or [],
-               max_steps=max_steps, resume=resume, plan=plan)
+               max_steps=max_steps, resume=resume, plan=plan, step_time_from=step_time_from)
     if _is_main_process():
         console.print(f"run directory: {out}   next: medmae evaluate {out}")
 

@@ -3,6 +3,7 @@ lr schedule spans it, the calibration leaves no trace, and a crashed run resumes
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import signal
@@ -123,7 +124,7 @@ def test_a_step_time_measured_on_a_busy_machine_is_flagged(tmp_path, monkeypatch
     """Beside other work (a test suite, another run) a budget buys far fewer steps: the demo's ResEnc arms got 13-42
     steps instead of 505-573 and scored Dice 0.42-0.46 instead of 0.95. The run says so and records the load."""
     fake_clock(monkeypatch, tick=6.0)
-    cpus = len(budget.os.sched_getaffinity(0))
+    cpus = budget.cpu_count()
 
     def run(name: str, pressure: float | None, load: float):
         monkeypatch.setattr(budget, "cpu_pressure", lambda: pressure)
@@ -169,6 +170,48 @@ def test_the_cpu_pressure_is_the_processs_own_cgroups_where_it_has_one(tmp_path)
     assert budget.pressure_file(str(proc), str(cgroups)) == str(own)
     (proc / "self" / "cgroup").write_text("4:memory:/x\n1:cpu:/\n")  # cgroup v1 only
     assert budget.pressure_file(str(proc), str(cgroups)) == f"{proc}/pressure/cpu"
+    (proc / "self" / "cgroup").write_text("4:memory:/x\n1:cpu:/\n0::/job_9\n")  # hybrid: v2 under unified/
+    hybrid = cgroups / "unified" / "job_9" / "cpu.pressure"
+    hybrid.parent.mkdir(parents=True)
+    hybrid.write_text(own.read_text())
+    assert budget.pressure_file(str(proc), str(cgroups)) == str(hybrid)
+
+
+def test_a_run_of_the_same_cost_takes_the_step_time_another_run_measured(tmp_path, monkeypatch):
+    """Two timings of one network differ (±15 %), which gave a sweep's identical arms different step counts: a run
+    whose cost key matches takes the other run's step time (and its load), and so its step count; another key
+    measures."""
+    fake_clock(monkeypatch, tick=6.0)
+    first = make_trainer(tmp_path / "first", step_fn(), max_minutes=1.0)
+    first.cost_key = "net-a"
+    assert first.fit().step == 9
+    measured = budget.read_budget(tmp_path / "first")
+    assert measured is not None and measured.cost_key == "net-a" and measured.step_s == pytest.approx(6.0)
+    given = dataclasses.replace(measured, step_s_from="runs/first")
+
+    seen = fake_clock(monkeypatch, tick=3.0)  # measured now, a step would take 3 s: 18 steps
+    same = make_trainer(tmp_path / "same", step_fn(), max_minutes=1.0)
+    same.cost_key, same.given_budget = "net-a", given
+    result = same.fit()
+    assert not seen, "nothing was timed"
+    assert result.step == result.total_steps == 9 and result.usage["step_s_from"] == "runs/first"
+    assert result.usage["measured_step_s"] == pytest.approx(6.0)
+    assert budget.read_budget(tmp_path / "same") == dataclasses.replace(given, max_minutes=1.0)
+
+    other = make_trainer(tmp_path / "other", step_fn(), max_minutes=1.0)
+    other.cost_key, other.given_budget = "net-b", given  # another network: measures its own
+    result = other.fit()
+    assert seen and result.step == 18 and "step_s_from" not in result.usage
+    assert budget.read_budget(tmp_path / "nowhere") is None
+
+
+def test_the_cost_key_is_the_parameter_shapes_and_the_settings_not_the_weights():
+    torch.manual_seed(0)
+    a, b = nn.Linear(3, 8), nn.Linear(3, 8)  # other weights, same shapes
+    settings = {"batch": 4, "precision": "fp32"}
+    assert budget.cost_key(a, settings) == budget.cost_key(b, settings)
+    assert budget.cost_key(a, settings) != budget.cost_key(nn.Linear(3, 9), settings)
+    assert budget.cost_key(a, settings) != budget.cost_key(a, {**settings, "batch": 8})
 
 
 def test_a_budget_never_exceeds_epochs_or_max_steps(tmp_path, monkeypatch):

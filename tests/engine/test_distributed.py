@@ -14,6 +14,7 @@ from medmae.config import ConfigError
 from safetensors.torch import load_file
 
 from helpers import CliProcess, latest_checkpoint, pretrain_args, subprocess_env, train_rows
+from medmae.engine import distributed
 from medmae.engine.distributed import check_batch, DistInfo, all_reduce_max, all_reduce_sum, gather_objects, init_distributed, pick_device
 
 
@@ -76,3 +77,28 @@ def test_cuda_requested_without_cuda_is_an_error():
     with pytest.raises(ConfigError, match="batch_size=6 .* divisible by the 4 processes"):
         check_batch(6, DistInfo(0, 4, 0, torch.device("cpu")))
     check_batch(8, DistInfo(0, 4, 0, torch.device("cpu")))
+
+
+def test_threads_default_to_torchs_count_capped_at_the_cpus_this_process_may_use(monkeypatch):
+    """torch counts the host's cores, not a container's CPU quota (a pod limited to 2 CPUs: 32 threads)."""
+    before = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    try:
+        torch.set_num_threads(4)
+        monkeypatch.setattr(distributed, "cpu_count", lambda: 1)  # a quota of one CPU
+        distributed.set_threads(None)
+        assert torch.get_num_threads() == 1
+        torch.set_num_threads(4)
+        monkeypatch.setattr(distributed, "cpu_count", lambda: 8)  # more CPUs than torch's count: torch's count
+        distributed.set_threads(None)
+        assert torch.get_num_threads() == 4
+        monkeypatch.setattr(distributed, "cpu_count", lambda: 1)
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")  # torchrun's (or the user's) choice is left to decide
+        distributed.set_threads(None)
+        assert torch.get_num_threads() == 4
+        distributed.set_threads(2)  # an explicit count wins over both
+        assert torch.get_num_threads() == 2
+        with pytest.raises(ConfigError, match="--threads must be at least 1, got 0"):
+            distributed.set_threads(0, "--threads")
+    finally:
+        torch.set_num_threads(before)

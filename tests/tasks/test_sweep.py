@@ -1,6 +1,7 @@
 """medmae sweep: grid, resume, and the report it ends with."""
 
 import csv
+import itertools
 import json
 import math
 import re
@@ -9,7 +10,9 @@ import pytest
 
 import medmae.tasks.sweep as sweep_mod
 from medmae.config import ConfigError
+from medmae.engine import budget
 from medmae.report import parse_cell, write_report
+from medmae.report.budgets import cell_training
 from medmae.tasks.pretrain import pretrain
 from medmae.tasks.sweep import grid, sweep
 
@@ -136,3 +139,23 @@ def test_only_folds_runs_those_folds_cells_and_a_later_call_the_rest(tmp_path, m
         sweep(**kw, only_folds=[3])
     with pytest.raises(ConfigError, match="--fold needs --folds"):
         sweep(**{**kw, "folds": None}, only_folds=[0])
+
+
+def test_under_a_time_budget_the_arms_of_one_network_get_the_same_steps(tmp_path, pretrained, monkeypatch):
+    """Timings of one network differ between runs (±15 %): the MAE arm takes the step time the scratch arm of its
+    cell measured, so both train the same steps (another network measures its own: tests/engine/test_budget.py)."""
+    tick = [0.5]
+    calls = itertools.count()
+    monkeypatch.setattr(budget, "CLOCK", lambda: next(calls) * tick[0])  # each timed step takes tick[0] s
+    real = sweep_mod.finetune
+
+    def timed(*args, run_dir, **kw):
+        tick[0] = 0.5 if run_dir.name.endswith("_scratch") else 0.25  # measured, the MAE arm would get twice the steps
+        return real(*args, run_dir=run_dir, **kw)
+
+    monkeypatch.setattr(sweep_mod, "finetune", timed)
+    out = sweep(task="cls", inits=["scratch", str(pretrained)], run_dir=tmp_path / "W", preset="demo-2d",
+                fractions=[1.0], seeds=1, overrides=[*TINY, "train.epochs=50", "train.max_minutes=0.1"], report=False)
+    scratch, mae = (cell_training(out / "cells" / f"cls_frac1_seed0_{name}") for name in ("scratch", "mae"))
+    assert scratch["steps"] == 10 and "step_s_from" not in scratch  # 6 s x 0.9 / 0.5 s
+    assert mae["steps"] == 10 and mae["step_s_from"] == str(out / "cells" / "cls_frac1_seed0_scratch")

@@ -49,7 +49,8 @@ class TrainConfig(Strict):
     figure_every: int = Field(50, ge=1, description="epochs between reconstruction figures")
     log_every: int = Field(10, ge=1)
     nan_max_consecutive: int = Field(5, ge=1)
-    threads: int | None = Field(None, ge=1, description="torch CPU threads (torch.set_num_threads); null: torch's default")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (torch.set_num_threads); null: OMP_NUM_THREADS where set, "
+                                 "else torch's default capped at the CPUs this process may use (affinity, container quota)")
     compile: bool = Field(False, description="torch.compile the model (pays off on GPUs; slow warm-up on CPU)")
     parallel: Literal["ddp", "fsdp"] = Field("ddp", description="under torchrun: ddp (a model replica per process) "
                                              "or fsdp (FSDP2: parameters, gradients, optimizer state sharded; ViT-L+)")

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from joblib import cpu_count
+
 from medmae.data.cases import Case, DatasetSpec
 from medmae.data.check_case import inspect_case
 from medmae.data.check_dataset import dataset_findings
@@ -71,7 +73,7 @@ def check_source(
                 jobs.append((name, spec, case))
             else:
                 errors += _missing_files(name, case)
-    n_workers = workers or min(4, os.cpu_count() or 1)
+    n_workers = workers or min(4, cpu_count())
     with ThreadPoolExecutor(max_workers=max(1, n_workers)) as pool:
         results = list(pool.map(lambda job: inspect_case(*job, opts), jobs))
     for r in results:

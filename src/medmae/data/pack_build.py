@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -216,7 +215,3 @@ def part_listing(part_dir: Path, shard: dict[str, Any]) -> list[dict[str, Any]]:
     """The case rows of one finished shard of a part."""
     return json.loads((part_dir / shard["listing"]).read_text())["cases"]
 
-
-def workers_default() -> int:
-    """Half the CPUs this process may use (at least 1)."""
-    return max(1, len(os.sched_getaffinity(0)) // 2) if hasattr(os, "sched_getaffinity") else 1

@@ -8,26 +8,36 @@ steps vary (3 steps put two identical Hippocampus arms 27 % apart in step count)
 are put back and its optimizer is thrown away, so a budgeted run of N steps is the run ``max_steps=N`` would
 be. The count is fixed once and stored in every checkpoint's train state (``budget``); a resumed run reuses it
 and never measures again, so exact resume holds and the lr schedule spans the budgeted steps.
+
+Two runs of one network (a sweep's scratch and MAE arms) cost the same per step, yet two timings of it differ by
+up to ±15 % (augmentation, the machine), which gave identical arms different step counts. A run may take the step
+time another run measured (``given``) when their ``cost_key`` — the network's parameter shapes and the batch,
+precision and data settings — is the same; it then gets that run's step count.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import logging
 import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import torch
+from joblib import cpu_count
 from torch import nn
 from torch.utils.data import Dataset, default_collate
 
 from medmae.config import OptimConfig
 from medmae.engine.optim import build_optimizer
 from medmae.engine.resume import rng_state, set_rng_state
+from medmae.run_layout import METRICS_JSONL
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +66,8 @@ class Budget:
     timed_steps: int = CALIBRATION_STEPS - 1
     load_per_cpu: float | None = None  # 1-minute load average per usable CPU when the step time was measured
     cpu_pressure: float | None = None  # share of the 10 s before then in which some task waited for a CPU (PSI)
+    cost_key: str | None = None  # what the step time depends on (:func:`cost_key`); equal keys, equal step times
+    step_s_from: str | None = None  # the run whose measured step time this budget took (None: measured here)
 
     @property
     def busy(self) -> bool:
@@ -67,6 +79,27 @@ class Budget:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Budget:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+def cost_key(model: nn.Module, settings: Mapping[str, Any]) -> str:
+    """Digest of what one training step costs: the parameters' names and shapes, and ``settings`` (batch,
+    precision, the data and augmentation settings; JSON-able)."""
+    shapes = [(name, list(p.shape)) for name, p in model.named_parameters()]
+    text = json.dumps({"parameters": shapes, "settings": settings}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def read_budget(run_dir: Path) -> Budget | None:
+    """The budget a run fixed when it started (its first ``budget`` row of ``metrics.jsonl``), or None."""
+    try:
+        with open(Path(run_dir) / METRICS_JSONL) as f:
+            for line in f:
+                row = json.loads(line)
+                if row.get("kind") == "budget":
+                    return Budget.from_dict(row)
+    except (OSError, ValueError):
+        return None
+    return None
 
 
 def steps_in_budget(max_minutes: float, step_s: float, margin: float = MARGIN) -> int:
@@ -149,8 +182,7 @@ def measure_step_time(model: nn.Module, dataset: Dataset, param_groups: Sequence
 def load_per_cpu() -> float | None:
     """The 1-minute load average per CPU this process may use; None where the system does not report one."""
     try:
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        return round(os.getloadavg()[0] / cpus, 3)
+        return round(os.getloadavg()[0] / cpu_count(), 3)
     except OSError:
         return None
 
@@ -158,15 +190,18 @@ def load_per_cpu() -> float | None:
 def pressure_file(proc: str = "/proc", cgroups: str = "/sys/fs/cgroup") -> str:
     """Where the CPU pressure of this process's tasks is: its cgroup's ``cpu.pressure`` (cgroup v2) counts the time
     they waited for a CPU, whoever held it, and nothing else; on a cluster node shared by jobs the system-wide
-    ``/proc/pressure/cpu`` also counts other jobs' tasks waiting on their own CPUs. The system-wide file where the
-    cgroup has none (cgroup v1, PSI off for cgroups)."""
+    ``/proc/pressure/cpu`` also counts other jobs' tasks waiting on their own CPUs. The v2 hierarchy is mounted at
+    ``/sys/fs/cgroup`` or, on hybrid hosts (systemd's v1 layout with v2 beside it), at ``/sys/fs/cgroup/unified``.
+    The system-wide file where the cgroup has none (cgroup v1 only, PSI off for cgroups)."""
     try:
         with open(f"{proc}/self/cgroup") as f:
-            unified = [line.strip()[3:] for line in f if line.startswith("0::")]
+            unified = [line.strip()[3:].rstrip("/") for line in f if line.startswith("0::")]
     except OSError:
         unified = []
-    if unified and os.path.isfile(own := f"{cgroups}{unified[0].rstrip('/')}/cpu.pressure"):
-        return own
+    if unified:
+        for mount in (cgroups, f"{cgroups}/unified"):
+            if os.path.isfile(own := f"{mount}{unified[0]}/cpu.pressure"):
+                return own
     return f"{proc}/pressure/cpu"
 
 
@@ -194,21 +229,32 @@ def is_busy(pressure: float | None, load: float | None) -> bool:
 
 
 def fix_budget(max_minutes: float, schedule_steps: int, saved: Mapping[str, Any] | None,
-               measure: Callable[[], tuple[float, int]]) -> tuple[Budget, bool]:
-    """The run's budget: the one a resumed checkpoint holds (``saved``), else one measured now (``measure`` gives
-    seconds per step and the steps timed). Returns the budget and whether it was measured in this call."""
+               measure: Callable[[], tuple[float, int]], *, key: str | None = None,
+               given: Budget | None = None) -> tuple[Budget, bool]:
+    """The run's budget: the one a resumed checkpoint holds (``saved``); else, when ``given`` (another run's
+    budget, its ``step_s_from`` naming that run) has this run's cost ``key``, that run's step time and the load it
+    was measured under; else one measured now (``measure`` gives seconds per step and the steps timed). Returns
+    the budget and whether it was fixed in this call."""
     if saved is not None:
         budget = Budget.from_dict(saved)
         if budget.max_minutes != max_minutes:
             log.warning("train.max_minutes changed from %g to %g since the run started: the run keeps its %d steps "
                         "(fixed at the start, for exact resume)", budget.max_minutes, max_minutes, budget.total_steps)
         return budget, False
-    step_s, timed = measure()
-    allowed = steps_in_budget(max_minutes, step_s)
-    budget = Budget(max_minutes=max_minutes, step_s=step_s, total_steps=min(allowed, schedule_steps),
-                    budget_steps=allowed, timed_steps=timed, load_per_cpu=load_per_cpu(), cpu_pressure=cpu_pressure())
-    log.info("budget %g min: %.3g s per step measured over %d steps -> %d steps%s", max_minutes, step_s,
-             budget.timed_steps, budget.total_steps,
+    if given is not None and key is not None and given.cost_key == key:
+        allowed = steps_in_budget(max_minutes, given.step_s)
+        budget = replace(given, max_minutes=max_minutes, total_steps=min(allowed, schedule_steps), budget_steps=allowed)
+        how = f"taken from {given.step_s_from} (the same network, batch and data)"
+    else:
+        if given is not None:
+            log.info("the step time of %s is for another network, batch or data: measuring", given.step_s_from)
+        step_s, timed = measure()
+        allowed = steps_in_budget(max_minutes, step_s)
+        budget = Budget(max_minutes=max_minutes, step_s=step_s, total_steps=min(allowed, schedule_steps),
+                        budget_steps=allowed, timed_steps=timed, load_per_cpu=load_per_cpu(),
+                        cpu_pressure=cpu_pressure(), cost_key=key)
+        how = f"measured over {timed} steps"
+    log.info("budget %g min: %.3g s per step %s -> %d steps%s", max_minutes, budget.step_s, how, budget.total_steps,
              f" (epochs / max_steps allow only {schedule_steps})" if schedule_steps < allowed else "")
     if budget.busy:  # other work shared the CPUs: fewer steps than an idle machine gives
         pressure = budget.cpu_pressure
@@ -227,4 +273,6 @@ def usage(budget: Budget | None, step: int, seconds: float) -> dict[str, Any]:
         out.update({"max_minutes": budget.max_minutes, "measured_step_s": budget.step_s,
                     "budget_steps": budget.total_steps, "load_per_cpu": budget.load_per_cpu,
                     "cpu_pressure": budget.cpu_pressure, "busy": budget.busy})
+        if budget.step_s_from:
+            out["step_s_from"] = budget.step_s_from
     return out

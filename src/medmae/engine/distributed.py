@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -10,10 +11,12 @@ from typing import TypeVar
 
 import torch
 import torch.distributed as dist
+from joblib import cpu_count
 
 from medmae.errors import ConfigError, MedmaeError, PeerLostError
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,21 @@ def pick_device(pref: str, local_rank: int = 0) -> torch.device:
             raise ConfigError("train.device=cuda but CUDA is not available here (use auto or cpu)")
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
+
+
+def set_threads(threads: int | None, option: str = "train.threads") -> None:
+    """torch CPU threads of this process: ``threads`` where given; else torch's default, capped at the CPUs this
+    process may use (its affinity and its container's CPU quota, which torch does not read: in a pod limited to 2
+    CPUs on a 64-core node it would run 32 threads on them). ``OMP_NUM_THREADS``, which torchrun sets, decides
+    where it is set."""
+    if threads is not None:
+        if threads < 1:
+            raise ConfigError(f"{option} must be at least 1, got {threads}")
+        torch.set_num_threads(threads)
+    elif "OMP_NUM_THREADS" not in os.environ and torch.get_num_threads() > (usable := cpu_count()):
+        log.info("torch CPU threads: %d, the CPUs this process may use (torch counted %d)", usable,
+                 torch.get_num_threads())
+        torch.set_num_threads(usable)
 
 
 def check_batch(global_batch: int, info: DistInfo) -> None:

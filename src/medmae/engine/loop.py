@@ -123,6 +123,8 @@ class Trainer:
     tracker: Tracker = field(default_factory=Tracker, init=False, repr=False)  # rank 0's sinks while fit() runs
     metrics: MetricsLog | None = field(default=None, init=False, repr=False)  # hooks write their rows through it
     budget: Budget | None = None
+    cost_key: str | None = None  # what a step costs (medmae.engine.budget.cost_key), recorded with the budget
+    given_budget: Budget | None = None  # another run's budget: its step time is used when its cost_key is this one
     elapsed_s: float = 0.0  # training-loop seconds of the earlier sessions of this run (from the checkpoint)
     _session_start: float = field(default=0.0, init=False, repr=False)
     parallel: Replicated | Sharded | None = None  # set by fit: how the model is spread over the processes
@@ -225,7 +227,8 @@ class Trainer:
         if cfg.max_minutes:  # fixed once: a resumed run takes its checkpoint's step count (medmae.engine.budget)
             saved = loaded.train_state.get("budget") if loaded is not None else None
             self.budget, measured = fix_budget(cfg.max_minutes, schedule.total_steps, saved,
-                                               lambda: self._measure_step(schedule))
+                                               lambda: self._measure_step(schedule), key=self.cost_key,
+                                               given=self.given_budget)
             schedule = schedule.with_total(self.budget.total_steps, cfg, self.optim_cfg)
             if measured:
                 metrics.write({"kind": "budget", "step": self.step, **self.budget.as_dict()})

@@ -65,9 +65,11 @@ def markdown(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[str]]:
                        "-" if r["load_per_cpu_max"] is None else f"{r['load_per_cpu_max']:.2f}"] for r in rows])
     section = ["## Training each cell got", "",
                "Steps reached and minutes of training per arm and labelled fraction. Under a time budget "
-               "(`train.max_minutes`) the steps come from the step time each cell measured when it started, so arms "
-               "of different speed get different step counts. At that moment: the CPU pressure (the share of the last "
-               "10 s in which some task waited for a CPU; Linux) and the 1-minute load average per CPU (which lags).",
+               "(`train.max_minutes`) the steps come from the step time measured when a cell started, so arms "
+               "of different speed get different step counts; arms of one network take the step time the first "
+               "cell of their fraction and seed measured, and get the same steps. At that moment: the CPU pressure "
+               "(the share of the last 10 s in which some task waited for a CPU; Linux) and the 1-minute load "
+               "average per CPU (which lags).",
                "", table]
     if not busy:
         return section, []

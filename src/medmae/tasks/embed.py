@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from medmae.data.sources import load_source
+from medmae.engine.distributed import set_threads
 from medmae.errors import ConfigError, SourceError
-from medmae.tasks.inference import set_threads
 from medmae.tasks.model_api import embed_cases, export_source_of
 
 log = logging.getLogger(__name__)
@@ -22,7 +22,7 @@ def embed(model: str | Path, data: str | Path, *, out: str | Path, batch_size: i
     """Embed every case of ``data`` with ``model`` (a pretraining run, an ``encoder.safetensors`` or a fine-tuning
     run): ``OUT.npy`` (N, D) float32 in case order, ``OUT.csv`` (row, case_id, subject_id, split, label, path),
     and ``OUT.parquet`` (the same columns and the embedding) when pyarrow is installed. Returns the files."""
-    set_threads(threads)
+    set_threads(threads, "--threads")
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
     out = Path(out)

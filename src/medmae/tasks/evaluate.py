@@ -23,11 +23,12 @@ from medmae.data.preprocess import Preprocessing
 from medmae.data.readers import split_virtual
 from medmae.data.sources import load_source
 from medmae.data.splits import require_both_classes
+from medmae.engine.distributed import set_threads
 from medmae.errors import SourceError
 from medmae.engine.tracking import track_summary
 from medmae.metrics import regions_from_labels, segmentation_case_metrics, summarize_classification, summarize_segmentation
 from medmae.run_layout import EVAL_DIR, PER_CASE_FILE, SPLITS_FILE, SUMMARY_FILE
-from medmae.tasks.inference import classify, load_task_run, segment, set_threads, tta_axes
+from medmae.tasks.inference import classify, load_task_run, segment, tta_axes
 from medmae.tasks.run_dir import eval_dir
 from medmae.tasks.task_labels import check_mask_values
 
@@ -62,7 +63,7 @@ def evaluate(run_dir: str | Path, *, data: str | Path | None = None, split: str 
              device: str = "auto", threads: int | None = None) -> dict[str, Any]:
     """Evaluate a fine-tuned run; writes ``summary.json`` and ``per_case.csv`` to ``eval/<split>/`` (with ``data``:
     ``eval/<data-name>_<split>/``) and returns the summary. ``threads``: torch CPU threads."""
-    set_threads(threads)
+    set_threads(threads, "--threads")
     run_dir = Path(run_dir)
     cfg, info, model, ckpt_path = load_task_run(run_dir, device)
     device = next(model.parameters()).device

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,8 @@ from medmae.data.labels import class_targets
 from medmae.data.pipeline import prepare, resolve_spec
 from medmae.data.preprocess import CaseError, Preprocessing
 from medmae.data.splits import kfold, label_fraction, require_both_classes, save_json, train_test_split
-from medmae.engine.distributed import check_batch, barrier, init_distributed
+from medmae.engine.budget import Budget, cost_key, read_budget
+from medmae.engine.distributed import DistInfo, check_batch, barrier, init_distributed, set_threads
 from medmae.engine.loop import StepFn, Trainer
 from medmae.engine.optim import param_groups
 from medmae.errors import Interrupted
@@ -161,6 +163,28 @@ def loss_fn(cfg: FinetuneConfig, info: dict[str, Any]) -> StepFn:
     return seg_step
 
 
+def step_cost(cfg: FinetuneConfig, dist: DistInfo) -> dict[str, Any]:
+    """What a training step costs besides the network's shapes: batch, processes, precision, crop, data and
+    augmentation, loss, optimizer (not its lr or layer decay, nor the label subset)."""
+    return {"batch": cfg.train.batch_size, "processes": dist.world_size, "precision": cfg.train.precision,
+            "compile": cfg.train.compile, "crop": list(cfg.model.img_size), "optimizer": cfg.optim.name,
+            "loss": cfg.loss.model_dump(mode="json"),
+            "data": cfg.data.model_dump(mode="json", exclude={"label_fraction", "label_seed"})}
+
+
+def given_budget(run: str | Path | None) -> Budget | None:
+    """The budget another fine-tuning run fixed (``--step-time-from``), with the run named in it."""
+    if run is None:
+        return None
+    if not Path(run).is_dir():
+        raise ConfigError(f"--step-time-from {run}: no such run directory")
+    budget = read_budget(Path(run))
+    if budget is None:
+        log.warning("--step-time-from %s: that run measured no step time (no train.max_minutes?): measuring", run)
+        return None
+    return replace(budget, step_s_from=str(run))
+
+
 def finetune(
     config: ConfigSource = None,
     *,
@@ -173,10 +197,12 @@ def finetune(
     max_steps: int | None = None,
     resume: str | None = None,
     plan: str | Path | None = None,
+    step_time_from: str | Path | None = None,
 ) -> Path:
     """Fine-tune for ``task`` ('cls' or 'seg') from ``init`` (run dir, encoder file, 'scratch' or 'baseline:NAME':
-    a MONAI network from scratch); ``plan``: a ``medmae plan`` file instead of ``config`` / ``preset``. Returns the
-    run dir."""
+    a MONAI network from scratch); ``plan``: a ``medmae plan`` file instead of ``config`` / ``preset``;
+    ``step_time_from``: a run whose measured step time ``train.max_minutes`` uses where the step costs the same
+    (the same network, batch and data: a sweep's arms then get the same step count). Returns the run dir."""
     plan_file = read_plan(plan) if plan is not None else None
     cfg = resolve_finetune_config(config, task=task, preset=preset, data=data, overrides=overrides, plan=plan_file)
     if cfg.data.sources:
@@ -184,11 +210,11 @@ def finetune(
     if cfg.data.slice_axis is not None:
         raise ConfigError("data.slice_axis is for pretraining a 2D encoder on slices of volumes; fine-tune it on "
                           "2D images (evaluation and prediction work on whole images)")
+    step_time = given_budget(step_time_from) if cfg.train.max_minutes else None
     run_dir = Path(run_dir)
     dist = init_distributed(cfg.train.device, cfg.train.dist_timeout_s)
     check_batch(cfg.train.batch_size, dist)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
+    set_threads(cfg.train.threads)
 
     spec = resolve_spec(cfg.data).select(cfg.data.splits)
     labelled = [c for c in spec.cases if (c.mask if cfg.task == "seg" else c.label is not None)]
@@ -260,7 +286,8 @@ def finetune(
                                   num_layers=fam.num_layers(model), layer_decay=decay)
         trainer = Trainer(
             model=model, dataset=dataset, param_groups=groups, train_cfg=cfg.train, optim_cfg=cfg.optim,
-            run_dir=run_dir, dist=dist, step_fn=loss_fn(cfg, info),
+            run_dir=run_dir, dist=dist, step_fn=loss_fn(cfg, info), cost_key=cost_key(model, step_cost(cfg, dist)),
+            given_budget=step_time,
             checkpoint_metadata={"stage": "finetune", "task": cfg.task, "arch": cfg.model.arch, "init": str(init),
                                  **({"plan_sha256": plan_file.sha256} if plan_file else {})},
             case_ids=[p.case.case_id for p in prepared], num_workers=cfg.data.num_workers,

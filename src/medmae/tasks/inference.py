@@ -13,7 +13,7 @@ import torch
 from monai.inferers import sliding_window_inference
 from torch import nn
 
-from medmae.config import ConfigError, FinetuneConfig, load_config
+from medmae.config import FinetuneConfig, load_config
 from medmae.data.dataset import augment_case, pad_to, pad_value
 from medmae.engine import checkpoint as ckpt
 from medmae.engine.distributed import pick_device
@@ -47,15 +47,6 @@ def load_task_run(run_dir: str | Path, device: str | torch.device = "auto") -> t
     if not isinstance(device, torch.device):
         device = pick_device(device)
     return cfg, info, model.to(device).eval(), path
-
-
-def set_threads(threads: int | None) -> None:
-    """torch CPU threads of this process (``--threads``, like ``train.threads``); None keeps torch's default."""
-    if threads is None:
-        return
-    if threads < 1:
-        raise ConfigError(f"--threads must be at least 1, got {threads}")
-    torch.set_num_threads(threads)
 
 
 def class_probabilities(logits: torch.Tensor, multilabel: bool) -> torch.Tensor:

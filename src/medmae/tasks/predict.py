@@ -17,8 +17,9 @@ from medmae.data.cases import Case, strip_suffix
 from medmae.data.preprocess import Preprocessing, load_image
 from medmae.data.readers import read_image
 from medmae.data.writers import write_like
+from medmae.engine.distributed import set_threads
 from medmae.figures import save_mask_overlay, save_palette_mask
-from medmae.tasks.inference import classify, load_task_run, segment, set_threads, tta_axes
+from medmae.tasks.inference import classify, load_task_run, segment, tta_axes
 from medmae.tasks.run_dir import output_dir
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ def predict(run_dir: str | Path, inputs: Sequence[str | Path], *, out: str | Pat
     """Segmentation: one label map per input, written with the input's geometry (affine/spacing/orientation).
     Classification: ``predictions.csv`` with one probability column per class and the predicted class(es).
     ``threads``: torch CPU threads."""
-    set_threads(threads)
+    set_threads(threads, "--threads")
     cfg, info, model, _ = load_task_run(run_dir, device)
     device = next(model.parameters()).device
     prep = Preprocessing.from_config(cfg.data, cfg.model)

@@ -20,7 +20,7 @@ from medmae.data.dataset import CaseDataset, Prepared
 from medmae.data.labels import class_targets
 from medmae.data.packed import PackedPrepared, case_list, field_values
 from medmae.data.pipeline import PoolPart, PreparedPool, prepare_pool, resolve_parts
-from medmae.engine.distributed import check_batch, DistInfo, barrier, init_distributed
+from medmae.engine.distributed import check_batch, DistInfo, barrier, init_distributed, set_threads
 from medmae.engine.loop import FitResult, Trainer
 from medmae.engine.optim import param_groups
 from medmae.errors import Interrupted
@@ -104,8 +104,7 @@ def pretrain(
     run_dir = Path(run_dir)
     dist = init_distributed(cfg.train.device, cfg.train.dist_timeout_s)
     check_batch(cfg.train.batch_size, dist)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
+    set_threads(cfg.train.threads)
     torch.manual_seed(cfg.train.seed)
     model = build_mae(cfg)  # before the data: a config that cannot build fails at once
     with prepare_run_dir(run_dir, dump_yaml(cfg), resume, dist):

@@ -20,9 +20,9 @@ from medmae.data.cases import Case, DatasetSpec
 from medmae.data.labels import class_targets
 from medmae.data.sources import load_source
 from medmae.data.splits import require_both_classes, train_test_split
+from medmae.engine.distributed import set_threads
 from medmae.errors import ConfigError, SourceError
 from medmae.metrics import summarize_classification
-from medmae.tasks.inference import set_threads
 from medmae.tasks.model_api import embed_cases, export_source_of
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def probe(model: str | Path, *, data: str | Path, k: int = 20, test_fraction: fl
           threads: int | None = None) -> dict[str, Any]:
     """kNN and logistic-regression probes of ``model``'s frozen embeddings on ``data``; returns (and with ``out``
     writes as JSON) the split, the embedding size and both probes' metric rows with bootstrap 95 % CIs."""
-    set_threads(threads)
+    set_threads(threads, "--threads")
     if k < 1:
         raise ConfigError(f"--k must be at least 1, got {k}")
     start = time.perf_counter()

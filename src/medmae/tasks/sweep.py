@@ -4,7 +4,9 @@ Every cell is an ordinary fine-tuning run under ``W/cells/<cell>/`` followed by 
 ``eval/test/summary.json`` (older sweeps: ``eval/summary.json``) exists is done and is not rerun; an interrupted one continues from its checkpoint. All
 cells share the held-out split (``eval.split_seed`` is fixed), the label subset and the training seed vary
 with the seed, so every initialisation sees exactly the same cases at each (fraction, seed, fold): the
-comparison with scratch is paired.
+comparison with scratch is paired. Under ``train.max_minutes`` the later cells of a (fraction, seed, fold) take the
+step time its first cell measured where their step costs the same (the MAE arm after scratch: the same network),
+so those arms get the same step count; a baseline network measures its own.
 """
 
 from __future__ import annotations
@@ -138,13 +140,16 @@ def sweep(
             raise ConfigError(f"{run_dir}: its folds were made by an older medmae (round-robin, not {KFOLD_METHOD}); "
                               "new cells would use other folds. Finish it with that version or use another --run-dir")
     write_sweep(run_dir, meta)
+    firsts: dict[tuple[int | None, float, int], Path] = {}  # the first cell of each (fold, fraction, seed)
     for i, cell in enumerate(to_run, start=1):
         cell_dir = run_dir / CELLS_DIR / cell.name
+        first = firsts.setdefault((cell.fold, cell.fraction, cell.seed), cell_dir)
         if find_summary(cell_dir) is not None:
             continue
         log.info("sweep cell %d/%d: %s", i, len(to_run), cell.name)
         finetune(config, task=task, init=cell.init, preset=preset, data=data, run_dir=cell_dir,
-                 overrides=[*overrides, *cell_overrides(cell, folds)], max_steps=max_steps, resume="auto", plan=plan)
+                 overrides=[*overrides, *cell_overrides(cell, folds)], max_steps=max_steps, resume="auto", plan=plan,
+                 step_time_from=first if first != cell_dir else None)
         evaluate(cell_dir)
         collect(run_dir)  # results.csv is current after every cell
     collect(run_dir)
