@@ -253,3 +253,19 @@ def test_linear_probe_leaves_the_encoder_untouched(pretrained, tmp_path):
         assert torch.equal(state[f"encoder.{k}"], v), k
     assert not torch.equal(state["head.bias"], torch.zeros(3))  # the head did train
     assert "feature_norm.running_mean" in state and "feature_norm.weight" not in state
+
+
+def test_step_time_from_names_a_budgeted_run_or_is_refused_or_ignored_with_a_warning(tmp_path, caplog):
+    given_budget = ft.given_budget
+    with pytest.raises(ft.ConfigError, match="--step-time-from .*nowhere: no such run directory"):
+        given_budget(tmp_path / "nowhere", 1.0)
+    run = tmp_path / "scratch"
+    run.mkdir()
+    with caplog.at_level("WARNING", logger="medmae.tasks.finetune"):
+        assert given_budget(run, 1.0) is None and "measured no step time" in caplog.text
+        caplog.clear()
+        assert given_budget(run, None) is None and "has no effect" in caplog.text
+    (run / "metrics.jsonl").write_text(json.dumps({"kind": "budget", "step": 0, "max_minutes": 1.0, "step_s": 0.5,
+                                                   "total_steps": 108, "budget_steps": 108, "cost_key": "k"}) + "\n")
+    got = given_budget(run, 2.0)
+    assert got is not None and got.step_s == 0.5 and got.cost_key == "k" and got.step_s_from == str(run)

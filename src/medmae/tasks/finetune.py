@@ -172,12 +172,16 @@ def step_cost(cfg: FinetuneConfig, dist: DistInfo) -> dict[str, Any]:
             "data": cfg.data.model_dump(mode="json", exclude={"label_fraction", "label_seed"})}
 
 
-def given_budget(run: str | Path | None) -> Budget | None:
-    """The budget another fine-tuning run fixed (``--step-time-from``), with the run named in it."""
+def given_budget(run: str | Path | None, max_minutes: float | None) -> Budget | None:
+    """The budget another fine-tuning run fixed (``--step-time-from``), with the run named in it; None without
+    ``train.max_minutes`` here (a step count is given, nothing to convert)."""
     if run is None:
         return None
     if not Path(run).is_dir():
         raise ConfigError(f"--step-time-from {run}: no such run directory")
+    if not max_minutes:
+        log.warning("--step-time-from %s has no effect: this run has no train.max_minutes", run)
+        return None
     budget = read_budget(Path(run))
     if budget is None:
         log.warning("--step-time-from %s: that run measured no step time (no train.max_minutes?): measuring", run)
@@ -210,7 +214,7 @@ def finetune(
     if cfg.data.slice_axis is not None:
         raise ConfigError("data.slice_axis is for pretraining a 2D encoder on slices of volumes; fine-tune it on "
                           "2D images (evaluation and prediction work on whole images)")
-    step_time = given_budget(step_time_from) if cfg.train.max_minutes else None
+    step_time = given_budget(step_time_from, cfg.train.max_minutes)
     run_dir = Path(run_dir)
     dist = init_distributed(cfg.train.device, cfg.train.dist_timeout_s)
     check_batch(cfg.train.batch_size, dist)
