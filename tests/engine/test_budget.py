@@ -286,6 +286,73 @@ def test_sigkill_of_a_budgeted_pretraining_then_resume_auto_is_bitwise_the_run_o
     assert budget.steps_in_budget(0.1, 0.6) == 9
 
 
+def test_when_a_budget_is_re_checked_and_what_the_loops_step_time_makes_of_it():
+    assert budget.recheck_step(733) == 74  # 10 % of the steps
+    assert budget.recheck_step(46) == 23  # at least 3 warm-up + 20 timed steps ...
+    assert budget.recheck_step(45) is None  # ... and half the run left after them
+    b = budget.Budget(max_minutes=1.0, step_s=0.5, total_steps=108, budget_steps=108, recheck_at=23)
+    slower = budget.refix_budget(b, 23, 0.6, schedule_steps=200)  # 54 s / 0.6 s
+    assert (slower.total_steps, slower.budget_steps, slower.checked_at) == (90, 90, 23)
+    assert slower.step_s == 0.6 and slower.calibrated_step_s == 0.5
+    assert budget.refix_budget(b, 23, 0.3, schedule_steps=150).total_steps == 150  # epochs / max_steps still cap it
+    assert budget.refix_budget(b, 30, 10.0, schedule_steps=200).total_steps == 30  # over budget: ends now
+    timer = budget.LoopTimer(start=0, until=7)
+    now = iter([0.0, 1.0, 2.0, 3.0, 10.0])
+    budget.CLOCK, clock = (lambda: next(now)), budget.CLOCK
+    try:  # steps 1-2 are warm-up, the clock is read from step 3; 6 -> 7 takes 7 s (a checkpoint): it is dropped
+        assert [timer.tick(s) for s in range(1, 8)] == [None] * 6 + [pytest.approx(1.0)]
+    finally:
+        budget.CLOCK = clock
+
+
+def test_a_measured_budget_is_re_fixed_once_from_the_loops_own_step_time(tmp_path, monkeypatch):
+    """The calibration measured 0.6 s per step (90 steps in 54 s), the loop runs at 1.2 s: after 23 steps the count
+    becomes 45 and the lr schedule spans it from there; the re-fixed budget is what checkpoints, metrics and a run
+    of the same cost take."""
+    monkeypatch.setattr(Trainer, "_measure_step", lambda self, schedule: (0.6, 3))
+    fake_clock(monkeypatch, tick=1.2)  # only the loop reads the clock now
+    run = make_trainer(tmp_path / "run", step_fn(), max_minutes=1.0, epochs=100)
+    run.cost_key = "net-a"
+    result = run.fit()
+    assert result.step == result.total_steps == 45
+    first, second = budget_rows(tmp_path / "run")
+    assert (first["total_steps"], first["recheck_at"], first["checked_at"]) == (90, 23, None)
+    assert (second["step"], second["total_steps"], second["checked_at"]) == (23, 45, 23)
+    assert second["step_s"] == pytest.approx(1.2) and second["calibrated_step_s"] == pytest.approx(0.6)
+    lrs = [r["lr"] for r in train_rows(tmp_path / "run")]
+    assert lrs[:23] == pytest.approx([warmup_cosine(s, lr=0.05, total_steps=90, warmup_steps=2) for s in range(23)])
+    assert lrs[23:] == pytest.approx([warmup_cosine(s, lr=0.05, total_steps=45, warmup_steps=1) for s in range(23, 45)])
+    assert result.usage["measured_step_s"] == pytest.approx(1.2) and result.usage["checked_at"] == 23
+    state = ckpt.load_checkpoint(ckpt.find_latest_valid(tmp_path / "run" / "checkpoints")).train_state
+    assert state["budget"]["checked_at"] == 23 and state["total_steps"] == 45
+    taken = budget.read_budget(tmp_path / "run")
+    assert taken is not None and taken.total_steps == 45
+
+    seen = fake_clock(monkeypatch, tick=0.1)
+    same = make_trainer(tmp_path / "same", step_fn(), max_minutes=1.0, epochs=100)
+    same.cost_key, same.given_budget = "net-a", dataclasses.replace(taken, step_s_from="runs/run")
+    assert same.fit().step == 45 and not seen, "a run given a re-checked budget takes its steps and times nothing"
+
+
+def test_a_run_resumes_exactly_after_its_re_check_and_re_checks_when_stopped_before_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(Trainer, "_measure_step", lambda self, schedule: (0.6, 3))
+    fake_clock(monkeypatch, tick=1.2)
+    make_trainer(tmp_path / "ref", step_fn(), max_minutes=1.0, epochs=100).fit()
+    with pytest.raises(Crash):
+        make_trainer(tmp_path / "late", step_fn(crash_at=32), max_minutes=1.0, epochs=100).fit()  # checkpoint at 30
+    seen = fake_clock(monkeypatch, tick=0.1)
+    result = make_trainer(tmp_path / "late", step_fn(), max_minutes=1.0, epochs=100).fit(resume="auto")
+    assert not seen and result.step == 45 and losses(tmp_path / "late") == losses(tmp_path / "ref")
+
+    fake_clock(monkeypatch, tick=1.2)
+    with pytest.raises(Crash):
+        make_trainer(tmp_path / "early", step_fn(crash_at=11), max_minutes=1.0, epochs=100).fit()  # checkpoint at 9
+    fake_clock(monkeypatch, tick=1.5)  # the resumed session is slower: 36 steps fit
+    result = make_trainer(tmp_path / "early", step_fn(), max_minutes=1.0, epochs=100).fit(resume="auto")
+    assert result.step == 36 and result.usage["checked_at"] == 9 + 3 + 20
+    assert losses(tmp_path / "early")[:9] == losses(tmp_path / "ref")[:9]
+
+
 def losses(run_dir: Path) -> list[tuple[int, str]]:
     return loss_reprs(run_dir)
 

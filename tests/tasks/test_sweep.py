@@ -46,7 +46,7 @@ class Killed(Exception):
     """Stands in for the sweep process dying during a cell."""
 
 
-def test_sweep_resumes_only_unfinished_cells_and_reports(tmp_path, pretrained, monkeypatch):
+def test_sweep_resumes_only_unfinished_cells_and_reports(tmp_path, pretrained, monkeypatch, caplog):
     calls, armed = [], [True]
     real = sweep_mod.finetune
 
@@ -65,6 +65,7 @@ def test_sweep_resumes_only_unfinished_cells_and_reports(tmp_path, pretrained, m
     calls.clear()
     sweep(**kw)
     assert len(calls) == 8 - 2 and not set(done) & set(calls)  # finished cells are not rerun
+    assert "--step-time-from" not in caplog.text, "without a time budget there is no step time to pass on"
     out = tmp_path / "W"
     with (out / "results.csv").open() as f:
         rows = list(csv.DictReader(f))

@@ -9,10 +9,18 @@ are put back and its optimizer is thrown away, so a budgeted run of N steps is t
 be. The count is fixed once and stored in every checkpoint's train state (``budget``); a resumed run reuses it
 and never measures again, so exact resume holds and the lr schedule spans the budgeted steps.
 
+The calibration's steps are not the loop's: the loop also loads batches through its DataLoader, clips and
+checks gradients, writes metrics and runs hooks, and the machine's speed drifts. Calibrations ran 15-30 % faster
+or slower than the loop that followed, so runs used 80-120 % of their budget. A measured budget is therefore
+re-fixed once, from the loop's own step time (timed like the calibration), after ``RECHECK_SHARE`` of its steps:
+the steps after that span the new count (the cosine moves by a few per cent of the lr), and the re-fixed budget is
+the one checkpoints store, so resume stays exact. A run stopped before its re-check re-checks after it resumes.
+
 Two runs of one network (a sweep's scratch and MAE arms) cost the same per step, yet two timings of it differ by
 up to ±15 % (augmentation, the machine), which gave identical arms different step counts. A run may take the step
 time another run measured (``given``) when their ``cost_key`` — the network's parameter shapes and the batch,
-precision and data settings — is the same; it then gets that run's step count.
+precision and data settings — is the same; it then gets that run's step count, re-checked if that run was, and
+is not re-checked itself.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +58,9 @@ CALIBRATION_MAX_STEPS = 48
 CLOCK: Callable[[], float] = time.perf_counter  # the calibration's clock (tests replace it with a fake one)
 BUSY_PRESSURE = 0.3  # share of the last 10 s in which some task waited for a CPU: above it the machine was busy
 BUSY_LOAD = 1.5  # load average per usable CPU above which the machine was busy, where the kernel has no PSI
+RECHECK_SHARE = 0.1  # of a measured budget's steps, after which the loop's own step time re-fixes the count
+RECHECK_WARMUP = 3  # first steps of a session the loop's timing skips (first touches of cases, lazy set-ups)
+RECHECK_MIN_TIMED = 20  # loop steps timed at least; a run too short for them is not re-checked
 
 StepFn = Callable[[nn.Module, dict[str, Any]], dict[str, torch.Tensor]]
 
@@ -68,6 +79,9 @@ class Budget:
     cpu_pressure: float | None = None  # share of the 10 s before then in which some task waited for a CPU (PSI)
     cost_key: str | None = None  # what the step time depends on (:func:`cost_key`); equal keys, equal step times
     step_s_from: str | None = None  # the run whose measured step time this budget took (None: measured here)
+    recheck_at: int | None = None  # the step after which the loop's step time re-fixes the count (None: never)
+    checked_at: int | None = None  # the step it was re-fixed at (None: not yet)
+    calibrated_step_s: float | None = None  # the calibration's step time, once ``step_s`` is the loop's
 
     @property
     def busy(self) -> bool:
@@ -90,16 +104,18 @@ def cost_key(model: nn.Module, settings: Mapping[str, Any]) -> str:
 
 
 def read_budget(run_dir: Path) -> Budget | None:
-    """The budget a run fixed when it started (its first ``budget`` row of ``metrics.jsonl``), or None."""
+    """The budget a run trained under (its last ``budget`` row of ``metrics.jsonl``: the re-checked one where the
+    run got that far), or None."""
+    found = None
     try:
         with open(Path(run_dir) / METRICS_JSONL) as f:
             for line in f:
                 row = json.loads(line)
                 if row.get("kind") == "budget":
-                    return Budget.from_dict(row)
+                    found = Budget.from_dict(row)
     except (OSError, ValueError):
         return None
-    return None
+    return found
 
 
 def steps_in_budget(max_minutes: float, step_s: float, margin: float = MARGIN) -> int:
@@ -134,6 +150,11 @@ def time_steps(run_step: Callable[[], None], steps: int = CALIBRATION_STEPS,
         t1 = clock()
         durations.append(t1 - t0)
         t0 = t1
+    return trimmed_mean(durations)
+
+
+def trimmed_mean(durations: Sequence[float]) -> float:
+    """The mean of ``durations`` without the slowest quarter of them."""
     kept = sorted(durations)[: len(durations) - len(durations) // 4]
     return sum(kept) / len(kept)
 
@@ -243,7 +264,8 @@ def fix_budget(max_minutes: float, schedule_steps: int, saved: Mapping[str, Any]
         return budget, False
     if given is not None and key is not None and given.cost_key == key:
         allowed = steps_in_budget(max_minutes, given.step_s)
-        budget = replace(given, max_minutes=max_minutes, total_steps=min(allowed, schedule_steps), budget_steps=allowed)
+        budget = replace(given, max_minutes=max_minutes, total_steps=min(allowed, schedule_steps), budget_steps=allowed,
+                         recheck_at=None)
         how = f"taken from {given.step_s_from} (the same network, batch and data)"
     else:
         if given is not None:
@@ -252,7 +274,8 @@ def fix_budget(max_minutes: float, schedule_steps: int, saved: Mapping[str, Any]
         allowed = steps_in_budget(max_minutes, step_s)
         budget = Budget(max_minutes=max_minutes, step_s=step_s, total_steps=min(allowed, schedule_steps),
                         budget_steps=allowed, timed_steps=timed, load_per_cpu=load_per_cpu(),
-                        cpu_pressure=cpu_pressure(), cost_key=key)
+                        cpu_pressure=cpu_pressure(), cost_key=key,
+                        recheck_at=recheck_step(min(allowed, schedule_steps)))
         how = f"measured over {timed} steps"
     log.info("budget %g min: %.3g s per step %s -> %d steps%s", max_minutes, budget.step_s, how, budget.total_steps,
              f" (epochs / max_steps allow only {schedule_steps})" if schedule_steps < allowed else "")
@@ -266,6 +289,53 @@ def fix_budget(max_minutes: float, schedule_steps: int, saved: Mapping[str, Any]
     return budget, True
 
 
+def recheck_step(total_steps: int) -> int | None:
+    """After which step a measured budget of ``total_steps`` is re-checked: ``RECHECK_SHARE`` of them, at least
+    enough to time ``RECHECK_MIN_TIMED`` loop steps; None for a run too short to leave half its steps after it."""
+    at = max(RECHECK_WARMUP + RECHECK_MIN_TIMED, math.ceil(RECHECK_SHARE * total_steps))
+    return at if 2 * at <= total_steps else None
+
+
+@dataclass
+class LoopTimer:
+    """Times a session's training steps (its first ``RECHECK_WARMUP`` skipped) up to step ``until``."""
+
+    start: int  # the session's first step
+    until: int
+    durations: list[float] = field(default_factory=list)
+    last: float | None = None
+
+    @classmethod
+    def for_budget(cls, budget: Budget | None, step: int) -> LoopTimer | None:
+        """The timer of a budget still to be re-checked, in a session starting at ``step`` (None: nothing to do)."""
+        if budget is None or budget.recheck_at is None or budget.checked_at is not None:
+            return None
+        until = max(budget.recheck_at, step + RECHECK_WARMUP + RECHECK_MIN_TIMED)
+        return cls(step, until) if until < budget.total_steps else None
+
+    def tick(self, step: int) -> float | None:
+        """Call once the loop reached ``step``; at ``until``, the loop's seconds per step (timed as the calibration
+        times: the mean without the slowest quarter, so a checkpoint or a figure does not set it)."""
+        if step < self.start + RECHECK_WARMUP:
+            return None
+        now = CLOCK()
+        if self.last is not None:
+            self.durations.append(now - self.last)
+        self.last = now
+        return trimmed_mean(self.durations) if step >= self.until and self.durations else None
+
+
+def refix_budget(budget: Budget, step: int, loop_step_s: float, schedule_steps: int) -> Budget:
+    """``budget`` re-fixed at ``step`` from the loop's seconds per step: the steps of ``loop_step_s`` that fit in
+    it (never fewer than ``step``, never more than ``schedule_steps``, what epochs / max_steps give)."""
+    allowed = steps_in_budget(budget.max_minutes, loop_step_s, budget.margin)
+    total = max(step, min(allowed, schedule_steps))
+    log.info("budget re-checked at step %d: the loop ran %.3g s per step, the calibration measured %.3g -> %d steps "
+             "(was %d)", step, loop_step_s, budget.step_s, total, budget.total_steps)
+    return replace(budget, step_s=loop_step_s, calibrated_step_s=budget.step_s, total_steps=total,
+                   budget_steps=allowed, checked_at=step)
+
+
 def usage(budget: Budget | None, step: int, seconds: float) -> dict[str, Any]:
     """What a run records about its time: steps reached, minutes used, the budget and its measured step time."""
     out: dict[str, Any] = {"steps": step, "train_minutes": round(seconds / 60.0, 4)}
@@ -275,4 +345,6 @@ def usage(budget: Budget | None, step: int, seconds: float) -> dict[str, Any]:
                     "cpu_pressure": budget.cpu_pressure, "busy": budget.busy})
         if budget.step_s_from:
             out["step_s_from"] = budget.step_s_from
+        if budget.checked_at is not None:
+            out.update({"calibrated_step_s": budget.calibrated_step_s, "checked_at": budget.checked_at})
     return out

@@ -23,8 +23,8 @@ from torch.utils.data import DataLoader
 from medmae.config import LoggingConfig, OptimConfig, TrainConfig
 from medmae.data.dataset import EpochBatchSampler, order_kind
 from medmae.engine import checkpoint as ckpt
-from medmae.engine.budget import (CALIBRATION_STEPS, Budget, calibration_steps, fix_budget, measure_step_time,
-                                  usage)
+from medmae.engine.budget import (CALIBRATION_STEPS, Budget, LoopTimer, calibration_steps, fix_budget,
+                                  measure_step_time, refix_budget, usage)
 from medmae.engine.distributed import (DistInfo, all_reduce_max, all_reduce_sum, barrier, gather_objects,
                                       is_peer_failure, on_main, peer_lost)
 from medmae.engine.loader_state import check_resume, digest, loader_state
@@ -224,6 +224,7 @@ class Trainer:
                 (self.run_dir / name).write_text(text)
             self.tracker = metrics.tracker = open_tracker(self.run_dir, self.logging_cfg, start_step=self.step)
         self.metrics = metrics
+        schedule_steps = schedule.total_steps  # what epochs / max_steps give: the most a budget may grow to
         if cfg.max_minutes:  # fixed once: a resumed run takes its checkpoint's step count (medmae.engine.budget)
             saved = loaded.train_state.get("budget") if loaded is not None else None
             self.budget, measured = fix_budget(cfg.max_minutes, schedule.total_steps, saved,
@@ -243,6 +244,7 @@ class Trainer:
         clip = self.optim_cfg.clip_grad if self.optim_cfg.clip_grad else math.inf
         amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
         consecutive, last_loss, last_saved, good_since = 0, None, None, self.step
+        timer = LoopTimer.for_budget(self.budget, self.step)  # re-fixes a measured budget once from the loop's speed
         progress = Progress(schedule.total_steps, self.step, enabled=self.dist.is_main, log_every=cfg.log_every,
                             every_s=self.logging_cfg.progress_every_s, batch=schedule.global_batch)
         self.model.train()
@@ -252,7 +254,7 @@ class Trainer:
             sampler = EpochBatchSampler(len(self.dataset), schedule.global_batch, seed=cfg.seed, epoch=first_epoch,
                                         rank=self.dist.rank, world_size=self.dist.world_size, skip_batches=skip,
                                         weights=self.sample_weights, groups=self.sample_groups,
-                                        epochs=-(-schedule.total_steps // spe) - first_epoch)
+                                        epochs=-(-schedule_steps // spe) - first_epoch)
             loader = DataLoader(self.dataset, batch_sampler=sampler, num_workers=self.num_workers,
                                 generator=torch.Generator().manual_seed(cfg.seed), pin_memory=dev.type == "cuda",
                                 worker_init_fn=ignore_stop_signals)
@@ -300,6 +302,9 @@ class Trainer:
                 progress.update(self.step, row)
                 t0 = now
                 last_loss = mean_loss if finite else last_loss
+                if timer is not None and (loop_s := timer.tick(self.step)) is not None:
+                    schedule, timer = self._refix(schedule, loop_s, schedule_steps), None
+                    progress.set_total(schedule.total_steps)
                 stop_code = int(all_reduce_max(torch.tensor([float(stop.exit_code)], device=dev), self.dist).item())
                 if stop_code or self.step % cfg.checkpoint_every == 0 or self.step == schedule.total_steps:
                     last_saved = self.save(optimizer, schedule, skipped, good_since) or last_saved
@@ -319,6 +324,16 @@ class Trainer:
         if last_saved is None and self.dist.is_main:
             last_saved = ckpt.find_latest_valid(self.ckpt_root)
         return FitResult(self.step, schedule.total_steps, False, last_loss, last_saved, skipped, usage=self.usage())
+
+    def _refix(self, schedule: Schedule, loop_s: float, schedule_steps: int) -> Schedule:
+        """The schedule over the budget re-fixed from the loop's step time (the slowest process's), logged."""
+        slowest = all_reduce_max(torch.tensor([loop_s], dtype=torch.float64, device=self.dist.device), self.dist)
+        if self.budget is None:  # only a budgeted run has a loop timer
+            return schedule
+        self.budget = refix_budget(self.budget, self.step, float(slowest.item()), schedule_steps)
+        if self.metrics is not None:
+            self.metrics.write({"kind": "budget", "step": self.step, **self.budget.as_dict()})
+        return schedule.with_total(self.budget.total_steps, self.train_cfg, self.optim_cfg)
 
     def _measure_step(self, schedule: Schedule) -> tuple[float, int]:
         """Seconds per step and the steps timed, on this run's model and data (the slowest process's), leaving no

@@ -62,6 +62,12 @@ class Progress:
         timed = self.every_s > 0 and now - self.t_line >= self.every_s
         return step % self.log_every == 0 or step == self.total or timed
 
+    def set_total(self, total: int) -> None:
+        """The run's new length (a re-checked time budget)."""
+        self.total = total
+        if self.bar is not None:
+            self.bar.update(self.task, total=total)
+
     def update(self, step: int, row: dict[str, Any]) -> None:
         if not self.enabled:
             return

@@ -1,9 +1,9 @@
 """The training each cell of a sweep got, in its report: steps reached, minutes, the budget, and the cells whose
 budget was measured on a busy machine.
 
-Under ``train.max_minutes`` a cell's step count comes from the step time measured when it started
-(:mod:`medmae.engine.budget`); a cell started while other work shared the CPUs gets fewer steps than its
-neighbours, and the comparison between arms is then one of compute, not of initialisation. The record is the
+Under ``train.max_minutes`` a cell's step count comes from the step time measured when it started, re-checked
+once on its own training steps (:mod:`medmae.engine.budget`); a cell started while other work shared the CPUs
+gets fewer steps than its neighbours, and the comparison between arms is then one of compute, not of initialisation. The record is the
 ``training`` entry of each cell's ``task.json`` (written by ``medmae finetune``).
 """
 
@@ -65,9 +65,10 @@ def markdown(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[str]]:
                        "-" if r["load_per_cpu_max"] is None else f"{r['load_per_cpu_max']:.2f}"] for r in rows])
     section = ["## Training each cell got", "",
                "Steps reached and minutes of training per arm and labelled fraction. Under a time budget "
-               "(`train.max_minutes`) the steps come from the step time measured when a cell started, so arms "
-               "of different speed get different step counts; arms of one network take the step time the first "
-               "cell of their fraction and seed measured, and get the same steps. At that moment: the CPU pressure "
+               "(`train.max_minutes`) the steps come from the step time measured when a cell started, re-checked "
+               "once on its own training steps, so arms of different speed get different step counts; arms of "
+               "one network take the step time the first cell of their fraction and seed measured, and get the "
+               "same steps. When it was first measured: the CPU pressure "
                "(the share of the last 10 s in which some task waited for a CPU; Linux) and the 1-minute load "
                "average per CPU (which lags).",
                "", table]

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from medmae.engine.budget import read_budget
 from medmae.errors import ConfigError
 from medmae.models.monai_nets import PREFIX, baseline_name, is_baseline
 from medmae.report import CELLS_DIR, collect, find_summary, read_sweep, write_report, write_sweep
@@ -149,7 +150,7 @@ def sweep(
         log.info("sweep cell %d/%d: %s", i, len(to_run), cell.name)
         finetune(config, task=task, init=cell.init, preset=preset, data=data, run_dir=cell_dir,
                  overrides=[*overrides, *cell_overrides(cell, folds)], max_steps=max_steps, resume="auto", plan=plan,
-                 step_time_from=first if first != cell_dir else None)
+                 step_time_from=first if first != cell_dir and read_budget(first) is not None else None)
         evaluate(cell_dir)
         collect(run_dir)  # results.csv is current after every cell
     collect(run_dir)
