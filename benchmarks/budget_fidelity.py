@@ -7,10 +7,11 @@
 For each experiment of ``real_data.py``: ``medmae plan`` for ``--minutes`` per run, then one fine-tuning run from
 scratch with that plan (its time budget). A budgeted run fixes its step count from a calibration of a few steps,
 then re-fixes it once from the loop's own step time (``medmae.engine.budget``). From the run's ``metrics.jsonl``
-this prints, per run: the calibration's step time and step count, the loop's (re-checked) ones, the median step
-time over the whole run, the training minutes used, and the minutes the calibration's count would have taken at
-the run's median step time: the share of the budget used with and without the re-check. Writes
-``benchmarks/results/budget_fidelity_<tag>.json``. Run it on a quiet machine.
+this prints, per run: the calibration's step time and step count, the loop's (re-checked) ones, the median and
+mean step time over the whole run, the training minutes used, and the minutes the calibration's count would have
+taken at the run's own minutes per step: the share of the budget used with and without the re-check. Writes
+``benchmarks/results/budget_fidelity_<tag>.json``; a later call with the same ``--work`` reads the finished runs
+again. Run it on a quiet machine.
 """
 
 from __future__ import annotations
@@ -42,22 +43,24 @@ def measure(name: str, root: Path, work: Path, minutes: float) -> dict[str, Any]
     exp = EXPERIMENTS[name]
     base = work / name
     base.mkdir(parents=True, exist_ok=True)
-    plan_path, _ = medmae.plan(exp.source(root, base), task=exp.task, budget=minutes, device="cpu",
-                               out=base / "plan.yaml")
+    plan_path = base / "plan.yaml"  # a later call with the same --work reads the finished runs again
+    if not plan_path.is_file():
+        medmae.plan(exp.source(root, base), task=exp.task, budget=minutes, device="cpu", out=plan_path)
     run = base / "scratch"
     medmae.finetune(plan=plan_path, task=exp.task, init="scratch", run_dir=run, resume="auto")
     budgets = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
                if '"kind": "budget"' in line]
     first, last = budgets[0], budgets[-1]
     training = json.loads((run / "task.json").read_text())["training"]
-    median_s = statistics.median(loop_seconds(run))
+    seconds = loop_seconds(run)
+    used = training["train_minutes"] / minutes
     return {
         "budget_minutes": minutes, "calibrated_step_s": first["step_s"], "calibrated_steps": first["total_steps"],
         "loop_step_s": last["step_s"] if last is not first else None, "steps": training["steps"],
-        "checked_at": last.get("checked_at"), "median_step_s": round(median_s, 4),
-        "train_minutes": training["train_minutes"],
-        "share_used": round(training["train_minutes"] / minutes, 3),
-        "share_calibrated_count_would_use": round(first["total_steps"] * median_s / 60.0 / minutes, 3),
+        "checked_at": last.get("checked_at"), "median_step_s": round(statistics.median(seconds), 4),
+        "mean_step_s": round(statistics.mean(seconds), 4), "train_minutes": training["train_minutes"],
+        "share_used": round(used, 3),  # the calibration's count at the run's own minutes per step:
+        "share_calibrated_count_would_use": round(used * first["total_steps"] / training["steps"], 3),
         "cpu_pressure": first.get("cpu_pressure"),
     }
 
