@@ -9,12 +9,13 @@ are put back and its optimizer is thrown away, so a budgeted run of N steps is t
 be. The count is fixed once and stored in every checkpoint's train state (``budget``); a resumed run reuses it
 and never measures again, so exact resume holds and the lr schedule spans the budgeted steps.
 
-The calibration's steps are not the loop's: the loop also loads batches through its DataLoader, clips and
-checks gradients, writes metrics and runs hooks, and the machine's speed drifts. Calibrations ran 15-30 % faster
-or slower than the loop that followed, so runs used 80-120 % of their budget. A measured budget is therefore
-re-fixed once, from the loop's own mean step time, after ``RECHECK_SHARE`` of its steps:
-the steps after that span the new count (the cosine moves by a few per cent of the lr), and the re-fixed budget is
-the one checkpoints store, so resume stays exact. A run stopped before its re-check re-checks after it resumes.
+The calibration's steps are not the loop's: they run the plain model, the loop runs it compiled
+(``train.compile``) and under DDP / FSDP with their gradient communication, loads batches through its
+DataLoader, clips and checks gradients, writes metrics and runs hooks. A measured budget is therefore re-fixed
+once, from the loop's own mean step time, after ``RECHECK_SHARE`` of its steps: the steps after that span the new
+count (the cosine moves by a few per cent of the lr), and the re-fixed budget is the one checkpoints store, so
+resume stays exact. A run stopped before its re-check re-checks after it resumes. A machine whose speed drifts
+later in the run is beyond it (``benchmarks/budget_fidelity.py``): the margin is the cushion for that.
 
 Two runs of one network (a sweep's scratch and MAE arms) cost the same per step, yet two timings of it differ by
 up to ±15 % (augmentation, the machine), which gave identical arms different step counts. A run may take the step
