@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
 from real_data import data_root, portable, pretrain_summary, publish_sweep
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,7 +54,6 @@ def main() -> None:
     ap.add_argument("--tag", default="cpu")
     args = ap.parse_args()
     import medmae
-    import yaml
 
     root = data_root(args.data_root)
     source = root / "hippocampus_msd" / "Task04_Hippocampus"

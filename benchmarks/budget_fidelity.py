@@ -30,9 +30,8 @@ from real_data import EXPERIMENTS, data_root, portable
 REPO = Path(__file__).resolve().parents[1]
 
 
-def loop_seconds(run_dir: Path) -> list[float]:
+def loop_seconds(rows: list[dict[str, Any]]) -> list[float]:
     """Seconds between consecutive training rows of ``metrics.jsonl`` (one optimizer step each)."""
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     t = [r["time_s"] for r in rows if "time_s" in r and r.get("kind") is None]
     return [b - a for a, b in zip(t, t[1:])]
 
@@ -48,11 +47,11 @@ def measure(name: str, root: Path, work: Path, minutes: float) -> dict[str, Any]
         medmae.plan(exp.source(root, base), task=exp.task, budget=minutes, device="cpu", out=plan_path)
     run = base / "scratch"
     medmae.finetune(plan=plan_path, task=exp.task, init="scratch", run_dir=run, resume="auto")
-    budgets = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
-               if '"kind": "budget"' in line]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    budgets = [r for r in rows if r.get("kind") == "budget"]
     first, last = budgets[0], budgets[-1]
     training = json.loads((run / "task.json").read_text())["training"]
-    seconds = loop_seconds(run)
+    seconds = loop_seconds(rows)
     used = training["train_minutes"] / minutes
     return {
         "budget_minutes": minutes, "calibrated_step_s": first["step_s"], "calibrated_steps": first["total_steps"],

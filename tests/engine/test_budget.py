@@ -286,7 +286,7 @@ def test_sigkill_of_a_budgeted_pretraining_then_resume_auto_is_bitwise_the_run_o
     assert budget.steps_in_budget(0.1, 0.6) == 9
 
 
-def test_when_a_budget_is_re_checked_and_what_the_loops_step_time_makes_of_it():
+def test_when_a_budget_is_re_checked_and_what_the_loops_step_time_makes_of_it(monkeypatch):
     assert budget.recheck_step(733) == 74  # 10 % of the steps
     assert budget.recheck_step(46) == 23  # at least 3 warm-up + 20 timed steps ...
     assert budget.recheck_step(45) is None  # ... and half the run left after them
@@ -298,11 +298,9 @@ def test_when_a_budget_is_re_checked_and_what_the_loops_step_time_makes_of_it():
     assert budget.refix_budget(b, 30, 10.0, schedule_steps=200).total_steps == 30  # over budget: ends now
     timer = budget.LoopTimer(start=0, until=7)
     now = iter([0.0, 1.0, 2.0, 3.0, 10.0])
-    budget.CLOCK, clock = (lambda: next(now)), budget.CLOCK
-    try:  # steps 1-2 are warm-up, the clock is read from step 3; 6 -> 7 takes 7 s (a figure): it counts
-        assert [timer.tick(s) for s in range(1, 8)] == [None] * 6 + [pytest.approx(2.5)]
-    finally:
-        budget.CLOCK = clock
+    monkeypatch.setattr(budget, "CLOCK", lambda: next(now))
+    # steps 1-2 are warm-up, the clock is read from step 3; 6 -> 7 takes 7 s (a figure): it counts
+    assert [timer.tick(s) for s in range(1, 8)] == [None] * 6 + [pytest.approx(2.5)]
 
 
 def test_a_measured_budget_is_re_fixed_once_from_the_loops_own_step_time(tmp_path, monkeypatch):

@@ -312,7 +312,7 @@ class LoopTimer:
     def tick(self, step: int) -> float | None:
         """Call once the loop reached ``step``; at ``until``, the loop's mean seconds per step. Not trimmed as the
         calibration's are: after the warm-up every slow step of the loop (a figure, a slow batch) counts against the
-        budget (the trimmed mean was 3-4 % below the mean on Hippocampus and DRIVE, and DRIVE overran by 4 %)."""
+        budget (the trimmed mean was 4.2 and 3.5 % below the mean on Hippocampus and DRIVE, and DRIVE overran by 4 %)."""
         if step < self.start + RECHECK_WARMUP:
             return None
         now = CLOCK()

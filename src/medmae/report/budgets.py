@@ -3,8 +3,8 @@ budget was measured on a busy machine.
 
 Under ``train.max_minutes`` a cell's step count comes from the step time measured when it started, re-checked
 once on its own training steps (:mod:`medmae.engine.budget`); a cell started while other work shared the CPUs
-gets fewer steps than its neighbours, and the comparison between arms is then one of compute, not of initialisation. The record is the
-``training`` entry of each cell's ``task.json`` (written by ``medmae finetune``).
+gets fewer steps than its neighbours, and the comparison between arms is then one of compute, not of
+initialisation. The record is the ``training`` entry of each cell's ``task.json`` (written by ``medmae finetune``).
 """
 
 from __future__ import annotations
