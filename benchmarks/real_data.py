@@ -121,7 +121,8 @@ EXPERIMENTS = {
 
 
 def run(name: str, profile: str, root: Path, work: Path, *, budget: float | None, folds: list[int] | None,
-        fractions: list[float] | None, max_steps: int | None, tag: str = "", seeds: list[int] | None = None) -> dict[str, Any]:
+        fractions: list[float] | None, max_steps: int | None, tag: str = "", seeds: list[int] | None = None,
+        pretrain_budget: float | None = None, baseline: bool = True) -> dict[str, Any]:
     import medmae
     from medmae.report import read_results
 
@@ -137,14 +138,18 @@ def run(name: str, profile: str, root: Path, work: Path, *, budget: float | None
         if plan["plan"]["budget_minutes"] != minutes:
             sys.exit(f"{plan_path} was planned for {plan['plan']['budget_minutes']:g} min per run, not {minutes:g}: "
                      "delete it (and the runs made with it) to re-plan")
+        if pretrain_budget is not None and plan["train"]["max_minutes"] != pretrain_budget:
+            sys.exit(f"{plan_path} was planned with a {plan['train']['max_minutes']:g}-min MAE, not {pretrain_budget:g}: "
+                     "delete it (and the runs made with it) to re-plan")
     else:
-        plan_path, plan = medmae.plan(source, task=exp.task, budget=minutes,
+        plan_path, plan = medmae.plan(source, task=exp.task, budget=minutes, pretrain_budget=pretrain_budget,
                                       device="cuda" if profile == "gpu" else "cpu", out=plan_path)
     t_plan = time.time() - t0
     pre_dir = base / "pretrain"
     medmae.pretrain(plan=plan_path, run_dir=pre_dir, max_steps=max_steps, resume="auto")
     t_pre = time.time() - t0 - t_plan
-    sweep_dir = medmae.sweep(task=exp.task, inits=["scratch", str(pre_dir), f"baseline:{exp.baseline}"],
+    inits = ["scratch", str(pre_dir)] + ([f"baseline:{exp.baseline}"] if baseline else [])
+    sweep_dir = medmae.sweep(task=exp.task, inits=inits,
                              run_dir=base / "sweep", plan=plan_path, fractions=fractions or list(exp.fractions),
                              seeds=seeds or [0], folds=exp.folds, only_folds=folds, max_steps=max_steps)
     summary = json.loads((sweep_dir / "summary.json").read_text())
@@ -153,10 +158,13 @@ def run(name: str, profile: str, root: Path, work: Path, *, budget: float | None
     result = {
         "experiment": name, "profile": profile, "when": time.strftime("%Y-%m-%d %H:%M"),
         "command": f"python benchmarks/real_data.py {name} --profile {profile} --budget {minutes:g}"
+                   + (f" --pretrain-budget {pretrain_budget:g}" if pretrain_budget is not None else "")
+                   + ("" if baseline else " --no-baseline")
                    + "".join(f" --fold {k}" for k in folds or []) + (f" --max-steps {max_steps}" if max_steps else "")
                    + (f" --fractions {','.join(f'{f:g}' for f in fractions)}" if fractions else "")
                    + "".join(f" --seed {s}" for s in seeds or []) + (f" --tag {tag}" if tag else ""),
         "target": exp.target, "reference": exp.reference, "budget_minutes_per_run": minutes,
+        "pretrain_budget_minutes": plan["train"]["max_minutes"],
         "folds_run": sorted({r["fold"] for r in rows if r.get("fold") not in (None, "")}) if exp.folds else None,
         "plan_seconds": round(t_plan, 1), "plan": plan["plan"]["decisions"] if "plan" in plan else plan,
         "pretrain": {"wall_s": round(t_pre, 1), **pretrain_summary(pre_dir)},
@@ -219,6 +227,9 @@ def main() -> None:
     ap.add_argument("--data-root", default=None, help="folder holding the datasets (default $MEDMAE_DATA or ../shared/data)")
     ap.add_argument("--work", type=Path, default=REPO / "runs" / "real-data")
     ap.add_argument("--budget", type=float, default=None, help="minutes per training run (default: the experiment's)")
+    ap.add_argument("--pretrain-budget", type=float, default=None,
+                    help="minutes of the MAE pretraining (default: the plan's, twice --budget)")
+    ap.add_argument("--no-baseline", action="store_true", help="leave out the MONAI baseline arm (scratch and MAE only)")
     ap.add_argument("--fold", type=int, action="append", default=None, help="run only this fold now (repeatable)")
     ap.add_argument("--fractions", default=None, help="comma-separated label fractions (default: the experiment's)")
     ap.add_argument("--max-steps", type=int, default=None, help="cap every run (smoke test)")
@@ -229,7 +240,8 @@ def main() -> None:
     args = ap.parse_args()
     fractions = [float(f) for f in args.fractions.split(",")] if args.fractions else None
     result = run(args.experiment, args.profile, data_root(args.data_root), args.work, budget=args.budget,
-                 folds=args.fold, fractions=fractions, max_steps=args.max_steps, tag=args.tag, seeds=args.seed)
+                 folds=args.fold, fractions=fractions, max_steps=args.max_steps, tag=args.tag, seeds=args.seed,
+                 pretrain_budget=args.pretrain_budget, baseline=not args.no_baseline)
     print(json.dumps({k: result[k] for k in ("experiment", "headline", "table", "paired_vs_scratch",
                                              "paired_vs_baseline", "total_seconds")}, indent=1))
 

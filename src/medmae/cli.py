@@ -62,7 +62,7 @@ PretrainPlanOpt = Annotated[Optional[Path], typer.Option("--plan", help="A `medm
 def demo(
     run_dir: Annotated[Path, typer.Option("--run-dir", help="Where the demo writes data and runs.")] = Path("medmae-demo"),
     max_steps: MaxSteps = None,
-    budget: Annotated[str, typer.Option("--budget", help="Time of each training run (pretraining, each sweep cell): 25s, 2m.")] = "25s",
+    budget: Annotated[str, typer.Option("--budget", help="Time of each fine-tuning run (each sweep cell): 25s, 2m; the MAE gets twice it.")] = "25s",
 ) -> None:
     """Plan, MAE-pretrain and fine-tune on built-in synthetic chest radiographs, against scratch and MONAI's
     BasicUNet (CPU, a few minutes)."""
@@ -92,7 +92,8 @@ def presets() -> None:
 def plan(
     source: Annotated[str, typer.Argument(help="Dataset folder, manifest CSV/JSON, dataset.json, nnU-Net/MSD folder.")],
     task: Annotated[str, typer.Option("--task", help="seg or cls.")],
-    budget: Annotated[str, typer.Option("--budget", help="Time of each training run: 90s, 30m, 2h, 1d (pretraining, each fine-tuning run, each sweep cell).")] = "30m",
+    budget: Annotated[str, typer.Option("--budget", help="Time of each fine-tuning run (each sweep cell): 90s, 30m, 2h, 1d.")] = "30m",
+    pretrain_budget: Annotated[Optional[str], typer.Option("--pretrain-budget", help="Time of the MAE pretraining (default: twice --budget; one MAE serves every fine-tuning run).")] = None,
     device: Annotated[str, typer.Option("--device", help="cpu or cuda: what the runs will train on (speed measured here when it is this machine's).")] = "cpu",
     family: Annotated[Optional[str], typer.Option("--family", help="resenc (default: ResEnc U-Net CNN / its encoder), vit or swin (2D).")] = None,
     out: Annotated[Path, typer.Option("--out", help="Plan file to write.")] = Path("plan.yaml"),
@@ -106,7 +107,7 @@ def plan(
     if task not in ("cls", "seg"):
         raise fail(f"--task must be cls or seg, got {task!r}", EXIT_CONFIG)
     path, result = run_task(run, source, task=task, budget=budget, device=device, family=family, out=out, full=full,
-                        memory_gb=memory_gb)
+                        memory_gb=memory_gb, pretrain_budget=pretrain_budget)
     console.print(plan_table(path, result))
     console.print(f"next: medmae pretrain --plan {path} --run-dir R   |   medmae finetune --plan {path} --task {task} "
                   f"--init R|scratch|baseline:NAME", highlight=False, soft_wrap=True)

@@ -67,7 +67,8 @@ def test_anisotropic_ct_gets_the_separate_axis_rule_a_foreground_window_and_a_va
     crop = plan["model"]["img_size"]
     stride = 2 ** (len(plan["model"]["resenc"]["widths"]) - 1)
     assert all(c % stride == 0 for c in crop)
-    assert plan["model"]["arch"] == "resenc" and plan["train"]["max_minutes"] == 30
+    assert plan["model"]["arch"] == "resenc" and plan["finetune"]["seg"]["train"]["max_minutes"] == 30
+    assert plan["train"]["max_minutes"] == 60 == plan["plan"]["pretrain_budget_minutes"], "the MAE gets twice a run's"
     assert plan["finetune"]["seg"]["model"]["resenc"]["deep_supervision"] is True
     assert plan["finetune"]["data"]["foreground_prob"] == pytest.approx(0.33)
     path = write_plan(tmp_path / "plan.yaml", plan)
@@ -123,6 +124,17 @@ def test_a_short_budget_trains_the_cnn_with_adamw_and_a_long_one_with_nnunets_sg
     assert "AdamW" in short["plan"]["decisions"]["optimizer"] and "SGD" in long["plan"]["decisions"]["optimizer"]
 
 
+def test_an_explicit_pretraining_budget_sets_only_the_mae(anisotropic_ct):
+    fp = fingerprint(str(anisotropic_ct))
+    plan = make_plan(fp, task="seg", budget_minutes=30, pretrain_minutes=45, **FAST)
+    assert plan["train"]["max_minutes"] == 45 and plan["finetune"]["seg"]["train"]["max_minutes"] == 30
+    assert plan == make_plan(fp, task="seg", budget_minutes=30, pretrain_minutes=45, **FAST), "planning is pure"
+    with pytest.raises(ConfigError, match="--pretrain-budget"):
+        make_plan(fp, task="seg", budget_minutes=30, pretrain_minutes=0, **FAST)
+    with pytest.raises(ConfigError, match="--pretrain-budget '1 hour'"):
+        parse_budget("1 hour", "--pretrain-budget")
+
+
 def test_budget_parsing():
     assert parse_budget("90s") == 1.5 and parse_budget("30m") == 30 and parse_budget("2h") == 120
     assert parse_budget("45") == 45 and parse_budget("1d") == 1440
@@ -134,7 +146,7 @@ def test_plan_cli_then_pretrain_finetune_and_sweep_with_plan(cxr, tmp_path, monk
     """The plan loads in every verb, is saved as plan.yaml in each run, and the export and task.json carry it."""
     monkeypatch.setattr(network, "measure_step_s", lambda cfg, n, batch, *a, **k: 10.0 * batch)  # slow: the smallest
     out = tmp_path / "plan.yaml"
-    r = invoke(["plan", cxr, "--task", "seg", "--budget", "1m", "--out", out])
+    r = invoke(["plan", cxr, "--task", "seg", "--budget", "1m", "--pretrain-budget", "1m", "--out", out])
     assert r.exit_code == 0, r.output
     assert "network" in r.output and out.is_file()
     assert read_plan(out).raw["model"]["resenc"]["widths"][0] == 8, "a slow device gets the smallest network"

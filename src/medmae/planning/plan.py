@@ -17,7 +17,7 @@ from medmae.planning import network as nets
 from medmae.planning import rules
 from medmae.planning.fingerprint import Fingerprint
 from medmae.planning.search import Choice, Device, Problem, choose, cost_cache
-from medmae.planning.sections import finetune_sections, optim_why, pretrain_sections
+from medmae.planning.sections import PRETRAIN_BUDGET_FACTOR, finetune_sections, optim_why, pretrain_sections
 from medmae.version import __version__
 
 log = logging.getLogger(__name__)
@@ -31,17 +31,17 @@ _BUDGET = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|hr|d)?\s*$", re.IGNO
 _UNIT_MINUTES = {"s": 1 / 60, "sec": 1 / 60, "m": 1.0, "min": 1.0, "h": 60.0, "hr": 60.0, "d": 1440.0}
 
 
-def parse_budget(text: str | float | int) -> float:
+def parse_budget(text: str | float | int, option: str = "--budget") -> float:
     """Minutes of a budget written as ``90s``, ``30m``, ``2h``, ``1d`` or a bare number of minutes."""
     if isinstance(text, (int, float)):
         minutes = float(text)
     else:
         m = _BUDGET.match(str(text))
         if not m:
-            raise ConfigError(f"--budget {text!r}: give a duration like 90s, 30m, 2h or 1d")
+            raise ConfigError(f"{option} {text!r}: give a duration like 90s, 30m, 2h or 1d")
         minutes = float(m.group(1)) * _UNIT_MINUTES[(m.group(2) or "m").lower()]
     if minutes <= 0:
-        raise ConfigError(f"--budget {text!r}: must be positive")
+        raise ConfigError(f"{option} {text!r}: must be positive")
     return minutes
 
 
@@ -125,12 +125,17 @@ def step_timer(device: Device, task: str, dims: int, channels: int, outputs: int
 
 
 def make_plan(fp: Fingerprint, *, task: str, budget_minutes: float, device: str = "cpu", family: str | None = None,
-              memory_bytes: float | None = None, flops_per_s: float | None = None) -> dict[str, Any]:
-    """The plan of a dataset for ``task`` on ``device`` in ``budget_minutes`` per training run (see the module)."""
+              memory_bytes: float | None = None, flops_per_s: float | None = None,
+              pretrain_minutes: float | None = None) -> dict[str, Any]:
+    """The plan of a dataset for ``task`` on ``device`` in ``budget_minutes`` per fine-tuning run and
+    ``pretrain_minutes`` (default ``PRETRAIN_BUDGET_FACTOR`` times that) for the one MAE (see the module)."""
     if task not in ("seg", "cls"):
         raise ConfigError(f"--task must be seg or cls, got {task!r}")
     if budget_minutes <= 0:
         raise ConfigError(f"--budget must be positive, got {budget_minutes} minutes")
+    pretrain_minutes = budget_minutes * PRETRAIN_BUDGET_FACTOR if pretrain_minutes is None else pretrain_minutes
+    if pretrain_minutes <= 0:
+        raise ConfigError(f"--pretrain-budget must be positive, got {pretrain_minutes} minutes")
     family = family or DEFAULT_FAMILY[task]
     labelled = labelled_cases(fp, task)
     n_train = max(1, int(labelled * TRAIN_SHARE))
@@ -153,6 +158,7 @@ def make_plan(fp: Fingerprint, *, task: str, budget_minutes: float, device: str 
     for w in choice.warnings:
         log.warning(w)
     settings = {"task": task, "family": family, "device": device, "budget_minutes": budget_minutes,
+                "pretrain_minutes": pretrain_minutes,
                 "source": fp.source, "dims": fp.spatial_dims, "channels": channels, "outputs": outputs,
                 "intensity": intensity, "spacing": geo["spacing"], "label_map": mapping,
                 "resize": choice.crop if task == "cls" and (len({tuple(s) for s in fp.shapes}) > 1
@@ -172,6 +178,7 @@ def plan_record(fp: Fingerprint, choice: Choice, dev: Device, geo: dict[str, Any
     return {
         "version": PLAN_VERSION, "medmae": __version__, "source": fp.source, "task": settings["task"],
         "family": settings["family"], "device": settings["device"], "budget_minutes": settings["budget_minutes"],
+        "pretrain_budget_minutes": settings["pretrain_minutes"],
         "decisions": {
             "spacing": {"value": geo["spacing"], "why": geo["spacing_why"]},
             "crop": {"value": choice.crop, "median_shape": geo["median_shape"], "max_voxels": geo["max_voxels"],

@@ -7,7 +7,9 @@ gradients clipped at 12) when the budget buys at least ``SGD_MIN_STEPS`` steps; 
 fine-tune, 1e-3 for the MAE, warmup + cosine) has converged (``docs/explanation/short-budgets.md``). ViT and Swin
 train with AdamW and warmup + cosine (MAE's recipe: base lr 1.5e-4 for the MAE, 1e-3 with layer decay 0.75 for
 fine-tuning). ``train.max_minutes`` is the budget; ``epochs`` is only an upper
-bound, so the budget decides the step count.
+bound, so the budget decides the step count. The MAE gets ``PRETRAIN_BUDGET_FACTOR`` times a fine-tuning run's
+budget by default: one MAE serves every fold, label fraction and seed, and on MSD Hippocampus a MAE of twice the
+steps added +0.006 to +0.008 Dice at 10 % labels (``benchmarks/results/ablate_cnn_lowlabel_cpu.json``).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ SHORT_LR = {"finetune": 3.0e-3, "mae": 1.0e-3}
 FOREGROUND_PROB = 0.33  # nnU-Net oversamples foreground in a third of the crops
 FINETUNE_AUGMENT = {"seg": "nnunet", "cls": "light"}  # the recipe presets' MONAI augmentation (docs/howto/recipes.md)
 MASK_RATIO = 0.75
+PRETRAIN_BUDGET_FACTOR = 2.0  # the MAE's budget over a fine-tuning run's (see the module)
 
 
 def mask_block(crop: list[int]) -> list[int]:
@@ -79,7 +82,7 @@ def pretrain_sections(fp: Fingerprint, choice: Choice, s: dict[str, Any]) -> dic
     model = model_section(choice, s, deep_supervision=False)
     arch = model["arch"]
     data = {**data_section(fp, s), "splits": s["pretrain_splits"]}
-    train = {**train_section(choice, s), "figure_every": 50}
+    train = {**train_section(choice, s), "max_minutes": s["pretrain_minutes"], "figure_every": 50}
     if arch == "resenc":
         mask = {"kind": "block", "ratio": MASK_RATIO, "block_size": mask_block(choice.crop), "sparse": False}
         optim, loss = cnn_optim(choice, "mae"), {"norm_pix": False}
@@ -92,8 +95,8 @@ def pretrain_sections(fp: Fingerprint, choice: Choice, s: dict[str, Any]) -> dic
                  "warmup_epochs": EPOCHS_BOUND * 0.05, "schedule": "cosine", "clip_grad": 3.0}
         loss = {"norm_pix": True}
     return {"name": f"plan-{s['task']}-{arch}", "paper": f"medmae plan of {fp.source} ({s['task']}, {arch}, "
-            f"{s['budget_minutes']:g} min per run on {s['device']})", "data": data, "model": model, "mask": mask,
-            "loss": loss, "optim": optim, "train": train}
+            f"{s['pretrain_minutes']:g} min MAE, {s['budget_minutes']:g} min per fine-tuning run on {s['device']})",
+            "data": data, "model": model, "mask": mask, "loss": loss, "optim": optim, "train": train}
 
 
 def finetune_sections(choice: Choice, s: dict[str, Any]) -> dict[str, Any]:
