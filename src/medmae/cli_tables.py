@@ -16,8 +16,8 @@ from rich.table import Table
 def print_demo(console: Console, s: dict[str, Any]) -> None:
     """The planned network, the pretraining numbers and the three arms of ``medmae demo``."""
     t = Table(title="MAE pretraining on synthetic chest X-rays (labels unused)", show_header=False)
-    t.add_row("plan", escape(f"{s['network']}, {s['budget']} per run ({s['plan']})"))
-    t.add_row("steps", str(s["pretrain_steps"]))
+    t.add_row("plan", escape(f"{s['network']}, {s['budget']} per sweep cell ({s['plan']})"))
+    t.add_row("steps", f"{s['pretrain_steps']} in a {s['pretrain_budget_s']:g} s budget")
     t.add_row("masked loss, fixed cases and masks", f"{s['masked_loss']:.4f}")
     t.add_row("loss of filling each masked block with its mean", f"{s['patch_mean_baseline_loss']:.4f}")
     console.print(t)

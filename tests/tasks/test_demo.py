@@ -13,6 +13,7 @@ def test_the_demo_plans_pretrains_and_compares_three_arms_paired_over_cases(tmp_
     assert s["network"].startswith("ResEnc") and (run / "plan.yaml").is_file()
     plan_text = (run / "plan.yaml").read_text()
     assert s["pretrain_steps"] == 2 and (run / "pretrain" / "export" / "encoder.safetensors").is_file()
+    assert s["pretrain_budget_s"] == 20, "the plan gives the MAE twice a sweep cell's 10 s"
     rows = s["comparison"]
     assert [(r["fraction"], r["arm"]) for r in rows] == [
         (f, arm) for f in (0.05, 0.25) for arm in ("scratch", "MAE", "MONAI BasicUNet")]
@@ -28,6 +29,7 @@ def test_the_demo_plans_pretrains_and_compares_three_arms_paired_over_cases(tmp_
     assert "## Paired over test cases" in report and "baseline-basicunet" in report
     text = flat(result.output)
     assert "vsscratch:thedifferencepairedovertheheld-outimages" in text and "MONAIBasicUNet" in text
+    assert "2ina20sbudget" in text and "10spersweepcell" in text
     again = invoke(["demo", "--run-dir", str(run), "--max-steps", "2", "--budget", "10s"])  # resumes, same plan
     assert again.exit_code == 0, again.output
     assert (run / "plan.yaml").read_text() == plan_text
