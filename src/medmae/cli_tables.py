@@ -90,9 +90,9 @@ def plan_table(path: Path, plan: dict[str, Any]) -> Table:
     """What ``medmae plan`` decided, one row per decision, with the reason where there is one."""
     m = plan["plan"]
     d = m["decisions"]
-    mae = m.get("pretrain_budget_minutes", m["budget_minutes"])  # older plans gave the MAE one run's budget
     t = Table(show_header=False, title=f"plan for {m['task']} ({m['family']}, {m['budget_minutes']:g} min per "
-                                       f"fine-tuning run, {mae:g} min MAE, on {m['device']}) -> {path}")
+                                       f"fine-tuning run, {plan['train']['max_minutes']:g} min MAE, on {m['device']})"
+                                       f" -> {path}")
     t.add_row("spacing", escape(f"{d['spacing']['value']}  ({d['spacing']['why']})"))
     t.add_row("crop", escape(f"{d['crop']['value']}  (median shape {d['crop']['median_shape']}, at most "
                              f"{d['crop']['max_voxels']} voxels)"))

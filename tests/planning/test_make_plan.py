@@ -68,7 +68,7 @@ def test_anisotropic_ct_gets_the_separate_axis_rule_a_foreground_window_and_a_va
     stride = 2 ** (len(plan["model"]["resenc"]["widths"]) - 1)
     assert all(c % stride == 0 for c in crop)
     assert plan["model"]["arch"] == "resenc" and plan["finetune"]["seg"]["train"]["max_minutes"] == 30
-    assert plan["train"]["max_minutes"] == 60 == plan["plan"]["pretrain_budget_minutes"], "the MAE gets twice a run's"
+    assert plan["train"]["max_minutes"] == 60, "the MAE gets twice a fine-tuning run's budget"
     assert plan["finetune"]["seg"]["model"]["resenc"]["deep_supervision"] is True
     assert plan["finetune"]["data"]["foreground_prob"] == pytest.approx(0.33)
     path = write_plan(tmp_path / "plan.yaml", plan)

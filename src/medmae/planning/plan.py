@@ -178,7 +178,6 @@ def plan_record(fp: Fingerprint, choice: Choice, dev: Device, geo: dict[str, Any
     return {
         "version": PLAN_VERSION, "medmae": __version__, "source": fp.source, "task": settings["task"],
         "family": settings["family"], "device": settings["device"], "budget_minutes": settings["budget_minutes"],
-        "pretrain_budget_minutes": settings["pretrain_minutes"],
         "decisions": {
             "spacing": {"value": geo["spacing"], "why": geo["spacing_why"]},
             "crop": {"value": choice.crop, "median_shape": geo["median_shape"], "max_voxels": geo["max_voxels"],

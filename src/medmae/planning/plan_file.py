@@ -56,7 +56,6 @@ class PlanFile:
         d = m.get("decisions", {})
         return {"file": self.path, "sha256": self.sha256, "source": m.get("source"), "task": m.get("task"),
                 "family": m.get("family"), "device": m.get("device"), "budget_minutes": m.get("budget_minutes"),
-                "pretrain_budget_minutes": m.get("pretrain_budget_minutes"),
                 "spacing": (d.get("spacing") or {}).get("value"), "crop": (d.get("crop") or {}).get("value"),
                 "network": d.get("network"), "batch": d.get("batch"), "predicted_step_s": d.get("predicted_step_s")}
 

@@ -77,7 +77,7 @@ def demo(run_dir: str | Path = "medmae-demo", *, max_steps: int | None = None, n
         "plan": str(plan_path),
         "network": planned["plan"]["decisions"]["network"],
         "budget": budget,
-        "pretrain_budget_s": 60.0 * planned["plan"].get("pretrain_budget_minutes", planned["plan"]["budget_minutes"]),
+        "pretrain_budget_s": 60.0 * planned["train"]["max_minutes"],
         "pretrain_dir": str(pre_dir),
         "encoder": pre["encoder"],
         "figure": str(figures[-1]) if figures else None,
