@@ -16,8 +16,9 @@ with the plan and three arms: the planned network from scratch, from the MAE, an
 ``benchmarks/results/<experiment>_<profile>_plan.json`` (the plan, the headline table, the paired comparisons
 with scratch and with the baseline, the time used) plus the sweep's ``report.md``, ``results.csv`` and figures.
 Work directories go to ``--work`` (default ``runs/real-data``); a later call with the same ``--work`` reuses its
-``plan.yaml`` and MAE (so ``--fold 1`` continues under fold 0's plan; delete the folder to start over). Results of the earlier ViT-only recipe are the
-files without ``_plan``.
+``plan.yaml`` and MAE (so ``--fold 1`` continues under fold 0's plan; delete the folder to start over).
+``--no-baseline`` or ``--no-mae`` leaves that arm out (``--no-mae`` skips the pretraining too). Results of the
+earlier ViT-only recipe are the files without ``_plan``.
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ EXPERIMENTS = {
 
 def run(name: str, profile: str, root: Path, work: Path, *, budget: float | None, folds: list[int] | None,
         fractions: list[float] | None, max_steps: int | None, tag: str = "", seeds: list[int] | None = None,
-        pretrain_budget: float | None = None, baseline: bool = True) -> dict[str, Any]:
+        pretrain_budget: float | None = None, baseline: bool = True, mae: bool = True) -> dict[str, Any]:
     import medmae
     from medmae.report import read_results
 
@@ -146,9 +147,10 @@ def run(name: str, profile: str, root: Path, work: Path, *, budget: float | None
                                       device="cuda" if profile == "gpu" else "cpu", out=plan_path)
     t_plan = time.time() - t0
     pre_dir = base / "pretrain"
-    medmae.pretrain(plan=plan_path, run_dir=pre_dir, max_steps=max_steps, resume="auto")
+    if mae:
+        medmae.pretrain(plan=plan_path, run_dir=pre_dir, max_steps=max_steps, resume="auto")
     t_pre = time.time() - t0 - t_plan
-    inits = ["scratch", str(pre_dir)] + ([f"baseline:{exp.baseline}"] if baseline else [])
+    inits = ["scratch"] + ([str(pre_dir)] if mae else []) + ([f"baseline:{exp.baseline}"] if baseline else [])
     sweep_dir = medmae.sweep(task=exp.task, inits=inits,
                              run_dir=base / "sweep", plan=plan_path, fractions=fractions or list(exp.fractions),
                              seeds=seeds or [0], folds=exp.folds, only_folds=folds, max_steps=max_steps)
@@ -159,15 +161,15 @@ def run(name: str, profile: str, root: Path, work: Path, *, budget: float | None
         "experiment": name, "profile": profile, "when": time.strftime("%Y-%m-%d %H:%M"),
         "command": f"python benchmarks/real_data.py {name} --profile {profile} --budget {minutes:g}"
                    + (f" --pretrain-budget {pretrain_budget:g}" if pretrain_budget is not None else "")
-                   + ("" if baseline else " --no-baseline")
+                   + ("" if baseline else " --no-baseline") + ("" if mae else " --no-mae")
                    + "".join(f" --fold {k}" for k in folds or []) + (f" --max-steps {max_steps}" if max_steps else "")
                    + (f" --fractions {','.join(f'{f:g}' for f in fractions)}" if fractions else "")
                    + "".join(f" --seed {s}" for s in seeds or []) + (f" --tag {tag}" if tag else ""),
         "target": exp.target, "reference": exp.reference, "budget_minutes_per_run": minutes,
-        "pretrain_budget_minutes": plan["train"]["max_minutes"],
+        "pretrain_budget_minutes": plan["train"]["max_minutes"] if mae else None,
         "folds_run": sorted({r["fold"] for r in rows if r.get("fold") not in (None, "")}) if exp.folds else None,
         "plan_seconds": round(t_plan, 1), "plan": plan["plan"]["decisions"] if "plan" in plan else plan,
-        "pretrain": {"wall_s": round(t_pre, 1), **pretrain_summary(pre_dir)},
+        "pretrain": {"wall_s": round(t_pre, 1), **pretrain_summary(pre_dir)} if mae else None,
         "headline": head, "table": [a for a in summary["aggregate"] if (a["metric"], a["where"]) == (head["metric"], head["where"])],
         "paired_vs_scratch": summary["paired"], "paired_vs_baseline": summary["paired_baseline"],
         "paired_over_cases": summary["paired_over_cases"] or None,
@@ -230,6 +232,8 @@ def main() -> None:
     ap.add_argument("--pretrain-budget", type=float, default=None,
                     help="minutes of the MAE pretraining (default: the plan's, twice --budget)")
     ap.add_argument("--no-baseline", action="store_true", help="leave out the MONAI baseline arm (scratch and MAE only)")
+    ap.add_argument("--no-mae", action="store_true",
+                    help="no MAE pretraining and no MAE arm (scratch and the baseline only: the supervised comparison)")
     ap.add_argument("--fold", type=int, action="append", default=None, help="run only this fold now (repeatable)")
     ap.add_argument("--fractions", default=None, help="comma-separated label fractions (default: the experiment's)")
     ap.add_argument("--max-steps", type=int, default=None, help="cap every run (smoke test)")
@@ -241,7 +245,7 @@ def main() -> None:
     fractions = [float(f) for f in args.fractions.split(",")] if args.fractions else None
     result = run(args.experiment, args.profile, data_root(args.data_root), args.work, budget=args.budget,
                  folds=args.fold, fractions=fractions, max_steps=args.max_steps, tag=args.tag, seeds=args.seed,
-                 pretrain_budget=args.pretrain_budget, baseline=not args.no_baseline)
+                 pretrain_budget=args.pretrain_budget, baseline=not args.no_baseline, mae=not args.no_mae)
     print(json.dumps({k: result[k] for k in ("experiment", "headline", "table", "paired_vs_scratch",
                                              "paired_vs_baseline", "total_seconds")}, indent=1))
 
