@@ -166,7 +166,6 @@ def run(name: str, profile: str, root: Path, work: Path, *, budget: float | None
                    + (f" --fractions {','.join(f'{f:g}' for f in fractions)}" if fractions else "")
                    + "".join(f" --seed {s}" for s in seeds or []) + (f" --tag {tag}" if tag else ""),
         "target": exp.target, "reference": exp.reference, "budget_minutes_per_run": minutes,
-        "pretrain_budget_minutes": plan["train"]["max_minutes"] if mae else None,
         "folds_run": sorted({r["fold"] for r in rows if r.get("fold") not in (None, "")}) if exp.folds else None,
         "plan_seconds": round(t_plan, 1), "plan": plan["plan"]["decisions"] if "plan" in plan else plan,
         "pretrain": {"wall_s": round(t_pre, 1), **pretrain_summary(pre_dir)} if mae else None,
