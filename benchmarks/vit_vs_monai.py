@@ -8,8 +8,9 @@
 Both arms go through the same ``medmae finetune`` (same data, split, crops, augmentation, loss, optimizer,
 schedule and step budget) and the same ``medmae evaluate`` (same metrics and CIs); only the network differs.
 The MONAI network is put in place of medmae's task model for its arm (``build_task_model`` is swapped in this
-script only; once ``--init baseline:NAME`` exists this becomes a plain ``sweep``). Both arms start from scratch and
-neither uses layer-wise lr decay. Sizes are ViT-T (192 wide, 12 blocks, 3 heads) with 16 px patches, which is the
+script only: ``--init baseline:NAME`` offers MONAI's CNNs, not its ViT / UNETR). Both arms start from scratch and
+neither uses layer-wise lr decay. The difference medmae - MONAI is paired over the test cases (both arms predicted
+the same images; :func:`medmae.report.cases.paired_difference`). Sizes are ViT-T (192 wide, 12 blocks, 3 heads) with 16 px patches, which is the
 size and patch MONAI's UNETR fixes. Writes ``benchmarks/results/vit_vs_monai_<task>_<tag>.json`` and prints the
 two headline figures.
 """
@@ -25,6 +26,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from medmae.report.cases import paired_difference
 
 REPO = Path(__file__).resolve().parents[1]
 EMBED, DEPTH, HEADS = 192, 12, 3
@@ -89,13 +92,14 @@ def settings(task: str, size: int, data: str | None, steps: int, batch: int) -> 
     return cfg
 
 
-def headline(summary: dict[str, Any]) -> tuple[str, float]:
+def headline(summary: dict[str, Any]) -> tuple[str, float, str | None]:
+    """The headline metric, its value and its class (a binary task's ``auroc``) or None."""
     rows = summary["rows"]
-    for metric, where in (("macro_auroc", None), ("auroc", None), ("dice", "mean")):
+    for metric, region in (("macro_auroc", None), ("auroc", None), ("dice", "mean")):
         for r in rows:
-            if r["metric"] == metric and (where is None or r.get("region") == where):
-                return metric, float(r["value"])
-    return rows[0]["metric"], float(rows[0]["value"])
+            if r["metric"] == metric and (region is None or r.get("region") == region):
+                return metric, float(r["value"]), r.get("class")
+    return rows[0]["metric"], float(rows[0]["value"]), None
 
 
 def run_arm(arm: str, cfg: dict[str, Any], work: Path) -> dict[str, Any]:
@@ -120,8 +124,9 @@ def run_arm(arm: str, cfg: dict[str, Any], work: Path) -> dict[str, Any]:
         summary = evaluate(run)
     finally:
         ft.build_task_model, inf.build_task_model = saved
-    metric, value = headline(summary)
-    return {"arm": arm, "metric": metric, "value": value, "train_seconds": round(train_s, 1), "params": params[0],
+    metric, value, where = headline(summary)
+    return {"arm": arm, "metric": metric, "where": where, "value": value, "train_seconds": round(train_s, 1),
+            "params": params[0], "steps": cfg["train"]["max_steps"],
             "rows": [r for r in summary["rows"] if r["metric"] == metric]}
 
 
@@ -145,7 +150,9 @@ def main() -> None:
 
         shutil.rmtree(work)
     arms = [run_arm(arm, cfg, work) for arm in ("medmae", "monai")]
+    paired = paired_difference(work / "medmae", work / "monai", arms[0]["metric"], arms[0]["where"])
     result = {"task": args.task, "when": time.strftime("%Y-%m-%d %H:%M"), "config": cfg, "arms": arms,
+              "medmae_minus_monai": paired,
               "command": "python benchmarks/vit_vs_monai.py " + " ".join(
                   f"--{k} {v}" for k, v in vars(args).items() if v is not None and k not in ("work",)),
               "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu x{torch.get_num_threads()}"}
@@ -154,6 +161,9 @@ def main() -> None:
     out.write_text(json.dumps(result, indent=1))
     for a in arms:
         print(f"{a['arm']:7s} {a['metric']} {a['value']:.3f}  ({a['train_seconds']} s training)")
+    if paired:
+        print(f"medmae - monai {paired['mean_diff']:+.3f} ({paired['ci_low']:+.3f} to {paired['ci_high']:+.3f}) paired "
+              f"over {paired['n_cases']} test cases")
 
 
 if __name__ == "__main__":

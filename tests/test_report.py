@@ -9,7 +9,7 @@ from sklearn.metrics import roc_auc_score
 
 from medmae.metrics import bootstrap_ci
 from medmae.report import aggregate, collect, paired_comparison
-from medmae.report.cases import paired_over_cases
+from medmae.report.cases import paired_difference, paired_over_cases
 from medmae.report.sweep_files import finished_cells
 
 
@@ -87,6 +87,16 @@ def test_paired_over_cases_averages_regions_per_case_and_pairs_cells_by_coordina
     assert paired_over_cases(cells, meta, "auroc") == []  # no such per-case column (classification)
     assert paired_over_cases(finished_cells(tmp_path / "nothing"), meta, "dice") == []
 
+
+def test_paired_difference_of_two_run_dirs_mirrors_when_swapped(tmp_path):
+    """Any two evaluated runs (not only a sweep's cells) pair over their common cases; swapping them flips the sign."""
+    _per_case(tmp_path / "a", [(f"c{i}", "lung", 0.8) for i in range(4)] + [("only_a", "lung", 0.1)])
+    _per_case(tmp_path / "b", [(f"c{i}", "lung", 0.6 + 0.1 * (i == 0)) for i in range(4)])
+    ab = paired_difference(tmp_path / "a", tmp_path / "b", "dice")
+    ba = paired_difference(tmp_path / "b", tmp_path / "a", "dice")
+    assert ab["n_cases"] == 4 and ab["wins"] == 4 and ab["mean_diff"] == pytest.approx((0.1 + 0.2 * 3) / 4)
+    assert ba["mean_diff"] == pytest.approx(-ab["mean_diff"]) and ba["wins"] == 0
+    assert paired_difference(tmp_path / "a", tmp_path / "missing", "dice") is None
 
 
 def test_paired_over_cases_pairs_only_regions_both_arms_define(tmp_path):

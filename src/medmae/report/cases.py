@@ -86,46 +86,56 @@ def _cls_diff(arm: dict, ref: dict, cases: list[str], n_resamples: int) -> tuple
     return float(boot.value), float(boot.low), float(boot.high), wins
 
 
+def paired_difference(arm_dir: Path, ref_dir: Path, metric: str, where: str | None = None,
+                      n_resamples: int = 4000) -> dict[str, Any] | None:
+    """``arm_dir``'s test scores minus ``ref_dir``'s on the cases both evaluated: ``mean_diff`` (the mean of
+    per-case differences over the regions both define, or for ``auroc`` / ``macro_auroc`` the difference of ROC-AUCs
+    of class ``where`` / of the classes' mean), its paired bootstrap 95 % CI over those cases (``ci_low``,
+    ``ci_high``), ``wins``, ``n_cases`` and ``n_undefined`` (cases without a region both define, e.g. both empty,
+    left out). None when the two share no case or the metric is undefined on them."""
+    cls = metric in ("auroc", "macro_auroc")
+
+    def read(run: Path) -> dict:
+        return per_case_scores(run, where if metric == "auroc" else None) if cls else per_case_values(run, metric)
+
+    ref = read(ref_dir)
+    arm = read(arm_dir) if ref else {}
+    cases = sorted(set(ref) & set(arm))
+    if not cases:
+        return None
+    left_out = 0
+    if cls:
+        try:
+            mean, low, high, wins = _cls_diff(arm, ref, cases, n_resamples)
+        except ValueError:  # a test set without positives or negatives has no ROC-AUC (its rows say so)
+            return None
+    else:
+        seg = _seg_diff(arm, ref, cases, n_resamples)
+        if seg is None:
+            return None
+        mean, low, high, wins, left_out = seg
+    return {"metric": metric, "n_cases": len(cases) - left_out, "n_undefined": left_out, "mean_diff": mean,
+            "ci_low": float(low), "ci_high": float(high), "wins": wins}
+
+
 def paired_over_cases(cells: Sequence[tuple[Path, Any]], meta: dict[str, Any], metric: str, where: str | None = None,
                       n_resamples: int = 4000) -> list[dict[str, Any]]:
     """For the evaluated ``cells`` of a sweep (:func:`~medmae.report.sweep_files.finished_cells`), one row per
-    (arm, cell) with a scratch cell beside it: ``mean_diff`` (arm - scratch on the cases both evaluated: the mean
-    of per-case differences over the regions both arms define, or for ``auroc`` / ``macro_auroc`` the difference
-    of ROC-AUCs of class ``where`` / of the classes' mean), its paired bootstrap 95 % CI over those cases,
-    ``wins``, ``n_cases`` and ``n_undefined`` (cases without a region both define, e.g. both empty, left out)."""
-    cls = metric in ("auroc", "macro_auroc")
-
-    def read(cell: Path) -> dict:
-        return per_case_scores(cell, where if metric == "auroc" else None) if cls else per_case_values(cell, metric)
-
+    (arm, cell) with a scratch cell beside it: :func:`paired_difference` of the arm and that scratch cell, with the
+    cell's ``init``, ``reference``, ``fraction``, ``seed`` and ``fold``."""
     coords: dict[tuple[float, int, str], dict[str, Path]] = {}
     for cell, _ in cells:
         c = parse_cell(cell.name, meta)
         coords.setdefault((c["fraction"], c["seed"], c["fold"]), {})[c["init"]] = cell
     out = []
     for (fraction, seed, fold), arms in sorted(coords.items()):
-        ref = read(arms["scratch"]) if "scratch" in arms else {}
-        if not ref:
+        if "scratch" not in arms:
             continue
         for init, cell in sorted(arms.items()):
-            arm = read(cell) if init != "scratch" else {}
-            cases = sorted(set(ref) & set(arm))
-            if not cases:
-                continue
-            left_out = 0
-            if cls:
-                try:
-                    mean, low, high, wins = _cls_diff(arm, ref, cases, n_resamples)
-                except ValueError:  # a test set without positives or negatives has no ROC-AUC (its rows say so)
-                    continue
-            else:
-                seg = _seg_diff(arm, ref, cases, n_resamples)
-                if seg is None:
-                    continue
-                mean, low, high, wins, left_out = seg
-            out.append({"init": init, "reference": "scratch", "fraction": fraction, "seed": seed, "fold": fold,
-                        "metric": metric, "n_cases": len(cases) - left_out, "n_undefined": left_out,
-                        "mean_diff": mean, "ci_low": float(low), "ci_high": float(high), "wins": wins})
+            diff = paired_difference(cell, arms["scratch"], metric, where, n_resamples) if init != "scratch" else None
+            if diff is not None:
+                out.append({"init": init, "reference": "scratch", "fraction": fraction, "seed": seed, "fold": fold,
+                            **diff})
     return out
 
 
