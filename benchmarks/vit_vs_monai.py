@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -34,15 +35,17 @@ EMBED, DEPTH, HEADS = 192, 12, 3
 
 
 class MonaiClassifier(nn.Module):
-    """MONAI ``ViT(classification=True)`` returning logits only (it returns (logits, hidden states))."""
+    """MONAI ``ViT(classification=True)`` returning logits only (it returns (logits, hidden states)). MONAI's default
+    head ends in ``Tanh``, which bounds the logits to [-1, 1]; ``linear=True`` drops it (``post_activation=None``)."""
 
-    def __init__(self, cfg, num_outputs: int):
+    def __init__(self, cfg, num_outputs: int, linear: bool = False):
         super().__init__()
         from monai.networks.nets import ViT
 
         m = cfg.model
         self.net = ViT(m.in_channels, m.img_size, m.patch, hidden_size=EMBED, mlp_dim=4 * EMBED, num_layers=DEPTH,
-                       num_heads=HEADS, classification=True, num_classes=num_outputs, spatial_dims=m.spatial_dims)
+                       num_heads=HEADS, classification=True, num_classes=num_outputs, spatial_dims=m.spatial_dims,
+                       post_activation=None if linear else "Tanh")
         self.encoder = SimpleNamespace(depth=DEPTH)  # what medmae's param-group code asks for (no layer decay used)
 
     def forward(self, x):
@@ -63,8 +66,11 @@ class MonaiUNETR(nn.Module):
         return self.net(x)
 
 
-def monai_builder(cfg, num_outputs: int, init):
-    return (MonaiClassifier if cfg.task == "cls" else MonaiUNETR)(cfg, num_outputs), None
+ARMS = ("medmae", "monai", "monai-linear")  # monai-linear: MONAI's ViT classifier without its Tanh head (cls only)
+
+
+def monai_builder(cfg, num_outputs: int, init, linear: bool = False):
+    return (MonaiClassifier(cfg, num_outputs, linear) if cfg.task == "cls" else MonaiUNETR(cfg, num_outputs)), None
 
 
 def settings(task: str, size: int, data: str | None, steps: int, batch: int) -> dict[str, Any]:
@@ -108,7 +114,11 @@ def run_arm(arm: str, cfg: dict[str, Any], work: Path) -> dict[str, Any]:
     from medmae.tasks.evaluate import evaluate
 
     saved = (ft.build_task_model, inf.build_task_model)
-    builder = monai_builder if arm == "monai" else saved[0]
+
+    def monai(cfg, num_outputs, init):
+        return monai_builder(cfg, num_outputs, init, linear=arm == "monai-linear")
+
+    builder = saved[0] if arm == "medmae" else monai
     params: list[int] = []
 
     def counted(cfg, num_outputs, init):
@@ -116,7 +126,7 @@ def run_arm(arm: str, cfg: dict[str, Any], work: Path) -> dict[str, Any]:
         params.append(sum(p.numel() for p in model.parameters()))
         return model, report
 
-    ft.build_task_model, inf.build_task_model = counted, (monai_builder if arm == "monai" else saved[1])
+    ft.build_task_model, inf.build_task_model = counted, (saved[1] if arm == "medmae" else monai)
     try:
         t0 = time.time()
         run = ft.finetune(cfg, run_dir=work / arm)
@@ -140,30 +150,41 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--work", type=Path, default=REPO / "runs" / "vit-vs-monai")
     ap.add_argument("--tag", default="cpu")
+    ap.add_argument("--arms", default="medmae,monai",
+                    help=f"comma-separated, of {', '.join(ARMS)}; a later call with the same --work and --tag adds its "
+                         "arms to the result (the same settings are checked) and keeps the others")
     args = ap.parse_args()
+    arms_now = args.arms.split(",")
+    if not set(arms_now) <= set(ARMS) or (args.task == "seg" and "monai-linear" in arms_now):
+        ap.error(f"--arms {args.arms}: choose from {', '.join(ARMS)} (monai-linear is a classifier)")
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = settings(args.task, args.size, args.data, args.steps, args.batch)
     work = args.work / f"{args.task}-{args.tag}"
-    if work.exists():
-        import shutil
-
-        shutil.rmtree(work)
-    arms = [run_arm(arm, cfg, work) for arm in ("medmae", "monai")]
-    paired = paired_difference(work / "medmae", work / "monai", arms[0]["metric"], arms[0]["where"])
-    result = {"task": args.task, "when": time.strftime("%Y-%m-%d %H:%M"), "config": cfg, "arms": arms,
-              "medmae_minus_monai": paired,
-              "command": "python benchmarks/vit_vs_monai.py " + " ".join(
-                  f"--{k} {v}" for k, v in vars(args).items() if v is not None and k not in ("work",)),
-              "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu x{torch.get_num_threads()}"}
     out = REPO / "benchmarks" / "results" / f"vit_vs_monai_{args.task}_{args.tag}.json"
+    earlier = json.loads(out.read_text()) if out.is_file() and (work / "medmae").is_dir() else {}
+    if earlier and earlier["config"] != cfg:
+        ap.error(f"{out} was made with other settings: give another --tag")
+    for arm in arms_now:
+        shutil.rmtree(work / arm, ignore_errors=True)
+    arms = {a["arm"]: a for a in earlier.get("arms", [])} | {arm: run_arm(arm, cfg, work) for arm in arms_now}
+    paired = {}
+    if "medmae" in arms:
+        paired = {f"medmae_minus_{arm}": paired_difference(work / "medmae", work / arm, arms["medmae"]["metric"],
+                                                           arms["medmae"]["where"]) for arm in arms if arm != "medmae"}
+    command = "python benchmarks/vit_vs_monai.py " + " ".join(
+        f"--{k} {v}" for k, v in vars(args).items() if v is not None and k not in ("work",))
+    result = {"task": args.task, "when": time.strftime("%Y-%m-%d %H:%M"), "config": cfg, "arms": list(arms.values()),
+              **paired, "commands": earlier.get("commands", [earlier["command"]] if "command" in earlier else []) + [command],
+              "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu x{torch.get_num_threads()}"}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
-    for a in arms:
-        print(f"{a['arm']:7s} {a['metric']} {a['value']:.3f}  ({a['train_seconds']} s training)")
-    if paired:
-        print(f"medmae - monai {paired['mean_diff']:+.3f} ({paired['ci_low']:+.3f} to {paired['ci_high']:+.3f}) paired "
-              f"over {paired['n_cases']} test cases")
+    for a in arms.values():
+        print(f"{a['arm']:13s} {a['metric']} {a['value']:.3f}  ({a['train_seconds']} s training)")
+    for name, p in paired.items():
+        if p:
+            print(f"{name.replace('_minus_', ' - ')}: {p['mean_diff']:+.3f} ({p['ci_low']:+.3f} to {p['ci_high']:+.3f}) "
+                  f"paired over {p['n_cases']} test cases")
 
 
 if __name__ == "__main__":
