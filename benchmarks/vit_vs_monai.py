@@ -4,6 +4,7 @@
     python benchmarks/vit_vs_monai.py --task cls --steps 300            # built-in synthetic chest X-rays
     python benchmarks/vit_vs_monai.py --task seg --steps 300
     python benchmarks/vit_vs_monai.py --task cls --data MANIFEST.csv --size 224 --steps 3000   # real data
+    python benchmarks/vit_vs_monai.py --task cls --data MANIFEST.csv --size 224 --steps 3000 --arms monai-linear  # add an arm
 
 Both arms go through the same ``medmae finetune`` (same data, split, crops, augmentation, loss, optimizer,
 schedule and step budget) and the same ``medmae evaluate`` (same metrics and CIs); only the network differs.
