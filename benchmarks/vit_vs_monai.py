@@ -11,9 +11,10 @@ schedule and step budget) and the same ``medmae evaluate`` (same metrics and CIs
 The MONAI network is put in place of medmae's task model for its arm (``build_task_model`` is swapped in this
 script only: ``--init baseline:NAME`` offers MONAI's CNNs, not its ViT / UNETR). Both arms start from scratch and
 neither uses layer-wise lr decay. The difference medmae - MONAI is paired over the test cases (both arms predicted
-the same images; :func:`medmae.report.cases.paired_difference`). Sizes are ViT-T (192 wide, 12 blocks, 3 heads) with 16 px patches, which is the
-size and patch MONAI's UNETR fixes. Writes ``benchmarks/results/vit_vs_monai_<task>_<tag>.json`` and prints the
-two headline figures.
+the same images; :func:`medmae.report.cases.paired_difference`). Sizes are ViT-T (192 wide, 12 blocks, 3 heads)
+with 16 px patches, which is the size and patch MONAI's UNETR fixes. Writes
+``benchmarks/results/vit_vs_monai_<task>_<tag>.json`` and prints each arm's headline figure and the paired
+differences.
 """
 
 from __future__ import annotations
