@@ -176,8 +176,9 @@ def main() -> None:
                                                            arms["medmae"]["where"]) for arm in arms if arm != "medmae"}
     command = "python benchmarks/vit_vs_monai.py " + " ".join(
         f"--{k} {v}" for k, v in vars(args).items() if v is not None and k not in ("work",))
+    commands = earlier.get("commands", [earlier["command"]] if "command" in earlier else []) + [command]
     result = {"task": args.task, "when": time.strftime("%Y-%m-%d %H:%M"), "config": cfg, "arms": list(arms.values()),
-              **paired, "commands": earlier.get("commands", [earlier["command"]] if "command" in earlier else []) + [command],
+              **paired, "commands": commands,
               "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu x{torch.get_num_threads()}"}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
