@@ -100,6 +100,15 @@ def settings(task: str, size: int, data: str | None, steps: int, batch: int) -> 
     return cfg
 
 
+def portable(text: str, data: str | None) -> str:
+    """The folder of ``--data`` written as ``<data>``, so a result reads the same on every machine."""
+    if not data:
+        return text
+    for folder in {str(Path(data).resolve().parent), str(Path(data).parent)} - {"."}:
+        text = text.replace(folder, "<data>")
+    return text
+
+
 def headline(summary: dict[str, Any]) -> tuple[str, float, str | None]:
     """The headline metric, its value and its class (a binary task's ``auroc``) or None."""
     rows = summary["rows"]
@@ -165,7 +174,7 @@ def main() -> None:
     work = args.work / f"{args.task}-{args.tag}"
     out = REPO / "benchmarks" / "results" / f"vit_vs_monai_{args.task}_{args.tag}.json"
     earlier = json.loads(out.read_text()) if out.is_file() and (work / "medmae").is_dir() else {}
-    if earlier and earlier["config"] != cfg:
+    if earlier and earlier["config"] != json.loads(portable(json.dumps(cfg), args.data)):
         ap.error(f"{out} was made with other settings: give another --tag")
     for arm in arms_now:
         shutil.rmtree(work / arm, ignore_errors=True)
@@ -181,7 +190,7 @@ def main() -> None:
               **paired, "commands": commands,
               "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu x{torch.get_num_threads()}"}
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
+    out.write_text(portable(json.dumps(result, indent=1), args.data))
     for a in arms.values():
         print(f"{a['arm']:13s} {a['metric']} {a['value']:.3f}  ({a['train_seconds']} s training)")
     for name, p in paired.items():
