@@ -5,6 +5,8 @@
     python benchmarks/vit_vs_monai.py --task seg --steps 300
     python benchmarks/vit_vs_monai.py --task cls --data MANIFEST.csv --size 224 --steps 3000   # real data
     python benchmarks/vit_vs_monai.py --task cls --data MANIFEST.csv --size 224 --steps 3000 --arms monai-linear  # add an arm
+    python benchmarks/vit_vs_monai.py --task seg --data drive_manifest.csv --size 128 --set model.in_channels=3 \
+        --set "data.label_map={255: 1}"                                  # RGB images, 0/255 masks
 
 Both arms go through the same ``medmae finetune`` (same data, split, crops, augmentation, loss, optimizer,
 schedule and step budget) and the same ``medmae evaluate`` (same metrics and CIs); only the network differs.
@@ -30,6 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from medmae.config.loading import apply_overrides
 from medmae.report.cases import paired_difference
 
 REPO = Path(__file__).resolve().parents[1]
@@ -164,13 +167,15 @@ def main() -> None:
     ap.add_argument("--arms", default="medmae,monai",
                     help=f"comma-separated, of {', '.join(ARMS)}; a later call with the same --work and --tag adds its "
                          "arms to the result (the same settings are checked) and keeps the others")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a config override for both arms (YAML value), e.g. model.in_channels=3; repeatable")
     args = ap.parse_args()
     arms_now = args.arms.split(",")
     if not set(arms_now) <= set(ARMS) or (args.task == "seg" and "monai-linear" in arms_now):
         ap.error(f"--arms {args.arms}: choose from {', '.join(ARMS)} (monai-linear is a classifier)")
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = settings(args.task, args.size, args.data, args.steps, args.batch)
+    cfg = apply_overrides(settings(args.task, args.size, args.data, args.steps, args.batch), args.set)
     work = args.work / f"{args.task}-{args.tag}"
     out = REPO / "benchmarks" / "results" / f"vit_vs_monai_{args.task}_{args.tag}.json"
     earlier = json.loads(out.read_text()) if out.is_file() and (work / "medmae").is_dir() else {}
@@ -184,7 +189,8 @@ def main() -> None:
         paired = {f"medmae_minus_{arm}": paired_difference(work / "medmae", work / arm, arms["medmae"]["metric"],
                                                            arms["medmae"]["where"]) for arm in arms if arm != "medmae"}
     command = "python benchmarks/vit_vs_monai.py " + " ".join(
-        f"--{k} {v}" for k, v in vars(args).items() if v is not None and k not in ("work",))
+        f"--{k} {v}" for k, v in vars(args).items() if v is not None and k not in ("work", "set")) + "".join(
+        f" --set '{item}'" for item in args.set)
     commands = earlier.get("commands", [earlier["command"]] if "command" in earlier else []) + [command]
     result = {"task": args.task, "when": time.strftime("%Y-%m-%d %H:%M"), "config": cfg, "arms": list(arms.values()),
               **paired, "commands": commands,
