@@ -74,10 +74,6 @@ class MonaiUNETR(nn.Module):
 ARMS = ("medmae", "monai", "monai-linear")  # monai-linear: MONAI's ViT classifier without its Tanh head (cls only)
 
 
-def monai_builder(cfg, num_outputs: int, init, linear: bool = False):
-    return (MonaiClassifier(cfg, num_outputs, linear) if cfg.task == "cls" else MonaiUNETR(cfg, num_outputs)), None
-
-
 def settings(task: str, size: int, data: str | None, steps: int, batch: int) -> dict[str, Any]:
     """The shared fine-tuning config: medmae's ViT recipe (see docs/howto/recipes.md) at ViT-T / 16 px."""
     cfg: dict[str, Any] = {
@@ -130,7 +126,9 @@ def run_arm(arm: str, cfg: dict[str, Any], work: Path) -> dict[str, Any]:
     saved = (ft.build_task_model, inf.build_task_model)
 
     def monai(cfg, num_outputs, init):
-        return monai_builder(cfg, num_outputs, init, linear=arm == "monai-linear")
+        if cfg.task == "cls":
+            return MonaiClassifier(cfg, num_outputs, linear=arm == "monai-linear"), None
+        return MonaiUNETR(cfg, num_outputs), None
 
     builder = saved[0] if arm == "medmae" else monai
     params: list[int] = []
