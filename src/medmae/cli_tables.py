@@ -105,6 +105,8 @@ def plan_table(path: Path, plan: dict[str, Any]) -> Table:
     measured = f", measured {d['measured_step_s']:.3g} s" if "measured_step_s" in d else ""
     t.add_row("step", f"{d['predicted_step_s']:.3g} s predicted{measured}; {d['predicted_steps']} steps, "
                       f"{d['predicted_epochs']:g} epochs, {d['memory_gib']:g} GiB")
+    if "precision" in d:  # plans before the precision decision trained fp32 on a CPU
+        t.add_row("precision", escape(f"{d['precision']['value']}  ({d['precision']['why']})"))
     if "optimizer" in d:
         t.add_row("optimizer", escape(d["optimizer"]))
     if d.get("label_map"):

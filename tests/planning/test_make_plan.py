@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from helpers import invoke
@@ -135,6 +136,35 @@ def test_an_explicit_pretraining_budget_sets_only_the_mae(anisotropic_ct):
         parse_budget("1 hour", "--pretrain-budget")
 
 
+@pytest.mark.parametrize(("amx", "avx512_bf16", "named"),
+                         [(False, False, None), (False, True, "AVX512-BF16"), (True, False, "AMX")])
+def test_auto_precision_is_fp32_on_a_cpu_naming_bf16_instructions_and_bf16_on_a_gpu(anisotropic_ct, monkeypatch, amx,
+                                                                                   avx512_bf16, named):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    fp = fingerprint(str(anisotropic_ct))
+    plan = make_plan(fp, task="seg", budget_minutes=30, **FAST)
+    assert plan["train"]["precision"] == plan["finetune"]["seg"]["train"]["precision"] == "fp32"
+    why = plan["plan"]["decisions"]["precision"]["why"]
+    assert (named in why and "--precision bf16" in why) if named else "emulated" in why
+    gpu = make_plan(fp, task="seg", budget_minutes=30, device="cuda", **FAST)
+    assert gpu["train"]["precision"] == "bf16", "a GPU plan is bf16 whatever this machine's CPU"
+
+
+def test_a_given_precision_overrides_the_cpus_and_sizes_the_memory(anisotropic_ct, monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    fp = fingerprint(str(anisotropic_ct))
+    fp32 = make_plan(fp, task="seg", budget_minutes=30, precision="fp32", **FAST)
+    bf16 = make_plan(fp, task="seg", budget_minutes=30, precision="bf16", **FAST)
+    assert fp32["train"]["precision"] == "fp32" and fp32["plan"]["decisions"]["precision"] == {"value": "fp32",
+                                                                                               "why": "given"}
+    assert bf16["finetune"]["seg"]["train"]["precision"] == "bf16"
+    assert fp32["plan"]["decisions"]["network"] == bf16["plan"]["decisions"]["network"]
+    assert bf16["plan"]["decisions"]["memory_gib"] < fp32["plan"]["decisions"]["memory_gib"], "bf16 activations"
+    with pytest.raises(ConfigError, match="--precision must be one of auto, fp32, bf16, got 'fp16'"):
+        make_plan(fp, task="seg", budget_minutes=30, precision="fp16", **FAST)
+
+
 def test_budget_parsing():
     assert parse_budget("90s") == 1.5 and parse_budget("30m") == 30 and parse_budget("2h") == 120
     assert parse_budget("45") == 45 and parse_budget("1d") == 1440
@@ -146,9 +176,11 @@ def test_plan_cli_then_pretrain_finetune_and_sweep_with_plan(cxr, tmp_path, monk
     """The plan loads in every verb, is saved as plan.yaml in each run, and the export and task.json carry it."""
     monkeypatch.setattr(network, "measure_step_s", lambda cfg, n, batch, *a, **k: 10.0 * batch)  # slow: the smallest
     out = tmp_path / "plan.yaml"
-    r = invoke(["plan", cxr, "--task", "seg", "--budget", "1m", "--pretrain-budget", "1m", "--out", out])
+    r = invoke(["plan", cxr, "--task", "seg", "--budget", "1m", "--pretrain-budget", "1m", "--out", out,
+                "--precision", "fp32"])
     assert r.exit_code == 0, r.output
     assert "network" in r.output and out.is_file()
+    assert read_plan(out).raw["train"]["precision"] == "fp32", "--precision reaches the plan"
     assert read_plan(out).raw["model"]["resenc"]["widths"][0] == 8, "a slow device gets the smallest network"
     text = out.read_text()
     pre = tmp_path / "pre"

@@ -163,6 +163,21 @@ def speed_model(flops_per_sample: float, small: tuple[int, float], large: tuple[
     return rate, max(0.0, t1 - flops_per_sample * b1 / rate)
 
 
+def auto_precision(device: str) -> tuple[bool, str]:
+    """``--precision auto``: bf16 autocast on a GPU, fp32 on a CPU. A CPU with bf16 instructions (AVX512-BF16 or
+    AMX) is named in the reason: there ``--precision bf16`` ran the planned Hippocampus U-Net 1.5x the steps in the
+    same minutes (+0.016 Dice) but lost 0.011 Dice at equal steps, so it stays a choice
+    (``benchmarks/results/precision_dev_split_cpu.json``)."""
+    if device == "cuda":
+        return True, "GPU: bf16 autocast"
+    found = [name for name, probe in (("AMX", "_is_amx_tile_supported"), ("AVX512-BF16", "_is_avx512_bf16_supported"))
+             if getattr(torch.cpu, probe, lambda: False)()]
+    if found:
+        return False, (f"CPU: fp32 (this CPU computes bf16 natively ({found[0]}): --precision bf16 buys ~1.5x the "
+                       "steps in a budget, at a lower Dice per step)")
+    return False, "CPU: fp32 (no bf16 instructions: bf16 would be emulated and slower)"
+
+
 def device_memory(device: str) -> tuple[float, str]:
     """Bytes a run may use on ``device`` and where the figure comes from."""
     if device == "cuda":

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 PLAN_VERSION = 1
 FAMILIES = ("resenc", "vit", "swin")
+PRECISIONS = ("auto", "fp32", "bf16")
 DEFAULT_FAMILY = {"seg": "resenc", "cls": "resenc"}  # the CNN path: nnU-Net's ResEnc U-Net / its encoder
 CLS_MAX_VOXELS = {2: 256 * 256, 3: 128 * 128 * 128}
 TRAIN_SHARE = 0.8  # of the labelled cases that train (the default held-out split takes 20 %)
@@ -91,7 +92,7 @@ CALIBRATION_BATCHES = {2: (8, 32), 3: (2, 8)}  # the batch sizes the probe netwo
 
 
 def measured_device(kind: str, probe: tuple[nets.Network, list[int]], task: str, dims: int, channels: int,
-                    outputs: int, memory: float | None, flops_per_s: float | None) -> Device:
+                    outputs: int, memory: float | None, flops_per_s: float | None, bf16: bool) -> Device:
     """The device's memory and speed: given, measured here on the smallest candidate at two batch sizes, or
     assumed for a GPU that this machine does not have."""
     mem, mem_src = (memory, "given") if memory is not None else nets.device_memory(kind)
@@ -105,13 +106,14 @@ def measured_device(kind: str, probe: tuple[nets.Network, list[int]], task: str,
     cfg = nets.task_config(net.model, task, dims, crop, channels)
     per_sample = nets.cost(cfg, outputs).flops
     small, big = CALIBRATION_BATCHES[dims]
-    times = [(b, nets.measure_step_s(cfg, outputs, b, torch.device(kind), bf16=kind == "cuda")) for b in (small, big)]
+    times = [(b, nets.measure_step_s(cfg, outputs, b, torch.device(kind), bf16=bf16)) for b in (small, big)]
     rate, overhead = nets.speed_model(per_sample, times[0], times[1])
     return Device(kind, mem, rate, mem_src, f"measured: forward/backward of {net.label} at {crop}, batch {small} "
                   f"and {big}", overhead_s=overhead, measured=True)
 
 
-def step_timer(device: Device, task: str, dims: int, channels: int, outputs: int) -> Callable[[Choice], float] | None:
+def step_timer(device: Device, task: str, dims: int, channels: int, outputs: int,
+               bf16: bool) -> Callable[[Choice], float] | None:
     """Times a candidate's real step on this machine; None where the speed was given or assumed, not measured."""
     if not device.measured:
         return None
@@ -119,18 +121,20 @@ def step_timer(device: Device, task: str, dims: int, channels: int, outputs: int
 
     def timer(choice: Choice) -> float:
         cfg = nets.task_config(choice.network.model, task, dims, choice.crop, channels)
-        return nets.measure_step_s(cfg, outputs, choice.batch, kind, bf16=device.kind == "cuda", repeats=1)
+        return nets.measure_step_s(cfg, outputs, choice.batch, kind, bf16=bf16, repeats=1)
 
     return timer
 
 
 def make_plan(fp: Fingerprint, *, task: str, budget_minutes: float, device: str = "cpu", family: str | None = None,
               memory_bytes: float | None = None, flops_per_s: float | None = None,
-              pretrain_minutes: float | None = None) -> dict[str, Any]:
+              pretrain_minutes: float | None = None, precision: str = "auto") -> dict[str, Any]:
     """The plan of a dataset for ``task`` on ``device`` in ``budget_minutes`` per fine-tuning run and
     ``pretrain_minutes`` (default ``PRETRAIN_BUDGET_FACTOR`` times that) for the one MAE (see the module)."""
     if task not in ("seg", "cls"):
         raise ConfigError(f"--task must be seg or cls, got {task!r}")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if budget_minutes <= 0:
         raise ConfigError(f"--budget must be positive, got {budget_minutes} minutes")
     pretrain_minutes = budget_minutes * PRETRAIN_BUDGET_FACTOR if pretrain_minutes is None else pretrain_minutes
@@ -146,18 +150,20 @@ def make_plan(fp: Fingerprint, *, task: str, budget_minutes: float, device: str 
     networks, unit, crop = family_space(family, fp.spatial_dims, geo["capped"])
     if geo["capped"] == geo["median_shape"]:  # the whole median image fits: pad up rather than crop it
         crop = rules.round_to(geo["median_shape"], unit(crop))
+    bf16, precision_why = nets.auto_precision(device) if precision == "auto" else (precision == "bf16", "given")
     problem = Problem(task, fp.spatial_dims, n_train, float(nets.voxels(geo["median_shape"])), budget_minutes * 60.0,
-                      bf16=device == "cuda", dataset_cases=labelled)
+                      bf16=bf16, dataset_cases=labelled)
     dev = measured_device(device, (networks(crop)[0], crop), task, fp.spatial_dims, channels, outputs,
-                          memory_bytes, flops_per_s)
+                          memory_bytes, flops_per_s, bf16)
     counted = cost_cache(lambda net, c: nets.cost(nets.task_config(net.model, task, fp.spatial_dims, c, channels),
                                                   outputs))
     choice = choose(networks, counted, crop, unit, problem, dev,
-                    timer=step_timer(dev, task, fp.spatial_dims, channels, outputs))
+                    timer=step_timer(dev, task, fp.spatial_dims, channels, outputs, bf16))
     intensity, intensity_why = rules.intensity_preset(fp.modality, fp.foreground, channels)
     for w in choice.warnings:
         log.warning(w)
     settings = {"task": task, "family": family, "device": device, "budget_minutes": budget_minutes,
+                "precision": "bf16" if bf16 else "fp32", "precision_why": precision_why,
                 "pretrain_minutes": pretrain_minutes,
                 "source": fp.source, "dims": fp.spatial_dims, "channels": channels, "outputs": outputs,
                 "intensity": intensity, "spacing": geo["spacing"], "label_map": mapping,
@@ -185,6 +191,7 @@ def plan_record(fp: Fingerprint, choice: Choice, dev: Device, geo: dict[str, Any
             "intensity": {"value": settings["intensity"], "why": intensity_why},
             "in_channels": {"value": settings["channels"],
                             "why": "grey images stored as RGB" if fp.grey_as_rgb else "channels of the images"},
+            "precision": {"value": settings["precision"], "why": settings["precision_why"]},
             "label_map": settings["label_map"], "flip_axes": settings["flip_axes"],
             "pretrain_splits": settings["pretrain_splits"],
             **choice.as_dict(),

@@ -63,9 +63,8 @@ def model_section(choice: Choice, s: dict[str, Any], *, deep_supervision: bool) 
 
 
 def train_section(choice: Choice, s: dict[str, Any]) -> dict[str, Any]:
-    cuda = s["device"] == "cuda"
     return {"epochs": EPOCHS_BOUND, "batch_size": choice.batch, "max_minutes": s["budget_minutes"],
-            "precision": "bf16" if cuda else "fp32", "device": s["device"], "checkpoint_every": 500, "log_every": 50}
+            "precision": s["precision"], "device": s["device"], "checkpoint_every": 500, "log_every": 50}
 
 
 def data_section(fp: Fingerprint, s: dict[str, Any]) -> dict[str, Any]:
