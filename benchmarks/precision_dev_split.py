@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 from real_data import data_root, portable
 
+from medmae.report.cases import paired_difference, per_case_values
+
 REPO = Path(__file__).resolve().parents[1]
 INNER = ["eval.folds=5", "eval.fold=0",  # the development split inside the manifest of fold 0's training cases
          "data.labels={1: Anterior, 2: Posterior}"]  # dataset.json's labels (a manifest declares none)
@@ -46,21 +48,9 @@ def fold0_manifest(medmae: Any, plan: Path, source: Path, work: Path) -> Path:
     return out
 
 
-def per_case_dice(run: Path) -> dict[str, float]:
-    """Mean Dice over the labels of each validation case, from the evaluation's ``per_case.csv``."""
-    rows = list(csv.DictReader((run / "eval" / "test" / "per_case.csv").open()))
-    by_case: dict[str, list[float]] = {}
-    for r in rows:
-        by_case.setdefault(r["case"], []).append(float(r["dice"]))
-    return {c: float(np.mean(v)) for c, v in by_case.items()}
-
-
-def paired(a: dict[str, float], b: dict[str, float], seed: int = 0) -> dict[str, float]:
-    """Mean of b - a over the common cases with a 95 % bootstrap CI."""
-    d = np.array([b[c] - a[c] for c in sorted(a)])
-    boots = np.random.default_rng(seed).choice(d, (10_000, len(d))).mean(1)
-    return {"mean_diff": round(float(d.mean()), 4), "ci_low": round(float(np.percentile(boots, 2.5)), 4),
-            "ci_high": round(float(np.percentile(boots, 97.5)), 4), "wins": int((d > 0).sum()), "n_cases": len(d)}
+def mean_dice(run: Path) -> float:
+    """Dice of the run's validation cases: mean over cases of the mean over the labels."""
+    return round(float(np.mean([np.mean(list(r.values())) for r in per_case_values(run, "dice").values() if r])), 4)
 
 
 def main() -> None:
@@ -80,32 +70,28 @@ def main() -> None:
     if not plan.is_file():
         medmae.plan(source, task="seg", budget=8, device="cpu", out=plan)
     manifest = fold0_manifest(medmae, plan, source, args.work)
-    budget = [f"train.max_minutes={args.minutes}"]
-    arms: dict[str, list[str]] = {"fp32": [*budget, "train.precision=fp32"], "bf16": [*budget, "train.precision=bf16"]}
     runs: dict[str, dict[str, Any]] = {}
-    for name in ("fp32", "bf16", "bf16_equal_steps"):
-        if name == "bf16_equal_steps":
-            over = ["train.max_minutes=null", f"train.max_steps={runs['fp32']['steps']}", "train.precision=bf16"]
-        else:
-            over = arms[name]
+    for name, precision, equal_time in (("fp32", "fp32", True), ("bf16", "bf16", True),
+                                        ("bf16_equal_steps", "bf16", False)):
+        length = [f"train.max_minutes={args.minutes}"] if equal_time else \
+            ["train.max_minutes=null", f"train.max_steps={runs['fp32']['steps']}"]
+        over = [*length, f"train.precision={precision}"]
         t = time.time()
         run = medmae.finetune(plan=plan, task="seg", data=manifest, run_dir=args.work / name, resume="auto",
                               overrides=[*INNER, *over])
         train_s = time.time() - t
         medmae.evaluate(run)
         training = json.loads((run / "task.json").read_text())["training"]
-        dice = per_case_dice(run)
         runs[name] = {"overrides": over, "steps": training["steps"], "train_minutes": round(training["train_minutes"], 2),
-                      "wall_s": round(train_s, 1),
-                      "dice": round(float(np.mean(list(dice.values()))), 4), "per_case": dice}
+                      "wall_s": round(train_s, 1), "dice": mean_dice(run), "run": run}
         print(f"{name}: {runs[name]['steps']} steps, {train_s / 60:.1f} min, Dice {runs[name]['dice']:.4f}", flush=True)
     result = {
         "when": time.strftime("%Y-%m-%d %H:%M"),
         "command": "python benchmarks/precision_dev_split.py" + (f" --minutes {args.minutes:g}" if args.minutes != 4 else ""),
         "setting": "planned ResEnc U-Net from scratch, development split of fold 0's training cases (inner fold 0 of 5)",
-        "arms": {k: {kk: vv for kk, vv in v.items() if kk != "per_case"} for k, v in runs.items()},
-        "bf16_minus_fp32_equal_time": paired(runs["fp32"]["per_case"], runs["bf16"]["per_case"]),
-        "bf16_minus_fp32_equal_steps": paired(runs["fp32"]["per_case"], runs["bf16_equal_steps"]["per_case"]),
+        "arms": {k: {kk: vv for kk, vv in v.items() if kk != "run"} for k, v in runs.items()},
+        "bf16_minus_fp32_equal_time": paired_difference(runs["bf16"]["run"], runs["fp32"]["run"], "dice"),
+        "bf16_minus_fp32_equal_steps": paired_difference(runs["bf16_equal_steps"]["run"], runs["fp32"]["run"], "dice"),
         "total_seconds": round(time.time() - t0, 1), "machine": f"{os.cpu_count()} CPUs",
     }
     out = REPO / "benchmarks" / "results" / f"precision_dev_split_{args.tag}.json"

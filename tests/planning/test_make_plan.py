@@ -177,10 +177,11 @@ def test_plan_cli_then_pretrain_finetune_and_sweep_with_plan(cxr, tmp_path, monk
     monkeypatch.setattr(network, "measure_step_s", lambda cfg, n, batch, *a, **k: 10.0 * batch)  # slow: the smallest
     out = tmp_path / "plan.yaml"
     r = invoke(["plan", cxr, "--task", "seg", "--budget", "1m", "--pretrain-budget", "1m", "--out", out,
-                "--precision", "fp32"])
+                "--precision", "bf16"])
     assert r.exit_code == 0, r.output
     assert "network" in r.output and out.is_file()
-    assert read_plan(out).raw["train"]["precision"] == "fp32", "--precision reaches the plan"
+    assert read_plan(out).raw["train"]["precision"] == "bf16", "--precision reaches the plan (auto is fp32 on a CPU)"
+    assert "precision" in r.output and "given" in r.output, "the printed plan says what was decided and why"
     assert read_plan(out).raw["model"]["resenc"]["widths"][0] == 8, "a slow device gets the smallest network"
     text = out.read_text()
     pre = tmp_path / "pre"

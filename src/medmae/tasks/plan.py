@@ -20,7 +20,7 @@ def plan(source: str | Path, *, task: str, budget: str | float = "30m", device: 
          precision: str = "auto") -> tuple[Path, dict[str, Any]]:
     """Fingerprint ``source`` (``data check``; quick unless ``full``), plan ``task`` for ``device`` within ``budget``
     per fine-tuning run and ``pretrain_budget`` (default twice ``budget``) for the MAE in ``precision`` (``auto``:
-    bf16 where the device computes it natively), write the plan to ``out`` and check that it loads; returns the path
+    bf16 on a GPU, fp32 on a CPU), write the plan to ``out`` and check that it loads; returns the path
     and the plan."""
     if device not in ("cpu", "cuda"):
         raise ConfigError(f"--device must be cpu or cuda, got {device!r}")
